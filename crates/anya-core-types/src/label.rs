@@ -45,12 +45,13 @@ impl Label {
             return Err(LabelError::Empty);
         }
         if s.len() > MAX_LABEL_LEN {
-            return Err(LabelError::TooLong { len: s.len(), max: MAX_LABEL_LEN });
+            return Err(LabelError::TooLong {
+                len: s.len(),
+                max: MAX_LABEL_LEN,
+            });
         }
         for (position, b) in s.bytes().enumerate() {
-            let ok = b.is_ascii_alphanumeric()
-                || b == b'_'
-                || ((b == b'-' || b == b'.') && position > 0);
+            let ok = b.is_ascii_alphanumeric() || b == b'_' || ((b == b'-' || b == b'.') && position > 0);
             if !ok {
                 return Err(LabelError::ForbiddenCharacter { position });
             }
@@ -94,7 +95,10 @@ mod tests {
         assert_eq!(Label::new("-x"), Err(LabelError::ForbiddenCharacter { position: 0 }));
         assert_eq!(Label::new("a/b"), Err(LabelError::ForbiddenCharacter { position: 1 }));
         assert_eq!(Label::new("é"), Err(LabelError::ForbiddenCharacter { position: 0 }));
-        assert!(matches!(Label::new("a".repeat(65)), Err(LabelError::TooLong { len: 65, .. })));
+        assert!(matches!(
+            Label::new("a".repeat(65)),
+            Err(LabelError::TooLong { len: 65, .. })
+        ));
     }
 
     #[test]

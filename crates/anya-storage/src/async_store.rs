@@ -15,7 +15,9 @@ pub struct AsyncStore<S: ?Sized> {
 
 impl<S: ?Sized> Clone for AsyncStore<S> {
     fn clone(&self) -> Self {
-        Self { inner: Arc::clone(&self.inner) }
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
     }
 }
 
@@ -37,7 +39,10 @@ impl<S: KvStore + ?Sized + 'static> AsyncStore<S> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || f(&inner))
             .await
-            .map_err(|e| StoreError::Backend { backend: "tokio", source: Box::new(e) })?
+            .map_err(|e| StoreError::Backend {
+                backend: "tokio",
+                source: Box::new(e),
+            })?
     }
 
     /// See [`KvStore::get`].
@@ -87,6 +92,7 @@ impl<S: KvStore + ?Sized + 'static> AsyncStore<S> {
         expected: Option<Version>,
         new: Option<Vec<u8>>,
     ) -> Result<Version, StoreError> {
-        self.run(move |s| s.compare_and_swap(&ns, &key, expected, new.as_deref())).await
+        self.run(move |s| s.compare_and_swap(&ns, &key, expected, new.as_deref()))
+            .await
     }
 }

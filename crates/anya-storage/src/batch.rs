@@ -35,16 +35,6 @@ pub enum Op {
     },
 }
 
-impl Op {
-    pub(crate) fn ns_key(&self) -> (&Namespace, &[u8]) {
-        match self {
-            Op::Put { ns, key, .. } | Op::Delete { ns, key } | Op::Check { ns, key, .. } => {
-                (ns, key)
-            }
-        }
-    }
-}
-
 /// Operations applied all together or not at all.
 ///
 /// Operations apply in the order they were added; a [`Check`](Op::Check) sees the effect of the
@@ -72,7 +62,11 @@ impl WriteBatch {
         let (key, value) = (key.into(), value.into());
         check_key(&key)?;
         check_value(&value)?;
-        self.ops.push(Op::Put { ns: ns.clone(), key, value });
+        self.ops.push(Op::Put {
+            ns: ns.clone(),
+            key,
+            value,
+        });
         Ok(self)
     }
 
@@ -93,7 +87,11 @@ impl WriteBatch {
     ) -> Result<&mut Self, StoreError> {
         let key = key.into();
         check_key(&key)?;
-        self.ops.push(Op::Check { ns: ns.clone(), key, expected });
+        self.ops.push(Op::Check {
+            ns: ns.clone(),
+            key,
+            expected,
+        });
         Ok(self)
     }
 

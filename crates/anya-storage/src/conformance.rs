@@ -1,6 +1,6 @@
 //! The conformance suite every [`KvStore`] implementation runs unchanged.
 //!
-//! Each case is a function taking a fresh, empty store. [`kv_conformance_suite!`] turns the
+//! Each case is a function taking a fresh, empty store. `kv_conformance_suite!` turns the
 //! whole list into `#[test]` functions for one backend:
 //!
 //! ```ignore
@@ -10,7 +10,6 @@
 //! The expression is evaluated once per test and must give an `Option` of something that
 //! dereferences to a `KvStore`; `None` skips (for server backends outside CI only).
 //!
-//! [`kv_conformance_suite!`]: crate::kv_conformance_suite
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
@@ -89,7 +88,12 @@ pub fn delete_removes(s: &dyn KvStore) {
     s.put(&ns("t"), b"b", b"2").expect("put");
     s.delete(&ns("t"), b"a").expect("delete");
     assert_eq!(s.get(&ns("t"), b"a").expect("get"), None);
-    let keys: Vec<_> = s.scan(&ns("t"), Scan::all()).expect("scan").into_iter().map(|e| e.key).collect();
+    let keys: Vec<_> = s
+        .scan(&ns("t"), Scan::all())
+        .expect("scan")
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
     assert_eq!(keys, vec![b"b".to_vec()]);
 }
 
@@ -108,7 +112,9 @@ pub fn empty_value(s: &dyn KvStore) {
 
 /// A 1 MiB value round-trips byte for byte.
 pub fn large_value_1mib(s: &dyn KvStore) {
-    let value: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let value: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     s.put(&ns("t"), b"big", &value).expect("put 1 MiB");
     assert_eq!(s.get(&ns("t"), b"big").expect("get").expect("present").value, value);
 }
@@ -145,7 +151,12 @@ pub fn scan_is_in_byte_order(s: &dyn KvStore) {
         s.put(&ns("t"), &key, &i.to_le_bytes()).expect("put");
         expected.insert(key, i.to_le_bytes().to_vec());
     }
-    let got: Vec<_> = s.scan(&ns("t"), Scan::all()).expect("scan").into_iter().map(|e| (e.key, e.value)).collect();
+    let got: Vec<_> = s
+        .scan(&ns("t"), Scan::all())
+        .expect("scan")
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect();
     let want: Vec<_> = expected.into_iter().collect();
     assert_eq!(got, want);
 }
@@ -154,21 +165,55 @@ pub fn scan_is_in_byte_order(s: &dyn KvStore) {
 /// `start_after` and `limit`.
 pub fn scan_prefix_and_pages(s: &dyn KvStore) {
     let t = ns("t");
-    for k in [&b"a"[..], b"ab", b"ab\x00", b"ab\xff", b"ab\xff\xff", b"abc", b"ac", b"b", b"\xff", b"\xff\xff"] {
+    for k in [
+        &b"a"[..],
+        b"ab",
+        b"ab\x00",
+        b"ab\xff",
+        b"ab\xff\xff",
+        b"abc",
+        b"ac",
+        b"b",
+        b"\xff",
+        b"\xff\xff",
+    ] {
         s.put(&t, k, k).expect("put");
     }
-    let keys = |scan: Scan<'_>| -> Vec<Vec<u8>> {
-        s.scan(&t, scan).expect("scan").into_iter().map(|e| e.key).collect()
-    };
-    assert_eq!(keys(Scan::prefix(b"ab")), vec![b"ab".to_vec(), b"ab\x00".to_vec(), b"abc".to_vec(), b"ab\xff".to_vec(), b"ab\xff\xff".to_vec()]);
-    assert_eq!(keys(Scan::prefix(b"ab\xff")), vec![b"ab\xff".to_vec(), b"ab\xff\xff".to_vec()]);
-    assert_eq!(keys(Scan::prefix(b"\xff")), vec![b"\xff".to_vec(), b"\xff\xff".to_vec()]);
+    let keys =
+        |scan: Scan<'_>| -> Vec<Vec<u8>> { s.scan(&t, scan).expect("scan").into_iter().map(|e| e.key).collect() };
+    assert_eq!(
+        keys(Scan::prefix(b"ab")),
+        vec![
+            b"ab".to_vec(),
+            b"ab\x00".to_vec(),
+            b"abc".to_vec(),
+            b"ab\xff".to_vec(),
+            b"ab\xff\xff".to_vec()
+        ]
+    );
+    assert_eq!(
+        keys(Scan::prefix(b"ab\xff")),
+        vec![b"ab\xff".to_vec(), b"ab\xff\xff".to_vec()]
+    );
+    assert_eq!(
+        keys(Scan::prefix(b"\xff")),
+        vec![b"\xff".to_vec(), b"\xff\xff".to_vec()]
+    );
     assert_eq!(keys(Scan::prefix(b"zz")), Vec::<Vec<u8>>::new());
-    assert_eq!(keys(Scan::prefix(b"ab").limit(2)), vec![b"ab".to_vec(), b"ab\x00".to_vec()]);
-    assert_eq!(keys(Scan::prefix(b"ab").after(b"ab\x00").limit(2)), vec![b"abc".to_vec(), b"ab\xff".to_vec()]);
+    assert_eq!(
+        keys(Scan::prefix(b"ab").limit(2)),
+        vec![b"ab".to_vec(), b"ab\x00".to_vec()]
+    );
+    assert_eq!(
+        keys(Scan::prefix(b"ab").after(b"ab\x00").limit(2)),
+        vec![b"abc".to_vec(), b"ab\xff".to_vec()]
+    );
     assert_eq!(keys(Scan::prefix(b"ab").after(b"ab\xff\xff")), Vec::<Vec<u8>>::new());
     assert_eq!(keys(Scan::prefix(b"ab").after(b"a")).len(), 5);
-    assert_eq!(keys(Scan::all().after(b"b")), vec![b"\xff".to_vec(), b"\xff\xff".to_vec()]);
+    assert_eq!(
+        keys(Scan::all().after(b"b")),
+        vec![b"\xff".to_vec(), b"\xff\xff".to_vec()]
+    );
     assert_eq!(keys(Scan::all().limit(0)), Vec::<Vec<u8>>::new());
     // Paging through everything two at a time visits each key once, in order.
     let mut seen = Vec::new();
@@ -197,7 +242,11 @@ pub fn namespaces_are_disjoint(s: &dyn KvStore) {
     assert_eq!(s.get(&ns("a.b"), b"k").expect("get").expect("present").value, b"in a.b");
     assert_eq!(s.get(&ns("a"), b"").expect("get"), None);
     for name in ["a", "a.b", "ab"] {
-        assert_eq!(s.scan(&ns(name), Scan::all()).expect("scan").len(), 1, "namespace {name}");
+        assert_eq!(
+            s.scan(&ns(name), Scan::all()).expect("scan").len(),
+            1,
+            "namespace {name}"
+        );
     }
     s.delete(&ns("a"), b"k").expect("delete");
     assert!(s.get(&ns("a.b"), b"k").expect("get").is_some());
@@ -212,7 +261,10 @@ pub fn batch_is_atomic_on_conflict(s: &dyn KvStore) {
     batch.delete(&t, b"keep").expect("op");
     batch.check(&t, b"guard", Some(v)).expect("op");
     let err = s.write(batch).expect_err("check must fail");
-    assert!(matches!(err, StoreError::Conflict { expected: Some(e), found: None, .. } if e == v), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Conflict { expected: Some(e), found: None, .. } if e == v),
+        "{err:?}"
+    );
     assert_eq!(s.get(&t, b"new").expect("get"), None);
     assert_eq!(s.get(&t, b"keep").expect("get").expect("present").value, b"old");
 
@@ -245,9 +297,16 @@ pub fn batch_checks_see_earlier_ops(s: &dyn KvStore) {
 /// the version found.
 pub fn cas_absent_and_present(s: &dyn KvStore) {
     let t = ns("t");
-    let v1 = s.compare_and_swap(&t, b"c", None, Some(b"1")).expect("create if absent");
-    let err = s.compare_and_swap(&t, b"c", None, Some(b"x")).expect_err("already present");
-    assert!(matches!(err, StoreError::Conflict { found: Some(f), .. } if f == v1), "{err:?}");
+    let v1 = s
+        .compare_and_swap(&t, b"c", None, Some(b"1"))
+        .expect("create if absent");
+    let err = s
+        .compare_and_swap(&t, b"c", None, Some(b"x"))
+        .expect_err("already present");
+    assert!(
+        matches!(err, StoreError::Conflict { found: Some(f), .. } if f == v1),
+        "{err:?}"
+    );
     let v2 = s.compare_and_swap(&t, b"c", Some(v1), Some(b"2")).expect("swap");
     let err = s.compare_and_swap(&t, b"c", Some(v1), Some(b"3")).expect_err("stale");
     assert!(err.is_conflict());
@@ -267,7 +326,10 @@ pub fn versions_are_never_reused(s: &dyn KvStore) {
     }
     let v = s.put(&t, b"k", b"x").expect("put");
     let stale = *seen.iter().next().expect("twenty versions");
-    assert!(s.compare_and_swap(&t, b"k", Some(stale), Some(b"y")).expect_err("stale").is_conflict());
+    assert!(s
+        .compare_and_swap(&t, b"k", Some(stale), Some(b"y"))
+        .expect_err("stale")
+        .is_conflict());
     assert!(!seen.contains(&v));
 }
 
@@ -277,10 +339,14 @@ pub fn limits_are_typed_errors(s: &dyn KvStore) {
     let long_key = vec![7u8; MAX_KEY_LEN + 1];
     assert!(matches!(s.put(&t, &long_key, b"v"), Err(StoreError::KeyTooLong { .. })));
     assert!(matches!(s.get(&t, &long_key), Err(StoreError::KeyTooLong { .. })));
-    assert!(matches!(s.scan(&t, Scan::prefix(&long_key)), Err(StoreError::KeyTooLong { .. })));
+    assert!(matches!(
+        s.scan(&t, Scan::prefix(&long_key)),
+        Err(StoreError::KeyTooLong { .. })
+    ));
     let big = vec![0u8; MAX_VALUE_LEN + 1];
     assert!(matches!(s.put(&t, b"k", &big), Err(StoreError::ValueTooLarge { .. })));
-    s.put(&t, &vec![1u8; MAX_KEY_LEN], b"max key is fine").expect("put at the key limit");
+    s.put(&t, &vec![1u8; MAX_KEY_LEN], b"max key is fine")
+        .expect("put at the key limit");
     assert_eq!(s.scan(&t, Scan::all()).expect("scan").len(), 1);
 }
 
@@ -311,7 +377,10 @@ pub fn cas_contention_8_threads(s: &dyn KvStore) {
         }
     });
     let got = s.get(&t, b"counter").expect("get").expect("present");
-    assert_eq!(u64::from_le_bytes(got.value.as_slice().try_into().expect("8 bytes")), THREADS * PER_THREAD);
+    assert_eq!(
+        u64::from_le_bytes(got.value.as_slice().try_into().expect("8 bytes")),
+        THREADS * PER_THREAD
+    );
 }
 
 /// Eight threads writing distinct keys: every acknowledged write is visible afterwards, and

@@ -85,13 +85,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn conflict(
-        ns: &Namespace,
-        key: &[u8],
-        expected: Option<Version>,
-        found: Option<Version>,
-    ) -> Self {
-        StoreError::Conflict { ns: ns.clone(), key_hex: hex(key), expected, found }
+    pub(crate) fn conflict(ns: &Namespace, key: &[u8], expected: Option<Version>, found: Option<Version>) -> Self {
+        StoreError::Conflict {
+            ns: ns.clone(),
+            key_hex: hex(key),
+            expected,
+            found,
+        }
     }
 
     /// Whether this is a [`StoreError::Conflict`].

@@ -32,12 +32,18 @@ pub(crate) struct GroupCommit<W> {
 
 impl<W: GroupWriter> GroupCommit<W> {
     pub(crate) fn new(writer: W) -> Self {
-        Self { queue: Mutex::new(Vec::new()), writer: Mutex::new(writer) }
+        Self {
+            queue: Mutex::new(Vec::new()),
+            writer: Mutex::new(writer),
+        }
     }
 
     pub(crate) fn write(&self, batch: WriteBatch) -> Result<Version, StoreError> {
         let slot: Slot = Arc::new(Mutex::new(None));
-        self.queue.lock().map_err(|_| StoreError::Poisoned)?.push((batch, Arc::clone(&slot)));
+        self.queue
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?
+            .push((batch, Arc::clone(&slot)));
         loop {
             let mut writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
             if let Some(result) = slot.lock().map_err(|_| StoreError::Poisoned)?.take() {
@@ -89,11 +95,17 @@ fn share(err: &Arc<StoreError>) -> StoreError {
         }
     }
     match &**err {
-        StoreError::Corrupt { .. } => StoreError::Corrupt { source: Shared::boxed(err) },
+        StoreError::Corrupt { .. } => StoreError::Corrupt {
+            source: Shared::boxed(err),
+        },
         StoreError::Poisoned => StoreError::Poisoned,
-        StoreError::Backend { backend, .. } => {
-            StoreError::Backend { backend, source: Shared::boxed(err) }
-        }
-        _ => StoreError::Backend { backend: "group-commit", source: Shared::boxed(err) },
+        StoreError::Backend { backend, .. } => StoreError::Backend {
+            backend,
+            source: Shared::boxed(err),
+        },
+        _ => StoreError::Backend {
+            backend: "group-commit",
+            source: Shared::boxed(err),
+        },
     }
 }

@@ -56,14 +56,20 @@ impl fmt::Display for Namespace {
 
 pub(crate) fn check_key(key: &[u8]) -> Result<(), StoreError> {
     if key.len() > MAX_KEY_LEN {
-        return Err(StoreError::KeyTooLong { len: key.len(), max: MAX_KEY_LEN });
+        return Err(StoreError::KeyTooLong {
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
     }
     Ok(())
 }
 
 pub(crate) fn check_value(value: &[u8]) -> Result<(), StoreError> {
     if value.len() > MAX_VALUE_LEN {
-        return Err(StoreError::ValueTooLarge { len: value.len(), max: MAX_VALUE_LEN });
+        return Err(StoreError::ValueTooLarge {
+            len: value.len(),
+            max: MAX_VALUE_LEN,
+        });
     }
     Ok(())
 }

@@ -38,12 +38,20 @@ pub struct Scan<'a> {
 impl<'a> Scan<'a> {
     /// Every key of the namespace.
     pub fn all() -> Self {
-        Self { prefix: &[], start_after: None, limit: usize::MAX }
+        Self {
+            prefix: &[],
+            start_after: None,
+            limit: usize::MAX,
+        }
     }
 
     /// Every key that starts with `prefix`.
     pub fn prefix(prefix: &'a [u8]) -> Self {
-        Self { prefix, start_after: None, limit: usize::MAX }
+        Self {
+            prefix,
+            start_after: None,
+            limit: usize::MAX,
+        }
     }
 
     /// Only keys strictly after `key`.

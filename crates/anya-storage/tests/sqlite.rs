@@ -46,7 +46,10 @@ fn reopen_keeps_values_and_versions_grow() {
     let s = open(&path).expect("reopen");
     assert_eq!(s.get(&ns(), b"a").expect("get").expect("present").version, v1);
     let v3 = s.put(&ns(), b"b", b"3").expect("put");
-    assert!(v3 > v2, "a version after reopen ({v3}) is new, even though the newest key was deleted");
+    assert!(
+        v3 > v2,
+        "a version after reopen ({v3}) is new, even though the newest key was deleted"
+    );
     s.check_integrity().expect("healthy database");
 }
 
@@ -58,12 +61,26 @@ fn newer_schema_is_refused_untouched() {
     {
         let conn = rusqlite::Connection::open(&path).expect("raw open");
         conn.pragma_update(None, "user_version", 99).expect("bump schema");
-        conn.pragma_update(None, "journal_mode", "DELETE").expect("leave WAL so the file is all there is");
+        conn.pragma_update(None, "journal_mode", "DELETE")
+            .expect("leave WAL so the file is all there is");
     }
     let before = fs::read(&path).expect("read");
     let err = open(&path).expect_err("newer schema");
-    assert!(matches!(err, StoreError::SchemaTooNew { found: 99, supported: 1 }), "{err:?}");
-    assert_eq!(fs::read(&path).expect("read"), before, "refused database is left byte-identical");
+    assert!(
+        matches!(
+            err,
+            StoreError::SchemaTooNew {
+                found: 99,
+                supported: 1
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        fs::read(&path).expect("read"),
+        before,
+        "refused database is left byte-identical"
+    );
 }
 
 #[test]
@@ -72,8 +89,10 @@ fn foreign_sqlite_database_is_refused_untouched() {
     let path = dir.path().join("other.db");
     {
         let conn = rusqlite::Connection::open(&path).expect("raw open");
-        conn.execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER); INSERT INTO accounts VALUES (1, 100);")
-            .expect("foreign schema");
+        conn.execute_batch(
+            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER); INSERT INTO accounts VALUES (1, 100);",
+        )
+        .expect("foreign schema");
     }
     let before = fs::read(&path).expect("read");
     let err = open(&path).expect_err("foreign database");
@@ -84,13 +103,20 @@ fn foreign_sqlite_database_is_refused_untouched() {
 #[test]
 fn file_of_another_format_is_refused_untouched() {
     let dir = tempfile::tempdir().expect("temp dir");
-    for (name, content) in [("json.db", &b"{\"not\": \"a database\"}"[..]), ("short.db", b"SQLite"), ("zeros.db", &[0u8; 4096])] {
+    for (name, content) in [
+        ("json.db", &b"{\"not\": \"a database\"}"[..]),
+        ("short.db", b"SQLite"),
+        ("zeros.db", &[0u8; 4096]),
+    ] {
         let path = dir.path().join(name);
         fs::write(&path, content).expect("write");
         let err = open(&path).expect_err("not sqlite");
         assert!(matches!(err, StoreError::NotAnAnyaStore { .. }), "{name}: {err:?}");
         assert_eq!(fs::read(&path).expect("read"), content, "{name} untouched");
-        assert!(!dir.path().join(format!("{name}-wal")).exists(), "no WAL created beside {name}");
+        assert!(
+            !dir.path().join(format!("{name}-wal")).exists(),
+            "no WAL created beside {name}"
+        );
     }
     let err = open(dir.path()).expect_err("a directory");
     assert!(matches!(err, StoreError::NotAnAnyaStore { .. }), "{err:?}");
@@ -123,9 +149,18 @@ fn truncated_database_gives_typed_errors() {
 
 #[test]
 fn invalid_namespaces_are_typed_errors() {
-    assert!(matches!(Namespace::new(""), Err(StoreError::InvalidNamespace { len: 0 })));
-    assert!(matches!(Namespace::new("x".repeat(129)), Err(StoreError::InvalidNamespace { len: 129 })));
-    assert!(matches!(Namespace::new("a\u{0}b"), Err(StoreError::InvalidNamespace { .. })));
+    assert!(matches!(
+        Namespace::new(""),
+        Err(StoreError::InvalidNamespace { len: 0 })
+    ));
+    assert!(matches!(
+        Namespace::new("x".repeat(129)),
+        Err(StoreError::InvalidNamespace { len: 129 })
+    ));
+    assert!(matches!(
+        Namespace::new("a\u{0}b"),
+        Err(StoreError::InvalidNamespace { .. })
+    ));
 }
 
 #[test]
@@ -137,7 +172,10 @@ fn two_handles_on_one_file_share_versions() {
     let va = a.put(&ns(), b"k", b"a").expect("put a");
     let vb = b.put(&ns(), b"k", b"b").expect("put b");
     assert!(vb > va);
-    assert!(a.compare_and_swap(&ns(), b"k", Some(va), Some(b"stale")).expect_err("stale").is_conflict());
+    assert!(a
+        .compare_and_swap(&ns(), b"k", Some(va), Some(b"stale"))
+        .expect_err("stale")
+        .is_conflict());
     assert_eq!(a.get(&ns(), b"k").expect("get").expect("present").value, b"b");
 }
 

@@ -53,7 +53,11 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self { create_if_missing: true, busy_timeout: Duration::from_secs(5), cache_size_kib: 8 * 1024 }
+        Self {
+            create_if_missing: true,
+            busy_timeout: Duration::from_secs(5),
+            cache_size_kib: 8 * 1024,
+        }
     }
 }
 
@@ -67,7 +71,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,18 +86,27 @@ fn map_err(err: rusqlite::Error) -> StoreError {
         Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => {
             StoreError::Corrupt { source: Box::new(err) }
         }
-        _ => StoreError::Backend { backend: "sqlite", source: Box::new(err) },
+        _ => StoreError::Backend {
+            backend: "sqlite",
+            source: Box::new(err),
+        },
     }
 }
 
 fn io_err(err: std::io::Error) -> StoreError {
-    StoreError::Backend { backend: "sqlite", source: Box::new(err) }
+    StoreError::Backend {
+        backend: "sqlite",
+        source: Box::new(err),
+    }
 }
 
 fn version_from_sql(n: i64) -> Result<Version, StoreError> {
-    u64::try_from(n).ok().and_then(Version::new).ok_or_else(|| StoreError::Corrupt {
-        source: format!("stored version {n} is not a positive integer").into(),
-    })
+    u64::try_from(n)
+        .ok()
+        .and_then(Version::new)
+        .ok_or_else(|| StoreError::Corrupt {
+            source: format!("stored version {n} is not a positive integer").into(),
+        })
 }
 
 impl SqliteStore {
@@ -103,13 +118,18 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         let exists = check_header(&path)?;
         if !exists && !options.create_if_missing {
-            return Err(StoreError::NotAnAnyaStore { detail: format!("{} does not exist", path.display()) });
+            return Err(StoreError::NotAnAnyaStore {
+                detail: format!("{} does not exist", path.display()),
+            });
         }
         let conn = open_connection(&path, &options, false)?;
         let (app_id, user_version, tables): (i32, u32, i64) = (
-            conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(map_err)?,
-            conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(map_err)?,
-            conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0)).map_err(map_err)?,
+            conn.query_row("PRAGMA application_id", [], |r| r.get(0))
+                .map_err(map_err)?,
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(map_err)?,
+            conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+                .map_err(map_err)?,
         );
         if app_id != APPLICATION_ID && !(app_id == 0 && user_version == 0 && tables == 0) {
             return Err(StoreError::NotAnAnyaStore {
@@ -117,7 +137,10 @@ impl SqliteStore {
             });
         }
         if user_version > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew { found: user_version, supported: SCHEMA_VERSION });
+            return Err(StoreError::SchemaTooNew {
+                found: user_version,
+                supported: SCHEMA_VERSION,
+            });
         }
         // Validation done: from here on the file is ours to write.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(map_err)?;
@@ -150,7 +173,9 @@ impl SqliteStore {
             if report == ["ok"] {
                 Ok(())
             } else {
-                Err(StoreError::Corrupt { source: report.join("; ").into() })
+                Err(StoreError::Corrupt {
+                    source: report.join("; ").into(),
+                })
             }
         })
     }
@@ -177,14 +202,18 @@ fn check_header(path: &Path) -> Result<bool, StoreError> {
     };
     let meta = file.metadata().map_err(io_err)?;
     if meta.is_dir() {
-        return Err(StoreError::NotAnAnyaStore { detail: format!("{} is a directory", path.display()) });
+        return Err(StoreError::NotAnAnyaStore {
+            detail: format!("{} is a directory", path.display()),
+        });
     }
     if meta.len() == 0 {
         return Ok(true);
     }
     let mut header = [0u8; 16];
     if file.read_exact(&mut header).is_err() || &header != SQLITE_MAGIC {
-        return Err(StoreError::NotAnAnyaStore { detail: format!("{} is not a SQLite database", path.display()) });
+        return Err(StoreError::NotAnAnyaStore {
+            detail: format!("{} is not a SQLite database", path.display()),
+        });
     }
     Ok(true)
 }
@@ -201,7 +230,8 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
     }
     let conn = Connection::open_with_flags(path, flags).map_err(map_err)?;
     conn.busy_timeout(options.busy_timeout).map_err(map_err)?;
-    conn.pragma_update(None, "cache_size", -i64::from(options.cache_size_kib)).map_err(map_err)?;
+    conn.pragma_update(None, "cache_size", -i64::from(options.cache_size_kib))
+        .map_err(map_err)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
@@ -210,16 +240,23 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
     let result = (|| {
         // Re-read under the write lock: another process may have migrated meanwhile.
-        let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(map_err)?;
+        let current: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(map_err)?;
         if current > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew { found: current, supported: SCHEMA_VERSION });
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                supported: SCHEMA_VERSION,
+            });
         }
         for (from, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             tracing::info!(from, to = from + 1, "migrating sqlite store schema");
             conn.execute_batch(sql).map_err(map_err)?;
         }
-        conn.pragma_update(None, "application_id", APPLICATION_ID).map_err(map_err)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(map_err)?;
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(map_err)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(map_err)?;
         Ok(())
     })();
     match result {
@@ -297,7 +334,9 @@ impl SqliteWriter {
                 }
                 BatchOutcome::Conflict(err) => {
                     if isolate {
-                        self.conn.execute_batch("ROLLBACK TO anya_batch; RELEASE anya_batch").map_err(map_err)?;
+                        self.conn
+                            .execute_batch("ROLLBACK TO anya_batch; RELEASE anya_batch")
+                            .map_err(map_err)?;
                     }
                     results.push(Err(err));
                 }
@@ -347,9 +386,18 @@ impl KvStore for SqliteStore {
         self.with_reader(|conn| {
             let row: Option<(Vec<u8>, i64)> = conn
                 .prepare_cached("SELECT value, version FROM anya_kv WHERE ns = ?1 AND key = ?2")
-                .and_then(|mut s| s.query_row(params![ns.as_str(), key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .and_then(|mut s| {
+                    s.query_row(params![ns.as_str(), key], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
                 .map_err(map_err)?;
-            row.map(|(value, v)| Ok(Versioned { value, version: version_from_sql(v)? })).transpose()
+            row.map(|(value, v)| {
+                Ok(Versioned {
+                    value,
+                    version: version_from_sql(v)?,
+                })
+            })
+            .transpose()
         })
     }
 
@@ -371,7 +419,11 @@ impl KvStore for SqliteStore {
             let mut out = Vec::new();
             for row in rows {
                 let (key, value, v) = row.map_err(map_err)?;
-                out.push(Entry { key, value, version: version_from_sql(v)? });
+                out.push(Entry {
+                    key,
+                    value,
+                    version: version_from_sql(v)?,
+                });
             }
             Ok(out)
         })
