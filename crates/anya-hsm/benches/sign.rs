@@ -1,0 +1,172 @@
+//! SoftwareHsm signing against the bare libraries it wraps, in the same run.
+//!
+//! `anya/*` uses an unlocked key with audit records buffered (1024 per durable batch); `durable`
+//! shows the cost of one durable audit record per signature. `raw/*` calls secp256k1 or ring
+//! directly with the same key.
+
+use std::sync::Arc;
+
+use anya_hsm::{
+    AuditMode, AuxRand, HsmProvider, KdfParams, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, SecretBytes,
+    SecretString, SoftwareHsm, SoftwareOptions,
+};
+use anya_storage::{KvStore, SqliteOptions, SqliteStore};
+use bitcoin::bip32::{ChildNumber, DerivationPath, Xpriv};
+use bitcoin::key::TapTweak;
+use bitcoin::NetworkKind;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use secp256k1::{Keypair, Message, Secp256k1};
+
+const SECRET: [u8; 32] = [0x42; 32];
+const SEED: [u8; 32] = [0x17; 32];
+
+struct Bench {
+    hsm: SoftwareHsm,
+    _dir: tempfile::TempDir,
+}
+
+fn hsm(audit: AuditMode) -> Bench {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path().join("hsm.db"), SqliteOptions::default()).expect("store");
+    let options = SoftwareOptions::default()
+        .with_kdf(KdfParams::insecure_for_tests())
+        .with_audit(audit);
+    let hsm = SoftwareHsm::create(Arc::new(store), &SecretString::from("bench"), options).expect("create");
+    let policy = KeyPolicy::default_for(KeySpec::Secp256k1);
+    hsm.import_key(
+        &label("secp"),
+        KeyMaterial::Secp256k1(SecretBytes::from_slice(&SECRET)),
+        policy,
+    )
+    .expect("import");
+    hsm.import_key(
+        &label("ed"),
+        KeyMaterial::Ed25519(SecretBytes::from_slice(&SECRET)),
+        KeyPolicy::default_for(KeySpec::Ed25519),
+    )
+    .expect("import");
+    hsm.import_key(
+        &label("hd"),
+        KeyMaterial::Bip32Seed(SecretBytes::from_slice(&SEED)),
+        KeyPolicy::default_for(KeySpec::Bip32Root),
+    )
+    .expect("import");
+    Bench { hsm, _dir: dir }
+}
+
+fn label(s: &str) -> Label {
+    Label::new(s).expect("label")
+}
+
+fn signing(c: &mut Criterion) {
+    let b = hsm(AuditMode::Buffered { max_pending: 1024 });
+    let secp = Secp256k1::new();
+    let keypair = Keypair::from_seckey_slice(&secp, &SECRET).expect("key");
+    let secp_id = label("secp");
+    let msg = [7u8; 32];
+    let aux = [9u8; 32];
+
+    let mut g = c.benchmark_group("bip340");
+    g.bench_function("anya", |bn| {
+        bn.iter(|| {
+            b.hsm
+                .sign_schnorr(KeyRef::Key(&secp_id), black_box(&msg), AuxRand::Given(aux))
+                .expect("sign")
+        })
+    });
+    g.bench_function("raw", |bn| {
+        bn.iter(|| secp.sign_schnorr_with_aux_rand(&Message::from_digest(*black_box(&msg)), &keypair, &aux))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("ecdsa");
+    let sk = keypair.secret_key();
+    g.bench_function("anya", |bn| {
+        bn.iter(|| b.hsm.sign_ecdsa(KeyRef::Key(&secp_id), black_box(&msg)).expect("sign"))
+    });
+    g.bench_function("raw", |bn| {
+        bn.iter(|| secp.sign_ecdsa(&Message::from_digest(*black_box(&msg)), &sk))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("ed25519");
+    let ed = ring::signature::Ed25519KeyPair::from_seed_unchecked(&SECRET).expect("ed25519");
+    let ed_id = label("ed");
+    g.bench_function("anya", |bn| {
+        bn.iter(|| b.hsm.sign_ed25519(&ed_id, black_box(&msg)).expect("sign"))
+    });
+    g.bench_function("raw", |bn| bn.iter(|| ed.sign(black_box(&msg))));
+    g.finish();
+
+    let mut g = c.benchmark_group("bip86_derive_and_sign");
+    let hd_id = label("hd");
+    let account_path: DerivationPath = "m/86'/0'/0'".parse().expect("path");
+    let account = Xpriv::new_master(NetworkKind::Main, &SEED)
+        .expect("master")
+        .derive_priv(&secp, &account_path)
+        .expect("account");
+    let full: Vec<DerivationPath> = (0..64u32)
+        .map(|i| format!("m/86'/0'/0'/0/{i}").parse().expect("path"))
+        .collect();
+    let mut i = 0usize;
+    g.bench_function("anya", |bn| {
+        bn.iter(|| {
+            i = (i + 1) % full.len();
+            b.hsm
+                .sign_taproot_key_spend(
+                    KeyRef::derived(&hd_id, &full[i]),
+                    black_box(&msg),
+                    None,
+                    AuxRand::Given(aux),
+                )
+                .expect("sign")
+        })
+    });
+    let mut j = 0u32;
+    g.bench_function("raw", |bn| {
+        bn.iter(|| {
+            j = (j + 1) % 64;
+            let tail = [ChildNumber::Normal { index: 0 }, ChildNumber::Normal { index: j }];
+            let child = account.derive_priv(&secp, &tail).expect("derive");
+            let tweaked = child.to_keypair(&secp).tap_tweak(&secp, None).to_keypair();
+            secp.sign_schnorr_with_aux_rand(&Message::from_digest(*black_box(&msg)), &tweaked, &aux)
+        })
+    });
+    g.finish();
+    b.hsm.flush_audit().expect("flush");
+}
+
+fn durable(c: &mut Criterion) {
+    let b = hsm(AuditMode::Durable);
+    let secp_id = label("secp");
+    let mut g = c.benchmark_group("bip340_durable_audit");
+    g.sample_size(10);
+    g.bench_function("anya", |bn| {
+        bn.iter(|| {
+            b.hsm
+                .sign_schnorr(KeyRef::Key(&secp_id), black_box(&[7u8; 32]), AuxRand::Given([9; 32]))
+                .expect("sign")
+        })
+    });
+    g.finish();
+}
+
+fn unlock(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn KvStore> =
+        Arc::new(SqliteStore::open(dir.path().join("hsm.db"), SqliteOptions::default()).expect("store"));
+    let pass = SecretString::from("bench");
+    // Default parameters: 64 MiB, 3 passes.
+    let hsm = SoftwareHsm::create(Arc::clone(&store), &pass, SoftwareOptions::default()).expect("create");
+    let mut g = c.benchmark_group("unlock");
+    g.sample_size(10);
+    g.bench_function("argon2id_64mib_3_passes", |bn| {
+        bn.iter(|| hsm.unlock(&pass).expect("unlock"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, signing, durable, unlock);
+criterion_main!(benches);

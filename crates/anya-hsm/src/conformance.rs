@@ -1,0 +1,507 @@
+//! The conformance suite every [`HsmProvider`] implementation runs unchanged.
+//!
+//! Each case is a function taking a fresh, unlocked provider with no keys. A case that needs a
+//! capability the provider does not report checks that the operation fails with
+//! [`HsmError::Unsupported`] naming it, and stops there: a provider may skip exactly what its
+//! [`capabilities`](HsmProvider::capabilities) exclude. [`hsm_conformance_suite!`] turns the
+//! whole list into `#[test]` functions:
+//!
+//! ```ignore
+//! anya_hsm::hsm_conformance_suite!(Some(anya_hsm::conformance::software_fixture()));
+//! ```
+//!
+//! The expression is evaluated once per test and must give an `Option` of something that
+//! dereferences to an `HsmProvider`; `None` skips (for providers that need a server or token
+//! outside CI).
+//!
+//! [`hsm_conformance_suite!`]: crate::hsm_conformance_suite
+
+use std::ops::Deref;
+
+use bitcoin::bip32::{DerivationPath, Xpub};
+use bitcoin::hashes::{sha256, Hash};
+use bitcoin::key::TapTweak;
+use bitcoin::{NetworkKind, TapNodeHash};
+use secp256k1::{Message, Secp256k1};
+
+use crate::{
+    AuxRand, Capability, HsmError, HsmProvider, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength,
+    PublicKey, SecretBytes, SecretString, Usage,
+};
+
+/// A provider whose backing files live in a temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempHsm<P> {
+    /// The provider (dropped before the directory).
+    pub provider: P,
+    /// The directory holding its store.
+    pub dir: tempfile::TempDir,
+}
+
+impl<P> Deref for TempHsm<P> {
+    type Target = P;
+    fn deref(&self) -> &P {
+        &self.provider
+    }
+}
+
+/// A fresh, unlocked [`SoftwareHsm`](crate::SoftwareHsm) on a SQLite store in a temporary
+/// directory, with cheap Argon2id parameters and durable audit.
+#[cfg(feature = "software")]
+pub fn software_fixture() -> TempHsm<crate::SoftwareHsm> {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("temp dir for the fixture");
+    let store = anya_storage::SqliteStore::open(dir.path().join("hsm.db"), anya_storage::SqliteOptions::default())
+        .expect("fresh sqlite store");
+    let options = crate::SoftwareOptions::default().with_kdf(crate::KdfParams::insecure_for_tests());
+    let provider = crate::SoftwareHsm::create(Arc::new(store), &SecretString::from("conformance"), options)
+        .expect("fresh keystore");
+    TempHsm { provider, dir }
+}
+
+/// Generates one `#[test]` per conformance case for the provider built by `$make`.
+#[macro_export]
+macro_rules! hsm_conformance_suite {
+    ($make:expr) => {
+        $crate::hsm_conformance_suite!(@cases $make;
+            keys_of_every_spec, duplicate_id_is_key_exists, list_and_delete,
+            ecdsa_is_low_s_and_verifies, schnorr_verifies, taproot_key_spend_verifies,
+            ed25519_verifies, aes_gcm_round_trip_and_aad_binding, policy_is_enforced,
+            import_export_round_trip, bip32_sign_at_path_matches_xpub, nonce_signs_once,
+            nonce_race_8_threads, audit_records_every_call);
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                if let Some(fixture) = $make {
+                    $crate::conformance::$case(&*fixture);
+                }
+            }
+        )*
+    };
+}
+
+fn label(s: &str) -> Label {
+    Label::new(s).expect("conformance labels are valid")
+}
+
+/// `Some(())` if the provider has `capability`; otherwise checks that `op` is refused with the
+/// predicted error and returns `None`.
+fn needs<T: std::fmt::Debug>(
+    p: &dyn HsmProvider,
+    capability: Capability,
+    op: impl FnOnce() -> Result<T, HsmError>,
+) -> Option<()> {
+    if p.capabilities().contains(capability) {
+        return Some(());
+    }
+    match op() {
+        Err(HsmError::Unsupported { capability: c }) if c == capability => None,
+        other => panic!("{capability:?} is not in capabilities() but the operation gave {other:?}"),
+    }
+}
+
+fn secp_key(p: &dyn HsmProvider, name: &str) -> Option<Label> {
+    let id = label(name);
+    needs(p, Capability::GenerateSecp256k1, || {
+        p.generate_key(&id, KeySpec::Secp256k1, KeyPolicy::default_for(KeySpec::Secp256k1))
+    })?;
+    p.generate_key(&id, KeySpec::Secp256k1, KeyPolicy::default_for(KeySpec::Secp256k1))
+        .expect("generate secp256k1");
+    Some(id)
+}
+
+fn secp_public(p: &dyn HsmProvider, key: KeyRef<'_>) -> secp256k1::PublicKey {
+    match p.public_key(key).expect("public key") {
+        PublicKey::Secp256k1(pk) => pk,
+        other => panic!("expected a secp256k1 key, got {other:?}"),
+    }
+}
+
+/// Keys of each spec can be generated; their public keys have the right kind.
+pub fn keys_of_every_spec(p: &dyn HsmProvider) {
+    if let Some(id) = secp_key(p, "k-secp") {
+        assert!(matches!(p.public_key(KeyRef::Key(&id)), Ok(PublicKey::Secp256k1(_))));
+        assert_eq!(p.key_info(&id).expect("info").spec, KeySpec::Secp256k1);
+    }
+    let ed = label("k-ed");
+    let policy = KeyPolicy::default_for(KeySpec::Ed25519);
+    if needs(p, Capability::GenerateEd25519, || {
+        p.generate_key(&ed, KeySpec::Ed25519, policy)
+    })
+    .is_some()
+    {
+        p.generate_key(&ed, KeySpec::Ed25519, policy).expect("generate ed25519");
+        assert!(matches!(p.public_key(KeyRef::Key(&ed)), Ok(PublicKey::Ed25519(_))));
+    }
+    let aes = label("k-aes");
+    let policy = KeyPolicy::default_for(KeySpec::Aes256);
+    if needs(p, Capability::GenerateAes256, || {
+        p.generate_key(&aes, KeySpec::Aes256, policy)
+    })
+    .is_some()
+    {
+        p.generate_key(&aes, KeySpec::Aes256, policy).expect("generate aes");
+        assert!(matches!(
+            p.public_key(KeyRef::Key(&aes)),
+            Err(HsmError::WrongKeyType { .. })
+        ));
+    }
+}
+
+/// A second key under an id in use is refused and leaves the first key intact.
+pub fn duplicate_id_is_key_exists(p: &dyn HsmProvider) {
+    let Some(id) = secp_key(p, "dup") else { return };
+    let before = secp_public(p, KeyRef::Key(&id));
+    let again = p.generate_key(&id, KeySpec::Secp256k1, KeyPolicy::default_for(KeySpec::Secp256k1));
+    assert!(matches!(again, Err(HsmError::KeyExists { .. })), "{again:?}");
+    assert_eq!(secp_public(p, KeyRef::Key(&id)), before);
+}
+
+/// `list_keys` is in id order; a deleted key is gone and deleting it again is `KeyNotFound`.
+pub fn list_and_delete(p: &dyn HsmProvider) {
+    let (Some(b), Some(a)) = (secp_key(p, "b-key"), secp_key(p, "a-key")) else {
+        return;
+    };
+    let ids: Vec<_> = p.list_keys().expect("list").into_iter().map(|k| k.id).collect();
+    assert_eq!(ids, vec![a.clone(), b.clone()]);
+    p.delete_key(&a).expect("delete");
+    assert!(matches!(
+        p.public_key(KeyRef::Key(&a)),
+        Err(HsmError::KeyNotFound { .. })
+    ));
+    assert!(matches!(p.delete_key(&a), Err(HsmError::KeyNotFound { .. })));
+    assert_eq!(p.list_keys().expect("list").len(), 1);
+}
+
+/// ECDSA signatures verify with bare secp256k1, are low-S and round-trip DER and compact.
+pub fn ecdsa_is_low_s_and_verifies(p: &dyn HsmProvider) {
+    let Some(id) = secp_key(p, "ecdsa") else { return };
+    if needs(p, Capability::SignEcdsa, || p.sign_ecdsa(KeyRef::Key(&id), &[1; 32])).is_none() {
+        return;
+    }
+    let secp = Secp256k1::verification_only();
+    let pk = secp_public(p, KeyRef::Key(&id));
+    for i in 0..32u8 {
+        let digest = sha256::Hash::hash(&[i]).to_byte_array();
+        let sig = p.sign_ecdsa(KeyRef::Key(&id), &digest).expect("sign");
+        let mut normalized = sig;
+        normalized.normalize_s();
+        assert_eq!(normalized, sig, "signature is not low-S");
+        secp.verify_ecdsa(&Message::from_digest(digest), &sig, &pk)
+            .expect("verifies");
+        let der = sig.serialize_der();
+        assert_eq!(secp256k1::ecdsa::Signature::from_der(&der).expect("der"), sig);
+        let compact = sig.serialize_compact();
+        assert_eq!(
+            secp256k1::ecdsa::Signature::from_compact(&compact).expect("compact"),
+            sig
+        );
+        // RFC 6979: the same digest gives the same signature.
+        assert_eq!(p.sign_ecdsa(KeyRef::Key(&id), &digest).expect("sign"), sig);
+    }
+}
+
+/// BIP340 signatures verify with bare secp256k1 against the x-only key.
+pub fn schnorr_verifies(p: &dyn HsmProvider) {
+    let Some(id) = secp_key(p, "schnorr") else { return };
+    if needs(p, Capability::SignSchnorr, || {
+        p.sign_schnorr(KeyRef::Key(&id), &[1; 32], AuxRand::Fresh)
+    })
+    .is_none()
+    {
+        return;
+    }
+    let secp = Secp256k1::verification_only();
+    let (xonly, _) = secp_public(p, KeyRef::Key(&id)).x_only_public_key();
+    for aux in [AuxRand::Fresh, AuxRand::Given([9; 32])] {
+        let sig = p.sign_schnorr(KeyRef::Key(&id), &[5; 32], aux).expect("sign");
+        secp.verify_schnorr(&sig, &Message::from_digest([5; 32]), &xonly)
+            .expect("verifies");
+    }
+}
+
+/// BIP341 key-path signatures verify against the output key tweaked outside the provider,
+/// with and without a merkle root.
+pub fn taproot_key_spend_verifies(p: &dyn HsmProvider) {
+    let Some(id) = secp_key(p, "taproot") else { return };
+    if needs(p, Capability::SignTaprootKeySpend, || {
+        p.sign_taproot_key_spend(KeyRef::Key(&id), &[1; 32], None, AuxRand::Fresh)
+    })
+    .is_none()
+    {
+        return;
+    }
+    let secp = Secp256k1::new();
+    let (internal, _) = secp_public(p, KeyRef::Key(&id)).x_only_public_key();
+    let root = TapNodeHash::from_byte_array([0x42; 32]);
+    for merkle_root in [None, Some(root)] {
+        let (output, _) = internal.tap_tweak(&secp, merkle_root);
+        let sig = p
+            .sign_taproot_key_spend(KeyRef::Key(&id), &[6; 32], merkle_root, AuxRand::Fresh)
+            .expect("sign");
+        secp.verify_schnorr(&sig, &Message::from_digest([6; 32]), &output.to_x_only_public_key())
+            .expect("verifies");
+        assert!(secp
+            .verify_schnorr(&sig, &Message::from_digest([6; 32]), &internal)
+            .is_err());
+    }
+}
+
+/// Ed25519 signatures verify with ring.
+pub fn ed25519_verifies(p: &dyn HsmProvider) {
+    let id = label("ed");
+    let policy = KeyPolicy::default_for(KeySpec::Ed25519);
+    if needs(p, Capability::GenerateEd25519, || {
+        p.generate_key(&id, KeySpec::Ed25519, policy)
+    })
+    .is_none()
+    {
+        return;
+    }
+    p.generate_key(&id, KeySpec::Ed25519, policy).expect("generate");
+    if needs(p, Capability::SignEd25519, || p.sign_ed25519(&id, b"x")).is_none() {
+        return;
+    }
+    let Ok(PublicKey::Ed25519(pk)) = p.public_key(KeyRef::Key(&id)) else {
+        panic!("ed25519 public key")
+    };
+    for msg in [&b""[..], b"hello", &[7u8; 1000]] {
+        let sig = p.sign_ed25519(&id, msg).expect("sign");
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk)
+            .verify(msg, &sig.0)
+            .expect("verifies");
+    }
+}
+
+/// AES-256-GCM round-trips; another AAD, another key or a flipped bit is `DecryptionFailed`.
+pub fn aes_gcm_round_trip_and_aad_binding(p: &dyn HsmProvider) {
+    let (a, b) = (label("aes-a"), label("aes-b"));
+    let policy = KeyPolicy::default_for(KeySpec::Aes256);
+    if needs(p, Capability::GenerateAes256, || {
+        p.generate_key(&a, KeySpec::Aes256, policy)
+    })
+    .is_none()
+    {
+        return;
+    }
+    p.generate_key(&a, KeySpec::Aes256, policy).expect("generate");
+    p.generate_key(&b, KeySpec::Aes256, policy).expect("generate");
+    if needs(p, Capability::Aes256Gcm, || p.encrypt(&a, b"x", b"")).is_none() {
+        return;
+    }
+    let ct = p.encrypt(&a, b"attack at dawn", b"header").expect("encrypt");
+    assert_ne!(
+        p.encrypt(&a, b"attack at dawn", b"header").expect("encrypt"),
+        ct,
+        "nonces must be fresh"
+    );
+    assert_eq!(
+        p.decrypt(&a, &ct, b"header").expect("decrypt").expose(),
+        b"attack at dawn"
+    );
+    assert!(matches!(p.decrypt(&a, &ct, b"other"), Err(HsmError::DecryptionFailed)));
+    assert!(matches!(p.decrypt(&b, &ct, b"header"), Err(HsmError::DecryptionFailed)));
+    let mut flipped = ct.clone();
+    flipped[15] ^= 1;
+    assert!(matches!(
+        p.decrypt(&a, &flipped, b"header"),
+        Err(HsmError::DecryptionFailed)
+    ));
+    assert!(matches!(
+        p.decrypt(&a, &ct[..10], b"header"),
+        Err(HsmError::DecryptionFailed)
+    ));
+}
+
+/// Uses outside the policy are `UsageNotAllowed`, outside the spec `WrongKeyType`; a key that
+/// is not exportable is `NotExportable`.
+pub fn policy_is_enforced(p: &dyn HsmProvider) {
+    let id = label("ecdsa-only");
+    let policy = KeyPolicy::only(&[Usage::SignEcdsa]);
+    if needs(p, Capability::GenerateSecp256k1, || {
+        p.generate_key(&id, KeySpec::Secp256k1, policy)
+    })
+    .is_none()
+    {
+        return;
+    }
+    p.generate_key(&id, KeySpec::Secp256k1, policy).expect("generate");
+    if p.capabilities().contains(Capability::SignSchnorr) {
+        let r = p.sign_schnorr(KeyRef::Key(&id), &[1; 32], AuxRand::Fresh);
+        assert!(
+            matches!(
+                r,
+                Err(HsmError::UsageNotAllowed {
+                    usage: Usage::SignSchnorr,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    if p.capabilities().contains(Capability::SignEd25519) {
+        let r = p.sign_ed25519(&id, b"x");
+        assert!(matches!(r, Err(HsmError::WrongKeyType { .. })), "{r:?}");
+    }
+    if p.capabilities().contains(Capability::Export) {
+        assert!(matches!(p.export_key(&id), Err(HsmError::NotExportable { .. })));
+    }
+    if p.capabilities().contains(Capability::SignEcdsa) {
+        p.sign_ecdsa(KeyRef::Key(&id), &[1; 32]).expect("allowed use");
+    }
+}
+
+/// An imported exportable key exports the same bytes and signs as the imported key.
+pub fn import_export_round_trip(p: &dyn HsmProvider) {
+    let id = label("imported");
+    let secret = [0x11u8; 32];
+    let material = || KeyMaterial::Secp256k1(SecretBytes::from_slice(&secret));
+    let policy = KeyPolicy::default_for(KeySpec::Secp256k1).exportable();
+    if needs(p, Capability::Import, || p.import_key(&id, material(), policy)).is_none() {
+        return;
+    }
+    p.import_key(&id, material(), policy).expect("import");
+    let secp = Secp256k1::new();
+    let sk = secp256k1::SecretKey::from_slice(&secret).expect("valid secret");
+    assert_eq!(secp_public(p, KeyRef::Key(&id)), sk.public_key(&secp));
+    if needs(p, Capability::Export, || p.export_key(&id)).is_some() {
+        assert_eq!(p.export_key(&id).expect("export").expose(), &secret);
+    }
+    let bad = p.import_key(
+        &label("bad"),
+        KeyMaterial::Secp256k1(SecretBytes::from_slice(&[0; 32])),
+        policy,
+    );
+    assert!(matches!(bad, Err(HsmError::InvalidKeyMaterial { .. })), "{bad:?}");
+}
+
+/// A key signed at a BIP86 path inside the provider is the one derived publicly from the
+/// exported account xpub.
+pub fn bip32_sign_at_path_matches_xpub(p: &dyn HsmProvider) {
+    let root = label("hd");
+    let policy = KeyPolicy::default_for(KeySpec::Bip32Root);
+    let pass = SecretString::from("");
+    if needs(p, Capability::Bip32, || {
+        p.generate_mnemonic(&root, MnemonicLength::Words12, &pass, policy)
+    })
+    .is_none()
+    {
+        return;
+    }
+    let (_, mnemonic) = p
+        .generate_mnemonic(&root, MnemonicLength::Words24, &pass, policy)
+        .expect("generate");
+    assert_eq!(mnemonic.expose().split(' ').count(), 24);
+    let secp = Secp256k1::new();
+    let account: DerivationPath = "m/86'/1'/0'".parse().expect("path");
+    let xpub = p.account_xpub(&root, &account, NetworkKind::Test).expect("xpub");
+    assert_eq!(xpub.origin.1, account);
+    assert!(xpub.xpub.to_string().starts_with("tpub"));
+    for i in 0..4u32 {
+        let tail: DerivationPath = format!("m/0/{i}").parse().expect("path");
+        let full: DerivationPath = format!("m/86'/1'/0'/0/{i}").parse().expect("path");
+        let child: Xpub = xpub.xpub.derive_pub(&secp, &tail).expect("public derivation");
+        assert_eq!(secp_public(p, KeyRef::derived(&root, &full)), child.public_key);
+        let (output, _) = child.to_x_only_pub().tap_tweak(&secp, None);
+        let sig = p
+            .sign_taproot_key_spend(KeyRef::derived(&root, &full), &[i as u8; 32], None, AuxRand::Fresh)
+            .expect("sign");
+        secp.verify_schnorr(
+            &sig,
+            &Message::from_digest([i as u8; 32]),
+            &output.to_x_only_public_key(),
+        )
+        .expect("verifies");
+        let ecdsa = p
+            .sign_ecdsa(KeyRef::derived(&root, &full), &[i as u8; 32])
+            .expect("sign");
+        secp.verify_ecdsa(&Message::from_digest([i as u8; 32]), &ecdsa, &child.public_key)
+            .expect("verifies");
+    }
+    // A plain secp256k1 key has no children.
+    if let Some(plain) = secp_key(p, "plain") {
+        let r = p.sign_ecdsa(KeyRef::derived(&plain, &account), &[0; 32]);
+        assert!(matches!(r, Err(HsmError::WrongKeyType { .. })), "{r:?}");
+    }
+}
+
+/// A committed nonce signs once, with the announced R; the second use is `NonceAlreadyUsed`.
+pub fn nonce_signs_once(p: &dyn HsmProvider) {
+    let Some(id) = secp_key(p, "oracle") else { return };
+    let n = label("event-1");
+    if needs(p, Capability::OracleNonces, || p.commit_nonce(&id, &n)).is_none() {
+        return;
+    }
+    let r = p.commit_nonce(&id, &n).expect("commit");
+    assert!(matches!(p.commit_nonce(&id, &n), Err(HsmError::NonceExists { .. })));
+    let secp = Secp256k1::verification_only();
+    let (xonly, _) = secp_public(p, KeyRef::Key(&id)).x_only_public_key();
+    let sig = p.sign_with_nonce(&id, &n, &[8; 32]).expect("first use");
+    assert_eq!(
+        &sig.as_ref()[..32],
+        &r.serialize(),
+        "signature R is the announced nonce"
+    );
+    secp.verify_schnorr(&sig, &Message::from_digest([8; 32]), &xonly)
+        .expect("verifies");
+    for msg in [[8u8; 32], [9u8; 32]] {
+        let again = p.sign_with_nonce(&id, &n, &msg);
+        assert!(matches!(again, Err(HsmError::NonceAlreadyUsed { .. })), "{again:?}");
+    }
+    assert!(matches!(p.commit_nonce(&id, &n), Err(HsmError::NonceExists { .. })));
+    let missing = p.sign_with_nonce(&id, &label("never"), &[8; 32]);
+    assert!(matches!(missing, Err(HsmError::NonceNotFound { .. })), "{missing:?}");
+}
+
+/// Eight threads racing to use one nonce with different messages: exactly one signs.
+pub fn nonce_race_8_threads(p: &dyn HsmProvider) {
+    let Some(id) = secp_key(p, "racer") else { return };
+    let n = label("race");
+    if needs(p, Capability::OracleNonces, || p.commit_nonce(&id, &n)).is_none() {
+        return;
+    }
+    for round in 0..4 {
+        let n = label(&format!("race-{round}"));
+        p.commit_nonce(&id, &n).expect("commit");
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8u8)
+                .map(|t| {
+                    let (id, n) = (&id, &n);
+                    s.spawn(move || p.sign_with_nonce(id, n, &[t; 32]))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        let used = results
+            .iter()
+            .filter(|r| matches!(r, Err(HsmError::NonceAlreadyUsed { .. })))
+            .count();
+        assert_eq!((ok, used), (1, 7), "{results:?}");
+    }
+}
+
+/// Every call, failed ones included, appends a record with the input's hash and no message.
+pub fn audit_records_every_call(p: &dyn HsmProvider) {
+    if needs(p, Capability::AuditLog, || p.verify_audit_chain()).is_none() {
+        return;
+    }
+    let before = p.verify_audit_chain().expect("chain verifies").records;
+    let Some(id) = secp_key(p, "audited") else { return };
+    let msg = [0xabu8; 32];
+    let _ = p.sign_ecdsa(KeyRef::Key(&id), &msg);
+    let _ = p.sign_ecdsa(KeyRef::Key(&label("missing")), &msg);
+    let summary = p.verify_audit_chain().expect("chain verifies");
+    assert_eq!(summary.records, before + 3);
+    let records = p.audit_records(before, 10).expect("records");
+    assert_eq!(records.len(), 3);
+    let sign = &records[1];
+    assert_eq!(sign.key_id.as_ref(), Some(&id));
+    assert_eq!(sign.outcome, 0);
+    assert_eq!(sign.input_hash, Some(sha256::Hash::hash(&msg).to_byte_array()));
+    let failed = &records[2];
+    assert_eq!(failed.outcome, HsmError::KeyNotFound { id: id.clone() }.audit_code());
+    assert_eq!(failed.prev_hash, sign.hash());
+}

@@ -1,0 +1,301 @@
+//! Key ids, specs, usage policies and the public facts about a key.
+
+use std::fmt;
+
+use anya_core_types::{Label, UnixTime};
+use bitcoin::bip32::{ChildNumber, DerivationPath};
+
+/// The name of a key inside a provider.
+pub type KeyId = Label;
+
+/// What kind of key an entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeySpec {
+    /// A secp256k1 private key (ECDSA, BIP340, Taproot, oracle nonces).
+    Secp256k1,
+    /// An Ed25519 private key (stored as its 32-byte seed).
+    Ed25519,
+    /// An AES-256 key for AES-256-GCM.
+    Aes256,
+    /// A BIP32 root: an extended private key made from a BIP39 mnemonic, a seed or an xprv.
+    Bip32Root,
+}
+
+impl KeySpec {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            KeySpec::Secp256k1 => 1,
+            KeySpec::Ed25519 => 2,
+            KeySpec::Aes256 => 3,
+            KeySpec::Bip32Root => 4,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => KeySpec::Secp256k1,
+            2 => KeySpec::Ed25519,
+            3 => KeySpec::Aes256,
+            4 => KeySpec::Bip32Root,
+            _ => return None,
+        })
+    }
+
+    /// The uses a key of this spec can serve at all.
+    pub fn possible_usages(self) -> UsageSet {
+        match self {
+            KeySpec::Secp256k1 => UsageSet::of(&[
+                Usage::SignEcdsa,
+                Usage::SignSchnorr,
+                Usage::SignTaprootKeySpend,
+                Usage::OracleNonce,
+            ]),
+            KeySpec::Ed25519 => UsageSet::of(&[Usage::SignEd25519]),
+            KeySpec::Aes256 => UsageSet::of(&[Usage::Encrypt, Usage::Decrypt]),
+            KeySpec::Bip32Root => UsageSet::of(&[
+                Usage::SignEcdsa,
+                Usage::SignSchnorr,
+                Usage::SignTaprootKeySpend,
+                Usage::DeriveXpub,
+            ]),
+        }
+    }
+}
+
+/// One use of a key that a [`KeyPolicy`] can allow or forbid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Usage {
+    /// ECDSA signing.
+    SignEcdsa,
+    /// BIP340 signing with the untweaked key.
+    SignSchnorr,
+    /// BIP341 key-path signing with the tweaked key.
+    SignTaprootKeySpend,
+    /// Ed25519 signing.
+    SignEd25519,
+    /// AES-256-GCM encryption.
+    Encrypt,
+    /// AES-256-GCM decryption.
+    Decrypt,
+    /// Exporting extended public keys of a BIP32 root.
+    DeriveXpub,
+    /// Committing and using one-time oracle nonces.
+    OracleNonce,
+}
+
+impl Usage {
+    const ALL: [Usage; 8] = [
+        Usage::SignEcdsa,
+        Usage::SignSchnorr,
+        Usage::SignTaprootKeySpend,
+        Usage::SignEd25519,
+        Usage::Encrypt,
+        Usage::Decrypt,
+        Usage::DeriveXpub,
+        Usage::OracleNonce,
+    ];
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// A set of [`Usage`] values.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct UsageSet(u16);
+
+impl UsageSet {
+    /// The set of the given usages.
+    pub fn of(usages: &[Usage]) -> Self {
+        Self(usages.iter().fold(0, |acc, u| acc | u.bit()))
+    }
+
+    /// Whether `usage` is in the set.
+    pub fn contains(self, usage: Usage) -> bool {
+        self.0 & usage.bit() != 0
+    }
+
+    /// The usages in the set.
+    pub fn iter(self) -> impl Iterator<Item = Usage> {
+        Usage::ALL.into_iter().filter(move |u| self.contains(*u))
+    }
+
+    /// Intersection.
+    #[must_use]
+    pub fn intersect(self, other: UsageSet) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    pub(crate) fn bits(self) -> u16 {
+        self.0
+    }
+
+    pub(crate) fn from_bits(bits: u16) -> Option<Self> {
+        let known = Usage::ALL.iter().fold(0u16, |acc, u| acc | u.bit());
+        (bits & !known == 0).then_some(Self(bits))
+    }
+}
+
+impl fmt::Debug for UsageSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// What a key may be used for, fixed when the key is created and sealed with it (the policy is
+/// part of the associated data, so it cannot be changed in the store without breaking the seal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyPolicy {
+    /// The allowed uses (intersected with what the key spec can do).
+    pub allowed: UsageSet,
+    /// Whether the secret may ever leave the provider through `export_key`.
+    pub exportable: bool,
+}
+
+impl KeyPolicy {
+    /// Every use the spec supports; not exportable.
+    pub fn default_for(spec: KeySpec) -> Self {
+        Self {
+            allowed: spec.possible_usages(),
+            exportable: false,
+        }
+    }
+
+    /// Only the given uses; not exportable.
+    pub fn only(usages: &[Usage]) -> Self {
+        Self {
+            allowed: UsageSet::of(usages),
+            exportable: false,
+        }
+    }
+
+    /// The same policy, exportable.
+    #[must_use]
+    pub fn exportable(mut self) -> Self {
+        self.exportable = true;
+        self
+    }
+}
+
+/// The public facts about a stored key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Its id.
+    pub id: KeyId,
+    /// Its spec.
+    pub spec: KeySpec,
+    /// Its policy.
+    pub policy: KeyPolicy,
+    /// When it was generated or imported.
+    pub created: UnixTime,
+}
+
+/// A public key, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublicKey {
+    /// A secp256k1 public key (its x-only form is the BIP340 key).
+    Secp256k1(secp256k1::PublicKey),
+    /// An Ed25519 public key.
+    Ed25519([u8; 32]),
+}
+
+/// Which key an operation uses: a stored key, or a BIP32 child of a stored root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRef<'a> {
+    /// A stored key.
+    Key(&'a KeyId),
+    /// The key at `path` below the BIP32 root `root`; its private key never leaves the provider.
+    Derived {
+        /// The stored BIP32 root.
+        root: &'a KeyId,
+        /// The path from the root.
+        path: &'a [ChildNumber],
+    },
+}
+
+impl<'a> KeyRef<'a> {
+    /// A child of `root` at `path`.
+    pub fn derived(root: &'a KeyId, path: &'a DerivationPath) -> Self {
+        KeyRef::Derived {
+            root,
+            path: path.as_ref(),
+        }
+    }
+
+    /// The stored key this reference starts from.
+    pub fn id(&self) -> &'a KeyId {
+        match self {
+            KeyRef::Key(id) | KeyRef::Derived { root: id, .. } => id,
+        }
+    }
+}
+
+impl<'a> From<&'a KeyId> for KeyRef<'a> {
+    fn from(id: &'a KeyId) -> Self {
+        KeyRef::Key(id)
+    }
+}
+
+/// The auxiliary randomness of a BIP340 signature.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum AuxRand {
+    /// 32 fresh bytes drawn by the provider (the BIP340 recommendation).
+    Fresh,
+    /// These bytes (for test vectors, or a caller with its own entropy source).
+    Given([u8; 32]),
+}
+
+impl fmt::Debug for AuxRand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuxRand::Fresh => f.write_str("Fresh"),
+            AuxRand::Given(_) => f.write_str("Given(<32 bytes>)"),
+        }
+    }
+}
+
+/// An Ed25519 signature.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Ed25519Signature(pub [u8; 64]);
+
+impl fmt::Debug for Ed25519Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ed25519Signature(")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Number of words of a generated BIP39 mnemonic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MnemonicLength {
+    /// 12 words (128 bits of entropy).
+    Words12,
+    /// 24 words (256 bits of entropy).
+    Words24,
+}
+
+impl MnemonicLength {
+    pub(crate) fn entropy_bytes(self) -> usize {
+        match self {
+            MnemonicLength::Words12 => 16,
+            MnemonicLength::Words24 => 32,
+        }
+    }
+}
+
+/// An account-level extended public key with its key origin, ready for a descriptor
+/// (`[fingerprint/path]xpub`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountXpub {
+    /// The extended public key.
+    pub xpub: bitcoin::bip32::Xpub,
+    /// Fingerprint of the root and the path from it.
+    pub origin: bitcoin::bip32::KeySource,
+}

@@ -1,0 +1,30 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod bip32;
+mod capability;
+mod error;
+mod key;
+mod provider;
+mod secret;
+
+#[cfg(feature = "software")]
+pub mod software;
+
+#[cfg(feature = "test-utils")]
+pub mod conformance;
+
+pub use anya_core_types::Label;
+pub use audit::{AuditBreak, AuditMode, AuditRecord, AuditSummary, Operation};
+pub use capability::{Capabilities, Capability};
+pub use error::{HsmError, SealedDefect};
+pub use key::{
+    AccountXpub, AuxRand, Ed25519Signature, KeyId, KeyInfo, KeyPolicy, KeyRef, KeySpec, MnemonicLength, PublicKey,
+    Usage, UsageSet,
+};
+pub use provider::{HsmProvider, KeyMaterial};
+pub use secret::{SecretBytes, SecretString};
+
+#[cfg(feature = "software")]
+pub use software::{KdfParams, SoftwareHsm, SoftwareOptions};

@@ -1,0 +1,159 @@
+//! The `HsmProvider` contract.
+
+use bitcoin::bip32::DerivationPath;
+use bitcoin::NetworkKind;
+use bitcoin::TapNodeHash;
+use secp256k1::{ecdsa, schnorr, XOnlyPublicKey};
+
+use crate::audit::{AuditRecord, AuditSummary};
+use crate::{
+    AccountXpub, AuxRand, Capabilities, Ed25519Signature, HsmError, KeyId, KeyInfo, KeyPolicy, KeyRef, KeySpec, Label,
+    MnemonicLength, PublicKey, SecretBytes, SecretString,
+};
+
+/// Key material handed to [`HsmProvider::import_key`]; it is sealed on arrival.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum KeyMaterial {
+    /// A 32-byte secp256k1 secret key.
+    Secp256k1(SecretBytes),
+    /// A 32-byte Ed25519 seed (RFC 8032 private key).
+    Ed25519(SecretBytes),
+    /// A 32-byte AES-256 key.
+    Aes256(SecretBytes),
+    /// A BIP32 seed of 16 to 64 bytes; the root is its master extended private key.
+    Bip32Seed(SecretBytes),
+    /// A BIP39 mnemonic (English) and its passphrase (empty for none).
+    Bip39 {
+        /// The mnemonic words.
+        mnemonic: SecretString,
+        /// The BIP39 passphrase.
+        passphrase: SecretString,
+    },
+    /// A base58 extended private key (`xprv…`/`tprv…`), used as the root as it stands.
+    Xpriv(SecretString),
+}
+
+impl KeyMaterial {
+    /// The spec of the key this material makes.
+    pub fn spec(&self) -> KeySpec {
+        match self {
+            KeyMaterial::Secp256k1(_) => KeySpec::Secp256k1,
+            KeyMaterial::Ed25519(_) => KeySpec::Ed25519,
+            KeyMaterial::Aes256(_) => KeySpec::Aes256,
+            KeyMaterial::Bip32Seed(_) | KeyMaterial::Bip39 { .. } | KeyMaterial::Xpriv(_) => KeySpec::Bip32Root,
+        }
+    }
+}
+
+/// A hardware or software security module holding keys that never leave it unless their policy
+/// says they may.
+///
+/// # Contract
+///
+/// - **Capabilities**: [`capabilities`](Self::capabilities) is fixed for the life of the
+///   provider. Every method names the [`Capability`](crate::Capability) it needs in its docs; a
+///   method outside the set returns [`HsmError::Unsupported`] with that capability and has no
+///   other effect.
+/// - **Policy**: a key's [`KeyPolicy`] is fixed at creation. A use outside it is
+///   [`HsmError::UsageNotAllowed`]; a use its spec cannot serve is [`HsmError::WrongKeyType`].
+/// - **Durability**: a key that `generate_key`/`import_key` returned is stored durably; a
+///   deleted key is gone once `delete_key` returns.
+/// - **Nonces**: a committed oracle nonce signs at most once, across threads, handles and
+///   restarts; the second attempt is [`HsmError::NonceAlreadyUsed`].
+/// - **Audit**: every call (successful or not) appends one record to the provider's audit chain;
+///   how soon that record is durable is the provider's documented audit mode.
+/// - **Signatures**: ECDSA is RFC 6979 with low-S; BIP340 follows the BIP with the given
+///   auxiliary randomness; messages to the secp256k1 schemes are 32-byte digests.
+pub trait HsmProvider: Send + Sync {
+    /// What this provider can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Creates a new random key. Needs `Generate*` for the spec (and [`Capability::Bip32`]
+    /// for a root).
+    ///
+    /// [`Capability::Bip32`]: crate::Capability::Bip32
+    fn generate_key(&self, id: &KeyId, spec: KeySpec, policy: KeyPolicy) -> Result<KeyInfo, HsmError>;
+
+    /// Creates a BIP32 root from a new random BIP39 mnemonic and `passphrase`, and returns the
+    /// mnemonic once, for the operator's backup. Needs `Bip32`.
+    fn generate_mnemonic(
+        &self,
+        id: &KeyId,
+        length: MnemonicLength,
+        passphrase: &SecretString,
+        policy: KeyPolicy,
+    ) -> Result<(KeyInfo, SecretString), HsmError>;
+
+    /// Stores existing key material under `id`. Needs `Import` (and `Bip32` for roots).
+    fn import_key(&self, id: &KeyId, material: KeyMaterial, policy: KeyPolicy) -> Result<KeyInfo, HsmError>;
+
+    /// The secret of an exportable key: the 32 raw bytes for secp256k1, Ed25519 and AES keys,
+    /// the 78-byte BIP32 serialisation for a root. Needs `Export`.
+    fn export_key(&self, id: &KeyId) -> Result<SecretBytes, HsmError>;
+
+    /// The public facts about one key.
+    fn key_info(&self, id: &KeyId) -> Result<KeyInfo, HsmError>;
+
+    /// Every key, in id order.
+    fn list_keys(&self) -> Result<Vec<KeyInfo>, HsmError>;
+
+    /// Removes a key; [`HsmError::KeyNotFound`] if there is none.
+    fn delete_key(&self, id: &KeyId) -> Result<(), HsmError>;
+
+    /// The public key of a stored key or of a BIP32 child.
+    fn public_key(&self, key: KeyRef<'_>) -> Result<PublicKey, HsmError>;
+
+    /// An RFC 6979, low-S ECDSA signature of a 32-byte digest. Needs `SignEcdsa`.
+    fn sign_ecdsa(&self, key: KeyRef<'_>, digest: &[u8; 32]) -> Result<ecdsa::Signature, HsmError>;
+
+    /// A BIP340 signature of a 32-byte message with the untweaked key. Needs `SignSchnorr`.
+    fn sign_schnorr(
+        &self,
+        key: KeyRef<'_>,
+        message: &[u8; 32],
+        aux_rand: AuxRand,
+    ) -> Result<schnorr::Signature, HsmError>;
+
+    /// A BIP341 key-path signature: the key is tweaked inside the provider with
+    /// `merkle_root` (`None` for a key-path-only output, as in BIP86). Needs
+    /// `SignTaprootKeySpend`.
+    fn sign_taproot_key_spend(
+        &self,
+        key: KeyRef<'_>,
+        sighash: &[u8; 32],
+        merkle_root: Option<TapNodeHash>,
+        aux_rand: AuxRand,
+    ) -> Result<schnorr::Signature, HsmError>;
+
+    /// An Ed25519 signature of `message`. Needs `SignEd25519`.
+    fn sign_ed25519(&self, id: &KeyId, message: &[u8]) -> Result<Ed25519Signature, HsmError>;
+
+    /// AES-256-GCM encryption with a fresh random nonce; returns `nonce ‖ ciphertext ‖ tag`.
+    /// Needs `Aes256Gcm`.
+    fn encrypt(&self, id: &KeyId, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, HsmError>;
+
+    /// Opens what [`encrypt`](Self::encrypt) produced; [`HsmError::DecryptionFailed`] if the
+    /// key, `aad` or bytes do not match. Needs `Aes256Gcm`.
+    fn decrypt(&self, id: &KeyId, sealed: &[u8], aad: &[u8]) -> Result<SecretBytes, HsmError>;
+
+    /// The extended public key at `path` below a BIP32 root, with its origin. Needs `Bip32`.
+    fn account_xpub(&self, root: &KeyId, path: &DerivationPath, network: NetworkKind) -> Result<AccountXpub, HsmError>;
+
+    /// Commits a one-time BIP340 nonce for `key` under `nonce`; returns its public point R
+    /// (x-only, even y), to be announced. Needs `OracleNonces`.
+    fn commit_nonce(&self, key: &KeyId, nonce: &Label) -> Result<XOnlyPublicKey, HsmError>;
+
+    /// Signs `message` with `key` using the committed nonce, consuming it first: the signature's
+    /// R is the announced point. Needs `OracleNonces`.
+    fn sign_with_nonce(&self, key: &KeyId, nonce: &Label, message: &[u8; 32]) -> Result<schnorr::Signature, HsmError>;
+
+    /// Makes every audit record appended so far durable. Needs `AuditLog`.
+    fn flush_audit(&self) -> Result<(), HsmError>;
+
+    /// Up to `limit` audit records with sequence numbers above `after`. Needs `AuditLog`.
+    fn audit_records(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, HsmError>;
+
+    /// Checks the whole audit chain as stored (flushing first). Needs `AuditLog`.
+    fn verify_audit_chain(&self) -> Result<AuditSummary, HsmError>;
+}

@@ -1,0 +1,3 @@
+//! The HSM conformance suite against the software provider.
+
+anya_hsm::hsm_conformance_suite!(Some(anya_hsm::conformance::software_fixture()));
