@@ -115,6 +115,7 @@ impl WriteBatch {
         self.ops.iter().any(|op| matches!(op, Op::Check { .. }))
     }
 
+    #[cfg(any(feature = "rocksdb", feature = "postgres"))]
     pub(crate) fn into_ops(self) -> Vec<Op> {
         self.ops
     }
