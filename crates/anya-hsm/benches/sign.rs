@@ -1,8 +1,9 @@
 //! SoftwareHsm signing against the bare libraries it wraps, in the same run.
 //!
-//! `anya/*` uses an unlocked key with audit records buffered (1024 per durable batch); `durable`
-//! shows the cost of one durable audit record per signature. `raw/*` calls secp256k1 or ring
-//! directly with the same key.
+//! `anya/*` uses an unlocked key with audit records buffered (`max_pending` 1024, written by the
+//! background flusher); `bip340_durable_audit` shows the cost of one durable audit record per
+//! signature, alone and with 8 signing threads, beside one bare durable store write.
+//! `raw/*` calls secp256k1 or ring directly with the same key.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use anya_hsm::{
     AuditMode, AuxRand, HsmProvider, KdfParams, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, SecretBytes,
     SecretString, SoftwareHsm, SoftwareOptions,
 };
-use anya_storage::{KvStore, SqliteOptions, SqliteStore};
+use anya_storage::{KvStore, Namespace, SqliteOptions, SqliteStore};
 use bitcoin::bip32::{ChildNumber, DerivationPath, Xpriv};
 use bitcoin::key::TapTweak;
 use bitcoin::NetworkKind;
@@ -148,6 +149,37 @@ fn durable(c: &mut Criterion) {
             b.hsm
                 .sign_schnorr(KeyRef::Key(&secp_id), black_box(&[7u8; 32]), AuxRand::Given([9; 32]))
                 .expect("sign")
+        })
+    });
+    // Time per signature with 8 threads signing at once on one handle: their records share
+    // store writes (and fsyncs).
+    g.bench_function("anya_8_threads", |bn| {
+        bn.iter_custom(|iters| {
+            let per_thread = iters.div_ceil(8);
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        for _ in 0..per_thread {
+                            b.hsm
+                                .sign_schnorr(KeyRef::Key(&secp_id), black_box(&[7u8; 32]), AuxRand::Given([9; 32]))
+                                .expect("sign");
+                        }
+                    });
+                }
+            });
+            start.elapsed().mul_f64(iters as f64 / (per_thread * 8) as f64)
+        })
+    });
+    // The floor: one durable write of a record-sized value to a bare SqliteStore.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path().join("raw.db"), SqliteOptions::default()).expect("store");
+    let ns = Namespace::new("raw").expect("namespace");
+    let mut n = 0u64;
+    g.bench_function("raw_store_put", |bn| {
+        bn.iter(|| {
+            n += 1;
+            store.put(&ns, &n.to_be_bytes(), &[0x5a; 150]).expect("put")
         })
     });
     g.finish();

@@ -13,7 +13,8 @@
 //! every later record and the head; to detect a full rewrite, copy the head hash
 //! ([`AuditSummary::head`]) somewhere the store's writer cannot reach.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use anya_core_types::{Clock, Label, UnixTime};
 use anya_storage::{KvStore, Namespace, Scan, Version, WriteBatch};
@@ -26,6 +27,11 @@ const RECORD_FORMAT: u8 = 1;
 const HASH_DOMAIN: &[u8] = b"anya-hsm/audit/v1";
 const MAX_APPEND_RETRIES: usize = 64;
 const VERIFY_PAGE: usize = 1024;
+/// The longest encoded record: format, seq, prev hash, time, operation, outcome, two labels of
+/// up to 64 bytes with their lengths, and an input hash with its flag.
+const MAX_RECORD_LEN: usize = 1 + 8 + 32 + 8 + 4 + 1 + 2 + 65 + 65 + 33;
+/// Most pending events a buffered log allocates room for up front.
+const MAX_PREALLOCATED: usize = 4096;
 
 /// The operation an audit record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,12 +99,17 @@ impl Operation {
 pub enum AuditMode {
     /// Every operation's record is durably in the store before the operation returns; if the
     /// append fails, the operation fails and its result (a signature, a plaintext) is withheld.
-    /// Costs one durable store write per operation.
+    /// Costs one durable store write per operation; operations running concurrently on one
+    /// handle share a write (and its `fsync`): each queues its record, and the next writer
+    /// writes every queued record in one batch.
     Durable,
-    /// Records are chained in memory and written in one batch when `max_pending` have
-    /// accumulated, on [`flush_audit`](crate::HsmProvider::flush_audit), on lock, and when the
-    /// provider drops. An operation returns before its record is durable: a crash loses up to
-    /// `max_pending` records (never more, never a partial chain).
+    /// Records are queued in memory (a small fixed-size value per operation, no store access
+    /// on the calling thread) and a background thread writes them in one batch once
+    /// `max_pending / 2` are queued; [`flush_audit`](crate::HsmProvider::flush_audit), lock and
+    /// drop write the rest and wait for it. An operation returns before its record is durable:
+    /// a crash loses the records not yet written, never more than `max_pending` (an operation
+    /// that would make it more writes in the foreground first) and never a partial chain.
+    /// A failed background write is retried by the next foreground write, which reports it.
     Buffered {
         /// Records held before a flush is forced (at least 1).
         max_pending: usize,
@@ -157,25 +168,16 @@ pub struct AuditSummary {
 
 impl AuditRecord {
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(128);
-        out.push(RECORD_FORMAT);
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.prev_hash);
-        let d = self.time.as_duration();
-        out.extend_from_slice(&d.as_secs().to_be_bytes());
-        out.extend_from_slice(&d.subsec_nanos().to_be_bytes());
-        out.push(self.operation.code());
-        out.extend_from_slice(&self.outcome.to_be_bytes());
-        push_label(&mut out, self.key_id.as_ref().map(Label::as_str));
-        push_label(&mut out, Some(self.actor.as_str()));
-        match &self.input_hash {
-            Some(h) => {
-                out.push(1);
-                out.extend_from_slice(h);
-            }
-            None => out.push(0),
-        }
-        out
+        encode_record(
+            self.seq,
+            &self.prev_hash,
+            self.time,
+            self.operation,
+            self.outcome,
+            self.key_id.as_ref().map(Label::as_str),
+            self.actor.as_str(),
+            self.input_hash.as_ref(),
+        )
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
@@ -218,6 +220,42 @@ impl AuditRecord {
     pub fn hash(&self) -> [u8; 32] {
         hash_encoded(&self.encode())
     }
+}
+
+/// The stored bytes of one record (format 1).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the fields of one record, in their stored order"
+)]
+fn encode_record(
+    seq: u64,
+    prev_hash: &[u8; 32],
+    time: UnixTime,
+    operation: Operation,
+    outcome: u16,
+    key_id: Option<&str>,
+    actor: &str,
+    input_hash: Option<&[u8; 32]>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAX_RECORD_LEN);
+    out.push(RECORD_FORMAT);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(prev_hash);
+    let d = time.as_duration();
+    out.extend_from_slice(&d.as_secs().to_be_bytes());
+    out.extend_from_slice(&d.subsec_nanos().to_be_bytes());
+    out.push(operation.code());
+    out.extend_from_slice(&outcome.to_be_bytes());
+    push_label(&mut out, key_id);
+    push_label(&mut out, Some(actor));
+    match input_hash {
+        Some(h) => {
+            out.push(1);
+            out.extend_from_slice(h);
+        }
+        None => out.push(0),
+    }
+    out
 }
 
 fn hash_encoded(encoded: &[u8]) -> [u8; 32] {
@@ -291,13 +329,13 @@ impl InlineLabel {
         }
     }
 
-    fn to_label(self) -> Label {
-        let s = std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("copied from a valid label");
-        Label::new(s).expect("copied from a valid label")
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("copied from a valid label")
     }
 }
 
-/// One operation to record; chained (given a sequence number and previous hash) when written.
+/// One operation to record: a small fixed-size value (no heap) that is chained — given a
+/// sequence number and the previous hash, encoded and hashed — only when it is written.
 #[derive(Debug)]
 pub(crate) struct AuditEvent {
     pub(crate) time: UnixTime,
@@ -308,6 +346,22 @@ pub(crate) struct AuditEvent {
     pub(crate) outcome: u16,
 }
 
+impl AuditEvent {
+    /// The stored bytes of this event as record `seq` after `prev_hash`.
+    fn encode(&self, seq: u64, prev_hash: &[u8; 32]) -> Vec<u8> {
+        encode_record(
+            seq,
+            prev_hash,
+            self.time,
+            self.operation,
+            self.outcome,
+            self.key_id.as_ref().map(InlineLabel::as_str),
+            self.actor.as_str(),
+            self.input_hash.as_ref(),
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Head {
     seq: u64,
@@ -315,77 +369,48 @@ struct Head {
     version: Option<Version>,
 }
 
+/// Events appended by this handle and not yet written.
+///
+/// Every appended event gets a ticket (1, 2, …); `pending` holds tickets `durable + 1 ..=
+/// appended`, in order.
 #[derive(Debug, Default)]
-struct AuditState {
-    /// The head as last read or written by this handle; `None`: read it from the store.
-    head: Option<Head>,
+struct Queue {
     pending: Vec<AuditEvent>,
+    /// An empty vector with capacity, swapped in for `pending` when a write takes it, so that
+    /// appending does not grow a fresh vector after every write.
+    spare: Vec<AuditEvent>,
+    appended: u64,
+    durable: u64,
+    /// The background flusher has been asked to write.
+    flusher_woken: bool,
+    /// The flusher's last write failed: it waits until a foreground write succeeds.
+    flusher_failed: bool,
+    shutdown: bool,
 }
 
-/// The audit chain of one provider, in two namespaces of a store.
-pub(crate) struct AuditLog {
+/// The part of the log shared with the background flusher.
+struct Shared {
     store: Arc<dyn KvStore>,
     records_ns: Namespace,
     head_ns: Namespace,
-    mode: AuditMode,
-    clock: Arc<dyn Clock>,
-    state: Mutex<AuditState>,
+    queue: Mutex<Queue>,
+    /// Wakes the flusher (new work, failure cleared, shutdown).
+    wake: Condvar,
+    /// Held across one store write, so that this handle's writes leave in chain order; holds
+    /// the head as last read or written (`None`: read it from the store).
+    ///
+    /// Why not one store write per record through the store's own group commit: a record's
+    /// batch also moves the head, guarded by the head's version, and versions are only known
+    /// once a write commits, so concurrent per-record writes would conflict with each other or
+    /// could land out of order. Instead concurrent appenders queue their events without
+    /// waiting for a write, and whoever holds this lock next writes every queued event in one
+    /// batch: N concurrent durable signers share one store write and one `fsync`.
+    writer: Mutex<Option<Head>>,
 }
 
-impl std::fmt::Debug for AuditLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog")
-            .field("records_ns", &self.records_ns)
-            .field("mode", &self.mode)
-            .finish()
-    }
-}
-
-impl AuditLog {
-    pub(crate) fn new(
-        store: Arc<dyn KvStore>,
-        records_ns: Namespace,
-        head_ns: Namespace,
-        mode: AuditMode,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        let mode = match mode {
-            AuditMode::Buffered { max_pending } => AuditMode::Buffered {
-                max_pending: max_pending.max(1),
-            },
-            m => m,
-        };
-        Self {
-            store,
-            records_ns,
-            head_ns,
-            mode,
-            clock,
-            state: Mutex::new(AuditState::default()),
-        }
-    }
-
-    pub(crate) fn now(&self) -> UnixTime {
-        self.clock.now()
-    }
-
-    /// Records one operation; in [`AuditMode::Durable`] the record is durable when this returns.
-    pub(crate) fn append(&self, event: AuditEvent) -> Result<(), HsmError> {
-        let mut state = self.state.lock().map_err(|_| HsmError::Poisoned)?;
-        state.pending.push(event);
-        let due = match self.mode {
-            AuditMode::Durable => true,
-            AuditMode::Buffered { max_pending } => state.pending.len() >= max_pending,
-        };
-        if due {
-            self.flush_locked(&mut state)?;
-        }
-        Ok(())
-    }
-
-    pub(crate) fn flush(&self) -> Result<(), HsmError> {
-        let mut state = self.state.lock().map_err(|_| HsmError::Poisoned)?;
-        self.flush_locked(&mut state)
+impl Shared {
+    fn queue(&self) -> Result<MutexGuard<'_, Queue>, HsmError> {
+        self.queue.lock().map_err(|_| HsmError::Poisoned)
     }
 
     fn load_head(&self) -> Result<Head, HsmError> {
@@ -409,51 +434,77 @@ impl AuditLog {
         }
     }
 
-    fn flush_locked(&self, state: &mut AuditState) -> Result<(), HsmError> {
-        if state.pending.is_empty() {
-            return Ok(());
+    /// Makes every event up to `ticket` durable. Waits for a write in progress; if that did not
+    /// cover `ticket`, writes every pending event itself in one batch.
+    fn make_durable(&self, ticket: u64) -> Result<(), HsmError> {
+        let mut head = self.writer.lock().map_err(|_| HsmError::Poisoned)?;
+        let (mut events, through) = {
+            let mut q = self.queue()?;
+            if q.durable >= ticket || q.pending.is_empty() {
+                return Ok(());
+            }
+            let spare = std::mem::take(&mut q.spare);
+            (std::mem::replace(&mut q.pending, spare), q.appended)
+        };
+        let result = self.write_events(&mut head, &events);
+        let mut q = self.queue()?;
+        match result {
+            Ok(()) => {
+                q.durable = through;
+                let cleared = q.flusher_failed;
+                q.flusher_failed = false;
+                events.clear();
+                if q.spare.capacity() < events.capacity() {
+                    q.spare = events;
+                }
+                drop(q);
+                if cleared {
+                    self.wake.notify_all();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing was written: the events go back in front of those appended since.
+                events.append(&mut q.pending);
+                q.pending = events;
+                Err(e)
+            }
         }
+    }
+
+    /// Chains `events` after the head and writes them with the new head in one atomic batch,
+    /// re-reading the head when another writer moved it.
+    fn write_events(&self, cached: &mut Option<Head>, events: &[AuditEvent]) -> Result<(), HsmError> {
         for _ in 0..MAX_APPEND_RETRIES {
-            let head = match state.head {
+            let head = match *cached {
                 Some(h) => h,
                 None => self.load_head()?,
             };
             let mut batch = WriteBatch::new();
             batch.check(&self.head_ns, HEAD_KEY, head.version)?;
             let (mut seq, mut hash) = (head.seq, head.hash);
-            for event in &state.pending {
+            for event in events {
                 seq += 1;
-                let record = AuditRecord {
-                    seq,
-                    prev_hash: hash,
-                    time: event.time,
-                    operation: event.operation,
-                    key_id: event.key_id.map(InlineLabel::to_label),
-                    actor: (*event.actor).clone(),
-                    input_hash: event.input_hash,
-                    outcome: event.outcome,
-                };
-                let encoded = record.encode();
+                let encoded = event.encode(seq, &hash);
                 hash = hash_encoded(&encoded);
                 batch.put(&self.records_ns, seq.to_be_bytes(), encoded)?;
             }
             batch.put(&self.head_ns, HEAD_KEY, encode_head(seq, &hash))?;
             match self.store.write(batch) {
                 Ok(version) => {
-                    state.head = Some(Head {
+                    *cached = Some(Head {
                         seq,
                         hash,
                         version: Some(version),
                     });
-                    state.pending.clear();
                     return Ok(());
                 }
                 Err(e) if e.is_conflict() => {
                     // Another writer appended: chain after it.
-                    state.head = None;
+                    *cached = None;
                 }
                 Err(e) => {
-                    state.head = None;
+                    *cached = None;
                     return Err(e.into());
                 }
             }
@@ -462,13 +513,155 @@ impl AuditLog {
             attempts: MAX_APPEND_RETRIES,
         })
     }
+}
+
+/// The background flusher of [`AuditMode::Buffered`]: writes the pending events when woken,
+/// so that the store write (and its `fsync`) never runs on a signing thread.
+fn run_flusher(shared: &Shared) {
+    loop {
+        let ticket = {
+            let Ok(mut q) = shared.queue() else { return };
+            while !q.shutdown && (!q.flusher_woken || q.flusher_failed) {
+                q = match shared.wake.wait(q) {
+                    Ok(q) => q,
+                    Err(_) => return,
+                };
+            }
+            if q.shutdown {
+                return;
+            }
+            q.flusher_woken = false;
+            q.appended
+        };
+        if shared.make_durable(ticket).is_err() {
+            // The events stay pending; a signer that reaches `max_pending` unwritten events,
+            // `flush_audit` or `lock` writes them in the foreground and gets the error.
+            match shared.queue() {
+                Ok(mut q) => q.flusher_failed = true,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The audit chain of one provider, in two namespaces of a store.
+pub(crate) struct AuditLog {
+    shared: Arc<Shared>,
+    mode: AuditMode,
+    /// Pending events at which a write starts: the flusher is woken at half of
+    /// `max_pending`, so that it usually finishes before signers reach the bound.
+    threshold: usize,
+    clock: Arc<dyn Clock>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("records_ns", &self.shared.records_ns)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    pub(crate) fn new(
+        store: Arc<dyn KvStore>,
+        records_ns: Namespace,
+        head_ns: Namespace,
+        mode: AuditMode,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let mode = match mode {
+            AuditMode::Buffered { max_pending } => AuditMode::Buffered {
+                max_pending: max_pending.max(1),
+            },
+            m => m,
+        };
+        let capacity = match mode {
+            AuditMode::Buffered { max_pending } => max_pending.min(MAX_PREALLOCATED),
+            AuditMode::Durable => 0,
+        };
+        let shared = Arc::new(Shared {
+            store,
+            records_ns,
+            head_ns,
+            queue: Mutex::new(Queue {
+                pending: Vec::with_capacity(capacity),
+                spare: Vec::with_capacity(capacity),
+                ..Queue::default()
+            }),
+            wake: Condvar::new(),
+            writer: Mutex::new(None),
+        });
+        let (flusher, threshold) = match mode {
+            AuditMode::Durable => (None, 1),
+            AuditMode::Buffered { max_pending } => {
+                let for_thread = Arc::clone(&shared);
+                match std::thread::Builder::new()
+                    .name("anya-hsm-audit".to_owned())
+                    .spawn(move || run_flusher(&for_thread))
+                {
+                    Ok(handle) => (Some(handle), max_pending.div_ceil(2)),
+                    // No thread to be had: write on the signing thread at `max_pending`.
+                    Err(_) => (None, max_pending),
+                }
+            }
+        };
+        Self {
+            shared,
+            mode,
+            threshold,
+            clock,
+            flusher,
+        }
+    }
+
+    pub(crate) fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
+    /// Records one operation; in [`AuditMode::Durable`] the record is durable when this returns.
+    pub(crate) fn append(&self, event: AuditEvent) -> Result<(), HsmError> {
+        let mut q = self.shared.queue()?;
+        q.pending.push(event);
+        q.appended += 1;
+        let ticket = q.appended;
+        match self.mode {
+            AuditMode::Durable => {
+                drop(q);
+                self.shared.make_durable(ticket)
+            }
+            AuditMode::Buffered { max_pending } => {
+                let unwritten = ticket - q.durable;
+                if unwritten >= max_pending as u64 || self.flusher.is_none() && q.pending.len() >= self.threshold {
+                    // The loss bound is reached (the flusher is behind or failing): write now.
+                    drop(q);
+                    return self.shared.make_durable(ticket);
+                }
+                if q.pending.len() >= self.threshold && !q.flusher_woken {
+                    q.flusher_woken = true;
+                    drop(q);
+                    self.shared.wake.notify_all();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes every record appended so far durable (waiting for a background write in progress).
+    pub(crate) fn flush(&self) -> Result<(), HsmError> {
+        let ticket = self.shared.queue()?.appended;
+        self.shared.make_durable(ticket)
+    }
 
     /// Up to `limit` stored records with sequence numbers above `after`.
     pub(crate) fn records(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, HsmError> {
         let start = after.to_be_bytes();
         let entries = self
+            .shared
             .store
-            .scan(&self.records_ns, Scan::all().after(&start).limit(limit))?;
+            .scan(&self.shared.records_ns, Scan::all().after(&start).limit(limit))?;
         entries
             .iter()
             .map(|e| {
@@ -484,6 +677,7 @@ impl AuditLog {
     /// Flushes, then checks every stored record and the head.
     pub(crate) fn verify(&self) -> Result<AuditSummary, HsmError> {
         self.flush()?;
+        let store = &self.shared.store;
         let (mut expected, mut hash) = (1u64, [0u8; 32]);
         let mut last_key: Option<Vec<u8>> = None;
         loop {
@@ -491,7 +685,7 @@ impl AuditLog {
                 Some(k) => Scan::all().after(k).limit(VERIFY_PAGE),
                 None => Scan::all().limit(VERIFY_PAGE),
             };
-            let page = self.store.scan(&self.records_ns, scan)?;
+            let page = store.scan(&self.shared.records_ns, scan)?;
             let Some(last) = page.last() else { break };
             last_key = Some(last.key.clone());
             for entry in &page {
@@ -526,7 +720,7 @@ impl AuditLog {
             }
         }
         let records = expected - 1;
-        match self.store.get(&self.head_ns, HEAD_KEY)? {
+        match store.get(&self.shared.head_ns, HEAD_KEY)? {
             None if records == 0 => {}
             None => {
                 return Err(HsmError::AuditChainBroken {
@@ -553,11 +747,16 @@ impl AuditLog {
 
 impl Drop for AuditLog {
     fn drop(&mut self) {
+        if let Some(handle) = self.flusher.take() {
+            if let Ok(mut q) = self.shared.queue() {
+                q.shutdown = true;
+            }
+            self.shared.wake.notify_all();
+            let _ = handle.join();
+        }
         // Best effort: a failure here cannot be reported; the records are lost, as the
         // Buffered mode's documentation says a crash would lose them.
-        if let Ok(mut state) = self.state.lock() {
-            let _ = self.flush_locked(&mut state);
-        }
+        let _ = self.flush();
     }
 }
 

@@ -20,7 +20,7 @@ pub enum Capability {
     Import,
     /// Export the secret of a key whose policy allows it.
     Export,
-    /// ECDSA over secp256k1 (RFC 6979, low-S).
+    /// ECDSA over secp256k1, low-S (RFC 6979 too with `DeterministicEcdsa`).
     SignEcdsa,
     /// BIP340 Schnorr signatures.
     SignSchnorr,
@@ -36,11 +36,15 @@ pub enum Capability {
     OracleNonces,
     /// A hash-chained audit log of every operation.
     AuditLog,
+    /// ECDSA nonces are RFC 6979 (the same digest and key give the same signature). A provider
+    /// without it still signs ECDSA (low-S) if it has [`SignEcdsa`](Capability::SignEcdsa), with
+    /// a nonce from its own random source (as PKCS#11 tokens do).
+    DeterministicEcdsa,
 }
 
 impl Capability {
     /// Every capability, in declaration order.
-    pub const ALL: [Capability; 13] = [
+    pub const ALL: [Capability; 14] = [
         Capability::GenerateSecp256k1,
         Capability::GenerateEd25519,
         Capability::GenerateAes256,
@@ -54,6 +58,7 @@ impl Capability {
         Capability::Bip32,
         Capability::OracleNonces,
         Capability::AuditLog,
+        Capability::DeterministicEcdsa,
     ];
 
     fn bit(self) -> u32 {

@@ -223,6 +223,34 @@ pub enum HsmError {
     /// A thread holding a provider lock panicked; the provider refuses further use.
     #[error("provider lock poisoned by a panic in another thread")]
     Poisoned,
+    /// The PKCS#11 module or token failed.
+    #[cfg(feature = "pkcs11")]
+    #[error("pkcs#11 error")]
+    Pkcs11 {
+        /// cryptoki's report (the module's `CKR_*` value and the function that returned it).
+        #[source]
+        source: cryptoki::error::Error,
+    },
+    /// No slot of the PKCS#11 module holds an initialised token with this label.
+    #[error("no pkcs#11 token labelled {label:?}")]
+    TokenNotFound {
+        /// The label asked for.
+        label: String,
+    },
+    /// Every provider behind a [`FailoverHsm`](crate::FailoverHsm) is unavailable.
+    #[error("every provider of the failover set is unavailable")]
+    AllProvidersUnavailable {
+        /// The last provider's report.
+        #[source]
+        source: Box<HsmError>,
+    },
+}
+
+#[cfg(feature = "pkcs11")]
+impl From<cryptoki::error::Error> for HsmError {
+    fn from(source: cryptoki::error::Error) -> Self {
+        HsmError::Pkcs11 { source }
+    }
 }
 
 impl From<StoreError> for HsmError {
@@ -283,6 +311,57 @@ impl HsmError {
             HsmError::Poisoned => 27,
             HsmError::AuditContention { .. } => 28,
             HsmError::InvalidExtendedKey { .. } => 29,
+            #[cfg(feature = "pkcs11")]
+            HsmError::Pkcs11 { .. } => 30,
+            HsmError::TokenNotFound { .. } => 31,
+            HsmError::AllProvidersUnavailable { .. } => 32,
         }
+    }
+
+    /// Whether this error says the provider itself cannot serve requests now (its device,
+    /// session, store or locks failed), rather than that this request was wrong.
+    ///
+    /// These are the errors on which a [`FailoverHsm`](crate::FailoverHsm) switches to its
+    /// secondary: a PKCS#11 device, session, token or module failure, a store backend or
+    /// corruption failure, a poisoned lock, a locked keystore and a missing token. Every answer
+    /// about the request (unknown key, policy, wrong type, failed decryption, used nonce) is
+    /// not: the secondary would give the same answer.
+    pub fn indicates_unavailable(&self) -> bool {
+        match self {
+            HsmError::Locked | HsmError::Poisoned | HsmError::TokenNotFound { .. } => true,
+            HsmError::AllProvidersUnavailable { .. } => true,
+            HsmError::Store { source } => matches!(
+                source,
+                StoreError::Backend { .. } | StoreError::Corrupt { .. } | StoreError::Poisoned
+            ),
+            #[cfg(feature = "pkcs11")]
+            HsmError::Pkcs11 { source } => pkcs11_unavailable(source),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(feature = "pkcs11")]
+fn pkcs11_unavailable(e: &cryptoki::error::Error) -> bool {
+    use cryptoki::error::{Error, RvError};
+    match e {
+        Error::LibraryLoading(_) | Error::NullFunctionPointer | Error::MissingSymbol(_) => true,
+        Error::Pkcs11(rv, _) => matches!(
+            rv,
+            RvError::GeneralError
+                | RvError::HostMemory
+                | RvError::DeviceError
+                | RvError::DeviceMemory
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::SessionClosed
+                | RvError::SessionHandleInvalid
+                | RvError::SessionCount
+                | RvError::SlotIdInvalid
+                | RvError::UserNotLoggedIn
+                | RvError::CryptokiNotInitialized
+        ),
+        _ => false,
     }
 }

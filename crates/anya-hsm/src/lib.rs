@@ -12,6 +12,11 @@ mod secret;
 #[cfg(feature = "software")]
 pub mod software;
 
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
+
+pub mod failover;
+
 #[cfg(feature = "test-utils")]
 pub mod conformance;
 
@@ -19,6 +24,7 @@ pub use anya_core_types::Label;
 pub use audit::{AuditBreak, AuditMode, AuditRecord, AuditSummary, Operation};
 pub use capability::{Capabilities, Capability};
 pub use error::{HsmError, SealedDefect};
+pub use failover::FailoverHsm;
 pub use key::{
     AccountXpub, AuxRand, Ed25519Signature, KeyId, KeyInfo, KeyPolicy, KeyRef, KeySpec, MnemonicLength, PublicKey,
     Usage, UsageSet,
@@ -28,3 +34,6 @@ pub use secret::{SecretBytes, SecretString};
 
 #[cfg(feature = "software")]
 pub use software::{KdfParams, SoftwareHsm, SoftwareOptions};
+
+#[cfg(feature = "pkcs11")]
+pub use pkcs11::{Pkcs11Hsm, Pkcs11Options};

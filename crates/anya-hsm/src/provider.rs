@@ -63,7 +63,8 @@ impl KeyMaterial {
 ///   restarts; the second attempt is [`HsmError::NonceAlreadyUsed`].
 /// - **Audit**: every call (successful or not) appends one record to the provider's audit chain;
 ///   how soon that record is durable is the provider's documented audit mode.
-/// - **Signatures**: ECDSA is RFC 6979 with low-S; BIP340 follows the BIP with the given
+/// - **Signatures**: ECDSA is low-S, and RFC 6979 where the provider reports
+///   [`Capability::DeterministicEcdsa`](crate::Capability::DeterministicEcdsa); BIP340 follows the BIP with the given
 ///   auxiliary randomness; messages to the secp256k1 schemes are 32-byte digests.
 pub trait HsmProvider: Send + Sync {
     /// What this provider can do.
@@ -104,7 +105,8 @@ pub trait HsmProvider: Send + Sync {
     /// The public key of a stored key or of a BIP32 child.
     fn public_key(&self, key: KeyRef<'_>) -> Result<PublicKey, HsmError>;
 
-    /// An RFC 6979, low-S ECDSA signature of a 32-byte digest. Needs `SignEcdsa`.
+    /// A low-S ECDSA signature of a 32-byte digest (RFC 6979 with `DeterministicEcdsa`). Needs
+    /// `SignEcdsa`.
     fn sign_ecdsa(&self, key: KeyRef<'_>, digest: &[u8; 32]) -> Result<ecdsa::Signature, HsmError>;
 
     /// A BIP340 signature of a 32-byte message with the untweaked key. Needs `SignSchnorr`.
