@@ -1,0 +1,387 @@
+//! `anya`: the command line of a software HSM keystore kept in a data directory.
+//!
+//! Wiring only: the keystore, signing and the audit chain are `anya-hsm`; the store is
+//! `anya-storage`'s embedded SQLite.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command line prints its results and errors"
+)]
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anya_hsm::{
+    AuxRand, HsmError, HsmProvider, KeyInfo, KeyPolicy, KeyRef, KeySpec, Label, PublicKey, SecretString, SoftwareHsm,
+    SoftwareOptions,
+};
+use anya_storage::{SqliteOptions, SqliteStore};
+use clap::{Parser, Subcommand, ValueEnum};
+
+const LONG_ABOUT: &str = "\
+anya keeps keys in a software HSM: a keystore sealed with AES-256-GCM under a key derived \
+from your passphrase (Argon2id, 64 MiB, 3 passes), stored in an embedded SQLite database in the \
+data directory. Every operation appends a record to a hash-chained audit log in the same store.
+
+The passphrase is read from the ANYA_PASSPHRASE environment variable, or asked for on the \
+terminal (not echoed).
+
+Examples:
+  anya hsm init                                   # create the keystore in ./anya-data
+  anya key new treasury --type secp256k1          # a new secp256k1 key; prints its public key
+  anya key list
+  anya sign treasury --scheme schnorr --message-hex 0101010101010101010101010101010101010101010101010101010101010101
+  anya audit verify                               # check the audit chain
+  ANYA_DATA_DIR=/var/lib/anya anya hsm unlock-check";
+
+/// The anya command line: keys, signatures and the audit chain of a software HSM keystore.
+#[derive(Debug, Parser)]
+#[command(name = "anya", version, about, long_about = LONG_ABOUT)]
+struct Cli {
+    /// Directory holding the store (`anya.db`); created by `hsm init`.
+    #[arg(long, global = true, env = "ANYA_DATA_DIR", default_value = "./anya-data")]
+    data_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or check the keystore.
+    #[command(subcommand)]
+    Hsm(HsmCommand),
+    /// Create and list keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Sign a message with a stored key; prints the signature in hex.
+    ///
+    /// ecdsa: DER-encoded, low-S ECDSA (RFC 6979) of a 32-byte digest.
+    /// schnorr: 64-byte BIP340 signature of a 32-byte message, with fresh auxiliary randomness.
+    /// ed25519: 64-byte Ed25519 signature of a message of any length.
+    Sign {
+        /// The key id.
+        id: String,
+        /// The signature scheme.
+        #[arg(long, value_enum)]
+        scheme: Scheme,
+        /// The message (for ecdsa and schnorr: the 32-byte digest) in hex.
+        #[arg(long)]
+        message_hex: String,
+    },
+    /// Inspect the audit chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum HsmCommand {
+    /// Create a new keystore in the data directory, sealed under a passphrase.
+    Init,
+    /// Check that the passphrase unlocks the keystore.
+    UnlockCheck,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Generate a new key inside the keystore; prints its public key.
+    New {
+        /// The key id (letters, digits, `-`, `_`, `.`, up to 64 bytes).
+        id: String,
+        /// The kind of key.
+        #[arg(long = "type", value_enum)]
+        key_type: KeyType,
+        /// Allow the secret to be exported later (fixed at creation).
+        #[arg(long)]
+        exportable: bool,
+    },
+    /// List every key: id, type, exportable, public key.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every record of the audit chain and its head; prints the count and head hash.
+    Verify,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KeyType {
+    /// A secp256k1 key (ECDSA, BIP340, Taproot).
+    Secp256k1,
+    /// An Ed25519 key.
+    Ed25519,
+    /// An AES-256-GCM key.
+    Aes256,
+    /// A random BIP32 root (signs at derivation paths inside the keystore).
+    Bip32,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Scheme {
+    Ecdsa,
+    Schnorr,
+    Ed25519,
+}
+
+/// What can go wrong, each with a one-line message.
+#[derive(Debug)]
+enum CliError {
+    Hsm(HsmError),
+    Store(anya_storage::StoreError),
+    Io(&'static str, std::io::Error),
+    Usage(String),
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Hsm(e) => write_chain(f, e),
+            CliError::Store(e) => write_chain(f, e),
+            CliError::Io(what, e) => write!(f, "{what}: {e}"),
+            CliError::Usage(m) => f.write_str(m),
+        }
+    }
+}
+
+fn write_chain(f: &mut std::fmt::Formatter<'_>, e: &dyn std::error::Error) -> std::fmt::Result {
+    write!(f, "{e}")?;
+    let mut source = e.source();
+    while let Some(s) = source {
+        write!(f, ": {s}")?;
+        source = s.source();
+    }
+    Ok(())
+}
+
+impl From<HsmError> for CliError {
+    fn from(e: HsmError) -> Self {
+        CliError::Hsm(e)
+    }
+}
+
+impl From<anya_storage::StoreError> for CliError {
+    fn from(e: anya_storage::StoreError) -> Self {
+        CliError::Store(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let dir = &cli.data_dir;
+    match cli.command {
+        Command::Hsm(HsmCommand::Init) => {
+            std::fs::create_dir_all(dir).map_err(|e| CliError::Io("cannot create the data directory", e))?;
+            let store = open_store(dir, true)?;
+            let pass = passphrase(true)?;
+            SoftwareHsm::create(store, &pass, SoftwareOptions::default())?;
+            println!("created keystore in {}", dir.display());
+        }
+        Command::Hsm(HsmCommand::UnlockCheck) => {
+            let hsm = unlocked(dir)?;
+            let n = hsm.list_keys()?.len();
+            println!("unlocked: the passphrase is correct ({n} keys)");
+        }
+        Command::Key(KeyCommand::New {
+            id,
+            key_type,
+            exportable,
+        }) => {
+            let id = Label::new(id).map_err(HsmError::from)?;
+            let spec = match key_type {
+                KeyType::Secp256k1 => KeySpec::Secp256k1,
+                KeyType::Ed25519 => KeySpec::Ed25519,
+                KeyType::Aes256 => KeySpec::Aes256,
+                KeyType::Bip32 => KeySpec::Bip32Root,
+            };
+            let hsm = unlocked(dir)?;
+            let policy = KeyPolicy {
+                exportable,
+                ..KeyPolicy::default_for(spec)
+            };
+            let info = hsm.generate_key(&id, spec, policy)?;
+            println!("{}", key_line(&hsm, &info)?);
+        }
+        Command::Key(KeyCommand::List) => {
+            let hsm = unlocked(dir)?;
+            for info in hsm.list_keys()? {
+                println!("{}", key_line(&hsm, &info)?);
+            }
+        }
+        Command::Sign {
+            id,
+            scheme,
+            message_hex,
+        } => {
+            let id = Label::new(id).map_err(HsmError::from)?;
+            let message = from_hex(&message_hex)?;
+            let hsm = unlocked(dir)?;
+            let signature = match scheme {
+                Scheme::Ecdsa => hsm
+                    .sign_ecdsa(KeyRef::Key(&id), &digest(&message)?)?
+                    .serialize_der()
+                    .to_vec(),
+                Scheme::Schnorr => hsm
+                    .sign_schnorr(KeyRef::Key(&id), &digest(&message)?, AuxRand::Fresh)?
+                    .as_ref()
+                    .to_vec(),
+                Scheme::Ed25519 => hsm.sign_ed25519(&id, &message)?.0.to_vec(),
+            };
+            println!("{}", to_hex(&signature));
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let store = open_store(dir, false)?;
+            let hsm = SoftwareHsm::open(store, SoftwareOptions::default())?;
+            let summary = hsm.verify_audit_chain()?;
+            println!(
+                "audit chain ok: {} records, head {}",
+                summary.records,
+                to_hex(&summary.head)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn open_store(dir: &Path, create: bool) -> Result<Arc<SqliteStore>, CliError> {
+    let path = dir.join("anya.db");
+    if !create && !path.exists() {
+        return Err(CliError::Usage(format!(
+            "no keystore in {} (run `anya hsm init` first, or pass --data-dir)",
+            dir.display()
+        )));
+    }
+    Ok(Arc::new(SqliteStore::open(path, SqliteOptions::default())?))
+}
+
+fn unlocked(dir: &Path) -> Result<SoftwareHsm, CliError> {
+    let store = open_store(dir, false)?;
+    let hsm = SoftwareHsm::open(store, SoftwareOptions::default())?;
+    hsm.unlock(&passphrase(false)?)?;
+    Ok(hsm)
+}
+
+fn key_line(hsm: &SoftwareHsm, info: &KeyInfo) -> Result<String, CliError> {
+    let public = match info.spec {
+        KeySpec::Aes256 => "-".to_owned(),
+        _ => match hsm.public_key(KeyRef::Key(&info.id))? {
+            PublicKey::Secp256k1(pk) => to_hex(&pk.serialize()),
+            PublicKey::Ed25519(pk) => to_hex(&pk),
+            _ => "-".to_owned(),
+        },
+    };
+    let spec = match info.spec {
+        KeySpec::Secp256k1 => "secp256k1",
+        KeySpec::Ed25519 => "ed25519",
+        KeySpec::Aes256 => "aes256",
+        KeySpec::Bip32Root => "bip32",
+        _ => "other",
+    };
+    let export = if info.policy.exportable {
+        "exportable"
+    } else {
+        "non-exportable"
+    };
+    Ok(format!("{}\t{spec}\t{export}\t{public}", info.id))
+}
+
+/// The passphrase from `ANYA_PASSPHRASE`, or read from the terminal without echo.
+fn passphrase(confirm: bool) -> Result<SecretString, CliError> {
+    if let Ok(p) = std::env::var("ANYA_PASSPHRASE") {
+        return Ok(SecretString::new(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Usage(
+            "no passphrase: set ANYA_PASSPHRASE or run on a terminal".to_owned(),
+        ));
+    }
+    let first = prompt("passphrase: ")?;
+    if confirm {
+        let again = prompt("passphrase again: ")?;
+        if first.expose() != again.expose() {
+            return Err(CliError::Usage("the passphrases differ".to_owned()));
+        }
+    }
+    Ok(first)
+}
+
+/// Reads one line from the terminal with echo turned off (through `stty`, so that no terminal
+/// library or unsafe code is needed), restoring echo afterwards.
+fn prompt(text: &str) -> Result<SecretString, CliError> {
+    let tty = |what| move |e| CliError::Io(what, e);
+    eprint!("{text}");
+    std::io::stderr().flush().map_err(tty("cannot write the prompt"))?;
+    let stty = |arg: &str| -> Result<(), CliError> {
+        let tty_in = std::fs::File::open("/dev/tty").map_err(tty("cannot open the terminal"))?;
+        let status = std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(tty_in)
+            .status()
+            .map_err(tty("cannot run stty to hide the passphrase"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(CliError::Usage(
+                "stty failed: refusing to read the passphrase with echo on".to_owned(),
+            ))
+        }
+    };
+    stty("-echo")?;
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    let restored = stty("echo");
+    eprintln!();
+    read.map_err(tty("cannot read the passphrase"))?;
+    restored?;
+    let trimmed = line.trim_end_matches(['\r', '\n']).to_owned();
+    // Wipe the buffer the line was read into.
+    let secret = SecretString::new(trimmed);
+    drop(SecretString::new(line));
+    Ok(secret)
+}
+
+fn digest(message: &[u8]) -> Result<[u8; 32], CliError> {
+    message.try_into().map_err(|_| {
+        CliError::Usage(format!(
+            "ecdsa and schnorr sign a 32-byte digest; --message-hex has {} bytes",
+            message.len()
+        ))
+    })
+}
+
+fn from_hex(s: &str) -> Result<Vec<u8>, CliError> {
+    let bad = || CliError::Usage(format!("--message-hex is not hex: {s:?}"));
+    if !s.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .ok_or_else(bad)
+        })
+        .collect()
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
