@@ -36,6 +36,25 @@ impl std::fmt::Display for SealedDefect {
     }
 }
 
+/// Where a software keystore's key-encryption key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KekSource {
+    /// Argon2id over a passphrase.
+    Passphrase,
+    /// A random KEK wrapped by an AES-256 key on a PKCS#11 token (envelope mode).
+    Pkcs11Token,
+}
+
+impl std::fmt::Display for KekSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KekSource::Passphrase => "a passphrase",
+            KekSource::Pkcs11Token => "a pkcs#11 token key",
+        })
+    }
+}
+
 /// Errors of every [`HsmProvider`](crate::HsmProvider) operation.
 ///
 /// Each variant is a typed answer a caller can act on; none carries secret material.
@@ -55,6 +74,29 @@ pub enum HsmError {
     /// The passphrase does not open this keystore.
     #[error("wrong passphrase")]
     WrongPassphrase,
+    /// The keystore's KEK is protected by another source than the one offered (a passphrase
+    /// for an enveloped keystore, or a token for a passphrase keystore).
+    #[error("keystore kek is protected by {keystore}, not by what was offered")]
+    KekSourceMismatch {
+        /// Where the keystore's KEK comes from.
+        keystore: KekSource,
+    },
+    /// The token holds no AES-256 key with the label recorded in the enveloped keystore's
+    /// header: another token, or the key was deleted.
+    #[error("no kek-wrapping key labelled {label:?} on the token")]
+    TokenKekNotFound {
+        /// The recorded `CKA_LABEL` (lossily decoded as UTF-8).
+        label: String,
+    },
+    /// The token did not decrypt the wrapped KEK: its key is not the one that wrapped it, or
+    /// the wrapped KEK or its header were altered.
+    #[cfg(feature = "pkcs11")]
+    #[error("the token did not unwrap the keystore kek")]
+    KekUnwrapFailed {
+        /// cryptoki's report of the failed `C_Decrypt`.
+        #[source]
+        source: cryptoki::error::Error,
+    },
     /// No keystore exists in this store yet.
     #[error("no keystore in this store")]
     KeystoreMissing,
@@ -315,6 +357,10 @@ impl HsmError {
             HsmError::Pkcs11 { .. } => 30,
             HsmError::TokenNotFound { .. } => 31,
             HsmError::AllProvidersUnavailable { .. } => 32,
+            HsmError::KekSourceMismatch { .. } => 33,
+            HsmError::TokenKekNotFound { .. } => 34,
+            #[cfg(feature = "pkcs11")]
+            HsmError::KekUnwrapFailed { .. } => 35,
         }
     }
 

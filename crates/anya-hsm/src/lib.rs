@@ -23,7 +23,7 @@ pub mod conformance;
 pub use anya_core_types::Label;
 pub use audit::{AuditBreak, AuditMode, AuditRecord, AuditSummary, Operation};
 pub use capability::{Capabilities, Capability};
-pub use error::{HsmError, SealedDefect};
+pub use error::{HsmError, KekSource, SealedDefect};
 pub use failover::FailoverHsm;
 pub use key::{
     AccountXpub, AuxRand, Ed25519Signature, KeyId, KeyInfo, KeyPolicy, KeyRef, KeySpec, MnemonicLength, PublicKey,

@@ -15,6 +15,7 @@
 //! hash-chained audit log are kept in a [`KvStore`] beside the token, as the software provider
 //! keeps them.
 
+pub(crate) mod envelope;
 mod provider;
 mod token;
 
@@ -126,7 +127,7 @@ impl fmt::Debug for Pkcs11Options {
 
 /// One context per module path for the whole process: `C_Initialize` is process-wide, and a
 /// second context finalizing the module would pull it from under the first.
-fn context(module: &Path) -> Result<Pkcs11, HsmError> {
+pub(crate) fn context(module: &Path) -> Result<Pkcs11, HsmError> {
     static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
     let mut contexts = CONTEXTS
         .get_or_init(Default::default)

@@ -5,7 +5,13 @@
 //! known value, so a wrong passphrase is [`HsmError::WrongPassphrase`], never a wrong key. While
 //! unlocked, unsealed keys are cached in memory (erased on lock and drop) so that signing does
 //! no store read, no unsealing and no derivation beyond a BIP32 path's unhardened tail.
+//!
+//! With the `pkcs11` feature the KEK can instead be a random key wrapped by an AES-256 key on a
+//! PKCS#11 token (`SoftwareHsm::create_enveloped`, `SoftwareHsm::unlock_enveloped`): the
+//! keys no token can use (BIP340, Taproot, BIP32) are then protected at rest by the token.
 
+#[cfg(feature = "pkcs11")]
+mod envelope;
 mod kdf;
 mod material;
 mod nonce;
@@ -25,9 +31,9 @@ use secp256k1::{All, Secp256k1};
 pub use kdf::KdfParams;
 
 use crate::audit::{AuditEvent, AuditLog, AuditMode, InlineLabel, Operation};
-use crate::error::SealedDefect;
+use crate::error::{KekSource, SealedDefect};
 use crate::software::material::{Material, UnsealedKey};
-use crate::software::seal::{Meta, META_KEY};
+use crate::software::seal::{KekOrigin, Meta, META_KEY};
 use crate::{HsmError, KeyId, SecretString};
 
 /// Options of a [`SoftwareHsm`].
@@ -194,12 +200,26 @@ impl SoftwareHsm {
 
     fn create_keystore(&self, passphrase: &SecretString, params: KdfParams) -> Result<(), HsmError> {
         let inner = &self.inner;
+        self.ensure_no_keystore()?;
+        let salt = seal::random::<16>(&inner.rng)?;
+        let kek = params.derive_kek(passphrase.expose().as_bytes(), &salt)?;
+        let meta = Meta::new(&kek, &inner.rng, KekOrigin::Passphrase { params, salt })?;
+        self.install(&meta, kek)
+    }
+
+    /// [`HsmError::KeystoreExists`] if the store already holds a keystore header.
+    fn ensure_no_keystore(&self) -> Result<(), HsmError> {
+        let inner = &self.inner;
         if inner.store.get(&inner.meta_ns, META_KEY)?.is_some() {
             return Err(HsmError::KeystoreExists);
         }
-        let salt = seal::random::<16>(&inner.rng)?;
-        let kek = params.derive_kek(passphrase.expose().as_bytes(), &salt)?;
-        let meta = Meta::new(&kek, &inner.rng, params, salt)?;
+        Ok(())
+    }
+
+    /// Writes the header of a new keystore (unless another writer got there first) and
+    /// unlocks it with `kek`.
+    fn install(&self, meta: &Meta, kek: LessSafeKey) -> Result<(), HsmError> {
+        let inner = &self.inner;
         match inner
             .store
             .compare_and_swap(&inner.meta_ns, META_KEY, None, Some(&meta.encode()))
@@ -208,11 +228,25 @@ impl SoftwareHsm {
             Err(e) if e.is_conflict() => return Err(HsmError::KeystoreExists),
             Err(e) => return Err(e.into()),
         }
-        *inner.state.write().map_err(|_| HsmError::Poisoned)? = Some(Unlocked {
+        self.set_unlocked(kek)
+    }
+
+    fn set_unlocked(&self, kek: LessSafeKey) -> Result<(), HsmError> {
+        *self.inner.state.write().map_err(|_| HsmError::Poisoned)? = Some(Unlocked {
             kek,
             keys: HashMap::new(),
         });
         Ok(())
+    }
+
+    /// The stored keystore header.
+    fn meta(&self) -> Result<Meta, HsmError> {
+        let inner = &self.inner;
+        let stored = inner
+            .store
+            .get(&inner.meta_ns, META_KEY)?
+            .ok_or(HsmError::KeystoreMissing)?;
+        Meta::decode(&stored.value).map_err(|defect| HsmError::KeystoreCorrupt { defect })
     }
 
     /// Opens the existing keystore in `store`, locked. [`HsmError::KeystoreMissing`] if there is
@@ -234,21 +268,17 @@ impl SoftwareHsm {
     }
 
     fn unlock_inner(&self, passphrase: &SecretString) -> Result<(), HsmError> {
-        let inner = &self.inner;
-        let stored = inner
-            .store
-            .get(&inner.meta_ns, META_KEY)?
-            .ok_or(HsmError::KeystoreMissing)?;
-        let meta = Meta::decode(&stored.value).map_err(|defect| HsmError::KeystoreCorrupt { defect })?;
-        let kek = meta.params.derive_kek(passphrase.expose().as_bytes(), &meta.salt)?;
+        let meta = self.meta()?;
+        let KekOrigin::Passphrase { params, salt } = &meta.origin else {
+            return Err(HsmError::KekSourceMismatch {
+                keystore: meta.origin.kind(),
+            });
+        };
+        let kek = params.derive_kek(passphrase.expose().as_bytes(), salt)?;
         if !meta.check(&kek) {
             return Err(HsmError::WrongPassphrase);
         }
-        *inner.state.write().map_err(|_| HsmError::Poisoned)? = Some(Unlocked {
-            kek,
-            keys: HashMap::new(),
-        });
-        Ok(())
+        self.set_unlocked(kek)
     }
 
     /// Flushes the audit log and drops the KEK and every unsealed key (erasing them).
@@ -272,16 +302,18 @@ impl SoftwareHsm {
         }
     }
 
-    /// The Argon2id parameters the keystore was created with.
+    /// The Argon2id parameters the keystore was created with;
+    /// [`HsmError::KekSourceMismatch`] for an enveloped keystore, which has none.
     pub fn kdf_params(&self) -> Result<KdfParams, HsmError> {
-        let inner = &self.inner;
-        let stored = inner
-            .store
-            .get(&inner.meta_ns, META_KEY)?
-            .ok_or(HsmError::KeystoreMissing)?;
-        Ok(Meta::decode(&stored.value)
-            .map_err(|defect| HsmError::KeystoreCorrupt { defect })?
-            .params)
+        match self.meta()?.origin {
+            KekOrigin::Passphrase { params, .. } => Ok(params),
+            other => Err(HsmError::KekSourceMismatch { keystore: other.kind() }),
+        }
+    }
+
+    /// Where the keystore's key-encryption key comes from.
+    pub fn kek_source(&self) -> Result<KekSource, HsmError> {
+        Ok(self.meta()?.origin.kind())
     }
 
     /// Appends the audit record of one operation.

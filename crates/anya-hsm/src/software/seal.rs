@@ -15,7 +15,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use crate::error::SealedDefect;
+use crate::error::{KekSource, SealedDefect};
 use crate::key::{KeyPolicy, KeySpec, UsageSet};
 use crate::software::kdf::KdfParams;
 use crate::HsmError;
@@ -157,37 +157,111 @@ pub(crate) fn open_entry(
     Ok((header, secret))
 }
 
-/// The keystore header: KDF parameters, salt and the sealed verifier.
+/// How the keystore header's key-encryption key is obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KekOrigin {
+    /// Argon2id over the passphrase (format version 1).
+    Passphrase {
+        /// The Argon2id parameters.
+        params: KdfParams,
+        /// The Argon2id salt.
+        salt: [u8; 16],
+    },
+    /// A random KEK encrypted by an AES-256 key on a PKCS#11 token (format version 2, source
+    /// [`SOURCE_TOKEN`]).
+    #[cfg_attr(
+        not(feature = "pkcs11"),
+        allow(dead_code, reason = "read and written only by the pkcs11 envelope mode")
+    )]
+    Token {
+        /// `CKA_LABEL` of the token's AES-256 key.
+        key_label: Vec<u8>,
+        /// How the KEK is wrapped; [`MECHANISM_AES_GCM`] is the only one.
+        mechanism: u8,
+        /// `iv ‖ ciphertext ‖ tag` of the KEK.
+        wrapped: Vec<u8>,
+    },
+}
+
+impl KekOrigin {
+    /// The public kind of this origin.
+    pub(crate) fn kind(&self) -> KekSource {
+        match self {
+            KekOrigin::Passphrase { .. } => KekSource::Passphrase,
+            KekOrigin::Token { .. } => KekSource::Pkcs11Token,
+        }
+    }
+}
+
+/// Format version 2 tag: the KEK is wrapped by a PKCS#11 token key.
+const SOURCE_TOKEN: u8 = 2;
+/// `CKM_AES_GCM`, 12-byte IV, 16-byte tag, the key label bound as associated data.
+pub(crate) const MECHANISM_AES_GCM: u8 = 1;
+/// `iv ‖ ciphertext ‖ tag` of a 32-byte KEK under [`MECHANISM_AES_GCM`].
+pub(crate) const WRAPPED_KEK_LEN: usize = 12 + 32 + TAG_LEN;
+const META_V2_MAGIC: &[u8; 4] = b"AHS\x02";
+const VERIFIER_LEN: usize = NONCE_LEN + VERIFIER_PLAINTEXT.len() + TAG_LEN;
+/// Longest accepted token key label.
+pub(crate) const MAX_KEY_LABEL_LEN: usize = 128;
+
+/// The keystore header: where the KEK comes from and the sealed verifier.
+///
+/// Version 1 (passphrase keystores, still written for them so that older builds open them):
+///
+/// ```text
+/// "AHS" 0x01 | memory u32 | passes u32 | lanes u32 | salt[16] | verifier
+/// ```
+///
+/// Version 2 carries a KEK-source tag; tag 2 is a token-wrapped KEK:
+///
+/// ```text
+/// "AHS" 0x02 | source u8 = 2 | mechanism u8 = 1 | label len u8 | label | wrapped len u8 | wrapped | verifier
+/// ```
+///
+/// The verifier is a known value sealed under the KEK with everything before it as associated
+/// data, so a wrong KEK or an edited header is recognised, never used.
 #[derive(Debug, Clone)]
 pub(crate) struct Meta {
-    pub(crate) params: KdfParams,
-    pub(crate) salt: [u8; 16],
+    pub(crate) origin: KekOrigin,
     verifier: Vec<u8>,
 }
 
 impl Meta {
-    /// A new header for `kek` (derived with `params` and `salt`).
-    pub(crate) fn new(
-        kek: &LessSafeKey,
-        rng: &SystemRandom,
-        params: KdfParams,
-        salt: [u8; 16],
-    ) -> Result<Self, HsmError> {
+    /// A new header for `kek` obtained as `origin` says.
+    pub(crate) fn new(kek: &LessSafeKey, rng: &SystemRandom, origin: KekOrigin) -> Result<Self, HsmError> {
         let mut meta = Self {
-            params,
-            salt,
+            origin,
             verifier: Vec::new(),
         };
         meta.verifier = seal(kek, rng, &meta.verifier_aad(), &VERIFIER_PLAINTEXT)?;
         Ok(meta)
     }
 
-    fn header(&self) -> [u8; META_HEADER_LEN] {
-        let mut out = [0u8; META_HEADER_LEN];
-        out[..4].copy_from_slice(META_MAGIC);
-        out[4..16].copy_from_slice(&self.params.encode());
-        out[16..].copy_from_slice(&self.salt);
-        out
+    fn header(&self) -> Vec<u8> {
+        match &self.origin {
+            KekOrigin::Passphrase { params, salt } => {
+                let mut out = Vec::with_capacity(META_HEADER_LEN);
+                out.extend_from_slice(META_MAGIC);
+                out.extend_from_slice(&params.encode());
+                out.extend_from_slice(salt);
+                out
+            }
+            KekOrigin::Token {
+                key_label,
+                mechanism,
+                wrapped,
+            } => {
+                let mut out = Vec::with_capacity(8 + key_label.len() + wrapped.len());
+                out.extend_from_slice(META_V2_MAGIC);
+                out.push(SOURCE_TOKEN);
+                out.push(*mechanism);
+                out.push(u8::try_from(key_label.len()).expect("labels are checked to be at most 128 bytes"));
+                out.extend_from_slice(key_label);
+                out.push(u8::try_from(wrapped.len()).expect("a wrapped kek is 60 bytes"));
+                out.extend_from_slice(wrapped);
+                out
+            }
+        }
     }
 
     fn verifier_aad(&self) -> Vec<u8> {
@@ -197,7 +271,7 @@ impl Meta {
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = self.header().to_vec();
+        let mut out = self.header();
         out.extend_from_slice(&self.verifier);
         out
     }
@@ -206,23 +280,61 @@ impl Meta {
         if bytes.len() < 4 {
             return Err(SealedDefect::Truncated);
         }
-        if &bytes[..4] != META_MAGIC {
+        if &bytes[..4] == META_MAGIC {
+            if bytes.len() != META_HEADER_LEN + VERIFIER_LEN {
+                return Err(SealedDefect::Truncated);
+            }
+            let params = KdfParams::decode(bytes[4..16].try_into().expect("12-byte slice"));
+            let salt = bytes[16..32].try_into().expect("16-byte slice");
+            return Ok(Self {
+                origin: KekOrigin::Passphrase { params, salt },
+                verifier: bytes[META_HEADER_LEN..].to_vec(),
+            });
+        }
+        if &bytes[..4] != META_V2_MAGIC {
             return Err(SealedDefect::UnknownFormat);
         }
-        if bytes.len() != META_HEADER_LEN + NONCE_LEN + VERIFIER_PLAINTEXT.len() + TAG_LEN {
-            return Err(SealedDefect::Truncated);
+        let mut rest = &bytes[4..];
+        let [source, mechanism, label_len] = take(&mut rest, 3)?.try_into().expect("3-byte slice");
+        if source != SOURCE_TOKEN || mechanism != MECHANISM_AES_GCM {
+            return Err(SealedDefect::BadHeader);
         }
-        let params = KdfParams::decode(bytes[4..16].try_into().expect("12-byte slice"));
-        let salt = bytes[16..32].try_into().expect("16-byte slice");
+        let label_len = usize::from(label_len);
+        if label_len == 0 || label_len > MAX_KEY_LABEL_LEN {
+            return Err(SealedDefect::BadHeader);
+        }
+        let key_label = take(&mut rest, label_len)?.to_vec();
+        let wrapped_len = usize::from(take(&mut rest, 1)?[0]);
+        if wrapped_len != WRAPPED_KEK_LEN {
+            return Err(SealedDefect::BadHeader);
+        }
+        let wrapped = take(&mut rest, wrapped_len)?.to_vec();
+        let verifier = take(&mut rest, VERIFIER_LEN)?.to_vec();
+        if !rest.is_empty() {
+            return Err(SealedDefect::BadHeader);
+        }
         Ok(Self {
-            params,
-            salt,
-            verifier: bytes[META_HEADER_LEN..].to_vec(),
+            origin: KekOrigin::Token {
+                key_label,
+                mechanism,
+                wrapped,
+            },
+            verifier,
         })
     }
 
-    /// Whether `kek` opens the verifier (that is, the passphrase was right).
+    /// Whether `kek` opens the verifier (that is, the passphrase or unwrapped KEK was right).
     pub(crate) fn check(&self, kek: &LessSafeKey) -> bool {
         open(kek, &self.verifier_aad(), &self.verifier).is_ok_and(|v| v.as_slice() == VERIFIER_PLAINTEXT)
     }
+}
+
+/// The next `n` bytes of `rest`.
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], SealedDefect> {
+    if rest.len() < n {
+        return Err(SealedDefect::Truncated);
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Ok(head)
 }
