@@ -13,6 +13,14 @@
 //! every later record and the head; to detect a full rewrite, copy the head hash
 //! ([`AuditSummary::head`]) somewhere the store's writer cannot reach.
 
+#![cfg_attr(
+    not(any(feature = "software", feature = "pkcs11")),
+    allow(
+        dead_code,
+        reason = "the audit writer and key encodings serve the providers; without one only the public types remain"
+    )
+)]
+
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 

@@ -1,5 +1,13 @@
 //! Key ids, specs, usage policies and the public facts about a key.
 
+#![cfg_attr(
+    not(any(feature = "software", feature = "pkcs11")),
+    allow(
+        dead_code,
+        reason = "the audit writer and key encodings serve the providers; without one only the public types remain"
+    )
+)]
+
 use std::fmt;
 
 use anya_core_types::{Label, UnixTime};

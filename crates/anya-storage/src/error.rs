@@ -85,7 +85,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn conflict(ns: &Namespace, key: &[u8], expected: Option<Version>, found: Option<Version>) -> Self {
+    /// The [`StoreError::Conflict`] for `key`, for backends outside this crate.
+    pub fn conflict(ns: &Namespace, key: &[u8], expected: Option<Version>, found: Option<Version>) -> Self {
         StoreError::Conflict {
             ns: ns.clone(),
             key_hex: hex(key),

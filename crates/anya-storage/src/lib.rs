@@ -20,7 +20,7 @@ pub mod conformance;
 
 pub use batch::{Op, WriteBatch};
 pub use error::{BoxError, StoreError};
-pub use namespace::{Namespace, MAX_KEY_LEN, MAX_NAMESPACE_LEN, MAX_VALUE_LEN};
+pub use namespace::{prefix_successor, Namespace, MAX_KEY_LEN, MAX_NAMESPACE_LEN, MAX_VALUE_LEN};
 pub use store::{Entry, KvStore, Scan, Versioned};
 pub use version::Version;
 

@@ -75,8 +75,9 @@ pub(crate) fn check_value(value: &[u8]) -> Result<(), StoreError> {
 }
 
 /// The smallest byte string greater than every string that starts with `prefix`, or `None`
-/// when there is none (the prefix is empty or all `0xff`).
-pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+/// when there is none (the prefix is empty or all `0xff`): the exclusive upper bound of a
+/// prefix scan.
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < u8::MAX {

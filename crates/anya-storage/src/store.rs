@@ -66,7 +66,9 @@ impl<'a> Scan<'a> {
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+    /// Checks the prefix and `start_after` against the key limits (every backend calls this
+    /// before touching its storage).
+    pub fn validate(&self) -> Result<(), StoreError> {
         check_key(self.prefix)?;
         if let Some(k) = self.start_after {
             check_key(k)?;
@@ -74,9 +76,10 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
-    /// The exclusive lower bound and exclusive upper bound implied by this scan, as
-    /// `(lower_inclusive, lower_is_exclusive_key, upper_exclusive)`.
-    pub(crate) fn bounds(&self) -> (Vec<u8>, bool, Option<Vec<u8>>) {
+    /// The key range this scan selects, for backends: `(lower, lower_is_exclusive, upper)`,
+    /// where keys must be `>= lower` (or `> lower` when `lower_is_exclusive`) and `< upper`
+    /// (no upper bound when `None`). `limit` is not included.
+    pub fn bounds(&self) -> (Vec<u8>, bool, Option<Vec<u8>>) {
         let upper = crate::namespace::prefix_successor(self.prefix);
         match self.start_after {
             Some(after) if after >= self.prefix => (after.to_vec(), true, upper),

@@ -15,6 +15,7 @@
 //! hash-chained audit log are kept in a [`KvStore`] beside the token, as the software provider
 //! keeps them.
 
+#[cfg(feature = "software")]
 pub(crate) mod envelope;
 mod provider;
 mod token;
