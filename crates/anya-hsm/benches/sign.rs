@@ -4,12 +4,17 @@
 //! background flusher); `bip340_durable_audit` shows the cost of one durable audit record per
 //! signature, alone and with 8 signing threads, beside one bare durable store write.
 //! `raw/*` calls secp256k1 or ring directly with the same key.
+//!
+//! `pkcs11/*` signs on a PKCS#11 token (SoftHSM2 as `.ci/softhsm.sh` sets it up:
+//! `ANYA_TEST_PKCS11_MODULE`, `ANYA_TEST_PKCS11_PIN`, `ANYA_TEST_PKCS11_TOKEN_LABEL`) beside the
+//! software provider with the same keys and the same audit mode; without a module it is skipped.
+#![allow(clippy::print_stderr, reason = "a skipped bench group says so on stderr")]
 
 use std::sync::Arc;
 
 use anya_hsm::{
-    AuditMode, AuxRand, HsmProvider, KdfParams, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, SecretBytes,
-    SecretString, SoftwareHsm, SoftwareOptions,
+    AuditMode, AuxRand, HsmProvider, KdfParams, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, Pkcs11Hsm,
+    Pkcs11Options, SecretBytes, SecretString, SoftwareHsm, SoftwareOptions,
 };
 use anya_storage::{KvStore, Namespace, SqliteOptions, SqliteStore};
 use bitcoin::bip32::{ChildNumber, DerivationPath, Xpriv};
@@ -200,5 +205,90 @@ fn unlock(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, signing, durable, unlock);
+/// The token's keys, deleted when the group is done.
+struct Token {
+    hsm: Pkcs11Hsm,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        if let Ok(keys) = self.hsm.list_keys() {
+            for key in keys {
+                let _ = self.hsm.delete_key(&key.id);
+            }
+        }
+    }
+}
+
+/// A provider on the configured token holding `SECRET` as secp256k1 (`secp`) and Ed25519 (`ed`)
+/// keys, audit buffered as in `hsm`; `None` when no module is configured.
+fn token() -> Option<Token> {
+    let (Ok(module), Ok(pin)) = (
+        std::env::var("ANYA_TEST_PKCS11_MODULE"),
+        std::env::var("ANYA_TEST_PKCS11_PIN"),
+    ) else {
+        return None;
+    };
+    let token_label = std::env::var("ANYA_TEST_PKCS11_TOKEN_LABEL").unwrap_or_else(|_| "anya-test".to_owned());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path().join("token.db"), SqliteOptions::default()).expect("store");
+    let options = Pkcs11Options::new(module, token_label, SecretString::new(pin))
+        .with_label_prefix(format!("bench-{}/", std::process::id()))
+        .with_audit(AuditMode::Buffered { max_pending: 1024 });
+    let hsm = Pkcs11Hsm::open(Arc::new(store), options).expect("token opens and the pin logs in");
+    let token = Token { hsm, _dir: dir };
+    token
+        .hsm
+        .import_key(
+            &label("secp"),
+            KeyMaterial::Secp256k1(SecretBytes::from_slice(&SECRET)),
+            KeyPolicy::default_for(KeySpec::Secp256k1),
+        )
+        .expect("import on the token");
+    token
+        .hsm
+        .import_key(
+            &label("ed"),
+            KeyMaterial::Ed25519(SecretBytes::from_slice(&SECRET)),
+            KeyPolicy::default_for(KeySpec::Ed25519),
+        )
+        .expect("import on the token");
+    Some(token)
+}
+
+fn pkcs11(c: &mut Criterion) {
+    let Some(token) = token() else {
+        eprintln!(
+            "pkcs11: skipped, ANYA_TEST_PKCS11_MODULE and ANYA_TEST_PKCS11_PIN are unset (source .ci/softhsm.sh)"
+        );
+        return;
+    };
+    let b = hsm(AuditMode::Buffered { max_pending: 1024 });
+    let (secp_id, ed_id) = (label("secp"), label("ed"));
+    let msg = [7u8; 32];
+    let mut g = c.benchmark_group("pkcs11");
+    g.bench_function("ecdsa_token", |bn| {
+        bn.iter(|| {
+            token
+                .hsm
+                .sign_ecdsa(KeyRef::Key(&secp_id), black_box(&msg))
+                .expect("sign")
+        })
+    });
+    g.bench_function("ecdsa_software", |bn| {
+        bn.iter(|| b.hsm.sign_ecdsa(KeyRef::Key(&secp_id), black_box(&msg)).expect("sign"))
+    });
+    g.bench_function("ed25519_token", |bn| {
+        bn.iter(|| token.hsm.sign_ed25519(&ed_id, black_box(&msg)).expect("sign"))
+    });
+    g.bench_function("ed25519_software", |bn| {
+        bn.iter(|| b.hsm.sign_ed25519(&ed_id, black_box(&msg)).expect("sign"))
+    });
+    g.finish();
+    token.hsm.flush_audit().expect("flush");
+    b.hsm.flush_audit().expect("flush");
+}
+
+criterion_group!(benches, signing, durable, unlock, pkcs11);
 criterion_main!(benches);

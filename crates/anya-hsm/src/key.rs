@@ -290,6 +290,8 @@ pub enum MnemonicLength {
 }
 
 impl MnemonicLength {
+    /// Bytes of BIP39 entropy; only the software provider generates mnemonics.
+    #[cfg(feature = "software")]
     pub(crate) fn entropy_bytes(self) -> usize {
         match self {
             MnemonicLength::Words12 => 16,

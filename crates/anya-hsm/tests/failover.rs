@@ -1,8 +1,9 @@
 //! The failover provider: the conformance suite over two software providers, and the time from
-//! a primary failure to the first good signature from the secondary.
+//! a primary failure to the first good signature from the secondary, with a test-double
+//! primary and with a real PKCS#11 token (SoftHSM2, as `.ci/softhsm.sh` sets it up) as primary.
 #![allow(
     clippy::print_stderr,
-    reason = "the measured failover time is part of the test's report"
+    reason = "the measured failover time is part of the test's report; a skipped test says so"
 )]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,8 @@ use anya_hsm::conformance::{software_fixture, TempHsm};
 use anya_hsm::failover::Active;
 use anya_hsm::{
     AccountXpub, AuxRand, Capabilities, Ed25519Signature, FailoverHsm, HsmError, HsmProvider, KeyId, KeyInfo,
-    KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, PublicKey, SecretBytes, SecretString, SoftwareHsm,
+    KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, Pkcs11Hsm, Pkcs11Options, PublicKey, SecretBytes,
+    SecretString, SoftwareHsm,
 };
 use bitcoin::bip32::DerivationPath;
 use bitcoin::{NetworkKind, TapNodeHash};
@@ -224,4 +226,100 @@ fn both_unavailable_is_a_typed_error() {
     let hsm = FailoverHsm::new(pull(&a.provider), pull(&b.provider));
     let r = hsm.list_keys();
     assert!(matches!(r, Err(HsmError::AllProvidersUnavailable { .. })), "{r:?}");
+}
+
+/// A token primary and a software secondary holding the same imported secp256k1 key. The
+/// primary fails for real: `C_Finalize` on its module ends every session this process has with
+/// the token, as a crashed module or a pulled token leaves them. No other test of this binary
+/// uses the token, so finalizing it here pulls it from under this test only.
+#[test]
+fn failover_from_a_token_to_software_within_50_ms() {
+    let Ok(module) = std::env::var("ANYA_TEST_PKCS11_MODULE") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ANYA_TEST_PKCS11_MODULE is unset in CI: .ci/run must source .ci/softhsm.sh"
+        );
+        eprintln!("skipped: ANYA_TEST_PKCS11_MODULE unset");
+        return;
+    };
+    let pin = std::env::var("ANYA_TEST_PKCS11_PIN").expect("ANYA_TEST_PKCS11_PIN goes with the module");
+    let token_label = std::env::var("ANYA_TEST_PKCS11_TOKEN_LABEL").unwrap_or_else(|_| "anya-test".to_owned());
+    let prefix = format!("failover-{}/", std::process::id());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = anya_storage::SqliteStore::open(dir.path().join("token.db"), anya_storage::SqliteOptions::default())
+        .expect("sqlite store");
+    let options = Pkcs11Options::new(&module, &token_label, SecretString::new(pin.clone())).with_label_prefix(&prefix);
+    let token = Pkcs11Hsm::open(Arc::new(store), options).expect("token opens and the pin logs in");
+    let software = software_fixture();
+
+    let id = Label::new("shared").expect("label");
+    let secret = [0x24u8; 32];
+    let material = || KeyMaterial::Secp256k1(SecretBytes::from_slice(&secret));
+    let policy = KeyPolicy::default_for(KeySpec::Secp256k1);
+    assert!(!policy.exportable, "the token key stays on the token");
+    token.import_key(&id, material(), policy).expect("import on the token");
+    software
+        .provider
+        .import_key(&id, material(), policy)
+        .expect("import in software");
+    let hsm = FailoverHsm::new(Arc::new(token.clone()), Arc::new(software.provider.clone()));
+    let secp = Secp256k1::new();
+    let pk = secp256k1::SecretKey::from_slice(&secret)
+        .expect("valid")
+        .public_key(&secp);
+    let sig = hsm.sign_ecdsa(KeyRef::Key(&id), &[1; 32]).expect("the token signs");
+    secp.verify_ecdsa(&Message::from_digest([1; 32]), &sig, &pk)
+        .expect("the token's signature verifies");
+    assert_eq!(hsm.active(), Active::Primary);
+    assert_eq!(hsm.health_check().expect("probe"), Active::Primary);
+
+    // Pull the token: finalize the module the provider's session belongs to.
+    let ctx = cryptoki::context::Pkcs11::new(&module).expect("module loads");
+    ctx.finalize().expect("C_Finalize");
+    let started = Instant::now();
+    let sig = hsm.sign_ecdsa(KeyRef::Key(&id), &[2; 32]).expect("the secondary signs");
+    let elapsed = started.elapsed();
+    secp.verify_ecdsa(&Message::from_digest([2; 32]), &sig, &pk)
+        .expect("the secondary's signature verifies");
+    eprintln!("failover (pkcs11 token pulled): primary failure to first good secondary signature in {elapsed:?}");
+    assert!(elapsed.as_millis() < 50, "failover took {elapsed:?}");
+    assert_eq!(hsm.active(), Active::Secondary);
+    // The dead token is not taken for healthy, though its key records are still in the store.
+    let probe = token.list_keys();
+    assert!(matches!(&probe, Err(e) if e.indicates_unavailable()), "{probe:?}");
+    assert_eq!(hsm.health_check().expect("probe"), Active::Secondary);
+    hsm.sign_ecdsa(KeyRef::Key(&id), &[3; 32])
+        .expect("the secondary keeps signing");
+
+    // Clean up the token objects with a session of the module initialised anew.
+    let ctx = cryptoki::context::Pkcs11::new(&module).expect("module loads");
+    ctx.initialize(cryptoki::context::CInitializeArgs::new(
+        cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+    ))
+    .expect("C_Initialize");
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .expect("slots")
+        .into_iter()
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .is_ok_and(|i| i.label().trim_end() == token_label)
+        })
+        .expect("the token is still there");
+    let session = ctx.open_rw_session(slot).expect("session");
+    session
+        .login(
+            cryptoki::session::UserType::User,
+            Some(&cryptoki::types::AuthPin::new(pin.into())),
+        )
+        .expect("login");
+    let objects = session
+        .find_objects(&[cryptoki::object::Attribute::Label(
+            format!("{prefix}shared").into_bytes(),
+        )])
+        .expect("find");
+    assert_eq!(objects.len(), 2, "the private and the public key object");
+    for object in objects {
+        session.destroy_object(object).expect("destroy");
+    }
 }

@@ -467,6 +467,10 @@ impl HsmProvider for Pkcs11Hsm {
 
     fn list_keys(&self) -> Result<Vec<KeyInfo>, HsmError> {
         self.audited(Operation::ListKeys, None, None, || {
+            // The records are in the store, but the list is only true while the token is there:
+            // touching the session makes a lost token, closed session or finalized module an
+            // error here, so `FailoverHsm::health_check` does not take a dead token for healthy.
+            self.session()?.get_session_info()?;
             let entries = self.inner.store.scan(&self.inner.keys_ns, anya_storage::Scan::all())?;
             entries
                 .into_iter()
