@@ -314,9 +314,12 @@ impl SqliteWriter {
             .prepare_cached("SELECT value FROM anya_meta WHERE name = 'last_version'")
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(map_err)?;
-        let isolate = batches.len() > 1;
+        let grouped = batches.len() > 1;
         let mut results = Vec::with_capacity(batches.len());
         for batch in batches {
+            // Only a check can fail one batch alone; any other error fails the whole group,
+            // so batches without checks need no savepoint of their own.
+            let isolate = grouped && batch.has_checks();
             let version = last.checked_add(1).ok_or_else(|| StoreError::Backend {
                 backend: "sqlite",
                 source: "version counter exhausted".into(),
