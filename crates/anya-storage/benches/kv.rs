@@ -30,6 +30,18 @@ fn value(i: u32) -> Vec<u8> {
     (0..100).map(|j| (i as u8).wrapping_add(j)).collect()
 }
 
+/// A value no earlier write stored. SQLite skips writing a row whose new bytes equal the old
+/// ones, and a transaction that changed nothing commits without an fsync; anya always writes
+/// (every write carries a new version). Timed writes therefore never repeat a value, or the
+/// raw side would be timing no-ops.
+fn fresh_value(i: u32) -> Vec<u8> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut v = value(i);
+    v[..8].copy_from_slice(&n.to_le_bytes());
+    v
+}
+
 fn fill(store: &dyn KvStore) {
     for chunk in (0..KEYS).collect::<Vec<_>>().chunks(5_000) {
         let mut batch = WriteBatch::new();
@@ -122,7 +134,7 @@ fn sqlite_benches(c: &mut Criterion) {
     g.bench_function("anya", |b| {
         b.iter(|| {
             n = n.wrapping_add(1);
-            anya.put(&ns(), &n.to_be_bytes(), &value(n)).expect("put")
+            anya.put(&ns(), &n.to_be_bytes(), &fresh_value(n)).expect("put")
         })
     });
     g.bench_function("raw", |b| {
@@ -130,7 +142,7 @@ fn sqlite_benches(c: &mut Criterion) {
             n = n.wrapping_add(1);
             raw.prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")
                 .expect("prepare")
-                .execute((n.to_be_bytes(), value(n)))
+                .execute((n.to_be_bytes(), fresh_value(n)))
                 .expect("insert")
         })
     });
@@ -143,7 +155,7 @@ fn sqlite_benches(c: &mut Criterion) {
         b.iter(|| {
             let mut batch = WriteBatch::new();
             for i in 0..1000u32 {
-                batch.put(&ns(), key(i), value(i)).expect("op");
+                batch.put(&ns(), key(i), fresh_value(i)).expect("op");
             }
             anya.write(batch).expect("batch")
         })
@@ -156,7 +168,7 @@ fn sqlite_benches(c: &mut Criterion) {
                     .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")
                     .expect("prepare");
                 for i in 0..1000u32 {
-                    stmt.execute((key(i), value(i))).expect("insert");
+                    stmt.execute((key(i), fresh_value(i))).expect("insert");
                 }
             }
             tx.commit().expect("commit")
@@ -202,7 +214,7 @@ fn group_commit(c: &mut Criterion, dir: &Path) {
         b.iter_custom(|iters| {
             run(
                 &|t, i| {
-                    anya.put(&ns(), &[t.to_be_bytes(), i.to_be_bytes()].concat(), &value(i))
+                    anya.put(&ns(), &[t.to_be_bytes(), i.to_be_bytes()].concat(), &fresh_value(i))
                         .expect("put");
                 },
                 iters,
@@ -216,7 +228,7 @@ fn group_commit(c: &mut Criterion, dir: &Path) {
                     let conn = raw_conns[t as usize].lock().expect("own connection");
                     conn.prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")
                         .expect("prepare")
-                        .execute(([t.to_be_bytes(), i.to_be_bytes()].concat(), value(i)))
+                        .execute(([t.to_be_bytes(), i.to_be_bytes()].concat(), fresh_value(i)))
                         .expect("insert");
                 },
                 iters,
@@ -230,7 +242,7 @@ fn group_commit(c: &mut Criterion, dir: &Path) {
                     let conn = shared.lock().expect("shared connection");
                     conn.prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")
                         .expect("prepare")
-                        .execute(([t.to_be_bytes(), i.to_be_bytes()].concat(), value(i)))
+                        .execute(([t.to_be_bytes(), i.to_be_bytes()].concat(), fresh_value(i)))
                         .expect("insert");
                 },
                 iters,
@@ -302,13 +314,13 @@ fn rocksdb_benches(c: &mut Criterion) {
     g.bench_function("anya", |b| {
         b.iter(|| {
             n = n.wrapping_add(1);
-            anya.put(&ns(), &n.to_be_bytes(), &value(n)).expect("put")
+            anya.put(&ns(), &n.to_be_bytes(), &fresh_value(n)).expect("put")
         })
     });
     g.bench_function("raw", |b| {
         b.iter(|| {
             n = n.wrapping_add(1);
-            raw.put_opt(n.to_be_bytes(), value(n), &sync).expect("put")
+            raw.put_opt(n.to_be_bytes(), fresh_value(n), &sync).expect("put")
         })
     });
     g.finish();
@@ -320,7 +332,7 @@ fn rocksdb_benches(c: &mut Criterion) {
         b.iter(|| {
             let mut batch = WriteBatch::new();
             for i in 0..1000u32 {
-                batch.put(&ns(), key(i), value(i)).expect("op");
+                batch.put(&ns(), key(i), fresh_value(i)).expect("op");
             }
             anya.write(batch).expect("batch")
         })
@@ -329,7 +341,7 @@ fn rocksdb_benches(c: &mut Criterion) {
         b.iter(|| {
             let mut wb = rocksdb::WriteBatch::default();
             for i in 0..1000u32 {
-                wb.put(key(i), value(i));
+                wb.put(key(i), fresh_value(i));
             }
             raw.write_opt(wb, &sync).expect("batch")
         })
@@ -406,13 +418,13 @@ fn postgres_benches(c: &mut Criterion) {
     g.bench_function("anya", |b| {
         b.iter(|| {
             n = n.wrapping_add(1);
-            anya.put(&ns(), &n.to_be_bytes(), &value(n)).expect("put")
+            anya.put(&ns(), &n.to_be_bytes(), &fresh_value(n)).expect("put")
         })
     });
     g.bench_function("raw", |b| {
         b.iter(|| {
             n = n.wrapping_add(1);
-            raw.execute(&insert, &[&n.to_be_bytes().to_vec(), &value(n)])
+            raw.execute(&insert, &[&n.to_be_bytes().to_vec(), &fresh_value(n)])
                 .expect("put")
         })
     });
