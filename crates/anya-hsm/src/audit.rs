@@ -630,6 +630,30 @@ impl AuditLog {
     }
 
     /// Records one operation; in [`AuditMode::Durable`] the record is durable when this returns.
+    /// Appends the record of one provider operation: its outcome is `0` for success or the
+    /// error's audit code.
+    pub(crate) fn record<T>(
+        &self,
+        actor: &Arc<Label>,
+        operation: Operation,
+        key: Option<&KeyId>,
+        input_hash: Option<[u8; 32]>,
+        result: &Result<T, HsmError>,
+    ) -> Result<(), HsmError> {
+        let outcome = match result {
+            Ok(_) => 0,
+            Err(e) => e.audit_code(),
+        };
+        self.append(AuditEvent {
+            time: self.now(),
+            operation,
+            key_id: key.map(InlineLabel::new),
+            actor: Arc::clone(actor),
+            input_hash,
+            outcome,
+        })
+    }
+
     pub(crate) fn append(&self, event: AuditEvent) -> Result<(), HsmError> {
         let mut q = self.shared.queue()?;
         q.pending.push(event);

@@ -34,7 +34,7 @@ use cryptoki::slot::Slot;
 use ring::rand::SystemRandom;
 use secp256k1::{All, Secp256k1};
 
-use crate::audit::{AuditEvent, AuditLog, AuditMode, InlineLabel, Operation};
+use crate::audit::{AuditLog, AuditMode, Operation};
 use crate::{HsmError, KeyId, SecretString};
 
 /// Options of a [`Pkcs11Hsm`].
@@ -288,18 +288,7 @@ impl Pkcs11Hsm {
         input_hash: Option<[u8; 32]>,
         result: &Result<T, HsmError>,
     ) -> Result<(), HsmError> {
-        let outcome = match result {
-            Ok(_) => 0,
-            Err(e) => e.audit_code(),
-        };
-        self.inner.audit.append(AuditEvent {
-            time: self.inner.audit.now(),
-            operation,
-            key_id: key.map(InlineLabel::new),
-            actor: Arc::clone(&self.actor),
-            input_hash,
-            outcome,
-        })
+        self.inner.audit.record(&self.actor, operation, key, input_hash, result)
     }
 
     /// Runs `f` and records it; the result is withheld if the record cannot be appended.

@@ -30,7 +30,7 @@ use secp256k1::{All, Secp256k1};
 
 pub use kdf::KdfParams;
 
-use crate::audit::{AuditEvent, AuditLog, AuditMode, InlineLabel, Operation};
+use crate::audit::{AuditLog, AuditMode, Operation};
 use crate::error::{KekSource, SealedDefect};
 use crate::software::material::{Material, UnsealedKey};
 use crate::software::seal::{KekOrigin, Meta, META_KEY};
@@ -324,18 +324,7 @@ impl SoftwareHsm {
         input_hash: Option<[u8; 32]>,
         result: &Result<T, HsmError>,
     ) -> Result<(), HsmError> {
-        let outcome = match result {
-            Ok(_) => 0,
-            Err(e) => e.audit_code(),
-        };
-        self.inner.audit.append(AuditEvent {
-            time: self.inner.audit.now(),
-            operation,
-            key_id: key.map(InlineLabel::new),
-            actor: Arc::clone(&self.actor),
-            input_hash,
-            outcome,
-        })
+        self.inner.audit.record(&self.actor, operation, key, input_hash, result)
     }
 
     /// Runs `f` and records it; the result is withheld if the record cannot be appended.
