@@ -179,6 +179,10 @@ impl PostgresStore {
             // Connections open on demand and the pool keeps one warm, rather than holding
             // `pool_size` server processes for an idle store.
             .min_idle(Some(1))
+            // r2d2 would otherwise send a query on every checkout to validate the connection,
+            // a second round trip per operation. A connection that broke fails its next
+            // statement with a typed error and r2d2 drops it (`has_broken`) when it comes back.
+            .test_on_check_out(false)
             .connection_timeout(options.connect_timeout)
             .error_handler(Box::new(TracingErrorHandler))
             .build(manager)
