@@ -22,7 +22,8 @@ struct Tally {
     unacked_batches_present: usize,
 }
 
-/// Runs the writer once, kills it after `delay`, returns the acknowledged puts and batches.
+/// Runs the writer once, kills it `delay` after it reported that its store is open, and
+/// returns the acknowledged puts and batches.
 fn run_and_kill(backend: &str, path: &Path, run: u32, delay: Duration) -> (Vec<String>, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_anya-kill-writer"))
         .args([backend, path.to_str().expect("utf-8 temp path"), &format!("r{run:03}")])
@@ -31,11 +32,19 @@ fn run_and_kill(backend: &str, path: &Path, run: u32, delay: Duration) -> (Vec<S
         .spawn()
         .expect("spawn writer");
     let stdout = child.stdout.take().expect("piped stdout");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
+        let mut stdout = BufReader::new(stdout);
         let mut all = Vec::new();
-        BufReader::new(stdout).read_to_end(&mut all).expect("read child stdout");
+        // The first line is READY, printed once the store is open (after crash recovery,
+        // which can take a while on a loaded machine); the kill timer starts there.
+        stdout.read_until(b'\n', &mut all).expect("read child stdout");
+        let _ = ready_tx.send(());
+        stdout.read_to_end(&mut all).expect("read child stdout");
         all
     });
+    // Either READY arrived or the writer died first (the assertions below say which).
+    let _ = ready_rx.recv_timeout(Duration::from_secs(60));
     std::thread::sleep(delay);
     child.kill().expect("SIGKILL the writer");
     let status = child.wait().expect("reap writer");
