@@ -654,6 +654,21 @@ impl AuditLog {
         })
     }
 
+    /// Runs a provider operation and records it; the result is withheld if the record cannot
+    /// be appended.
+    pub(crate) fn audited<T>(
+        &self,
+        actor: &Arc<Label>,
+        operation: Operation,
+        key: Option<&KeyId>,
+        input_hash: Option<[u8; 32]>,
+        f: impl FnOnce() -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let result = f();
+        self.record(actor, operation, key, input_hash, &result)?;
+        result
+    }
+
     pub(crate) fn append(&self, event: AuditEvent) -> Result<(), HsmError> {
         let mut q = self.shared.queue()?;
         q.pending.push(event);

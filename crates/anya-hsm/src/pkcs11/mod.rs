@@ -299,8 +299,6 @@ impl Pkcs11Hsm {
         input_hash: Option<[u8; 32]>,
         f: impl FnOnce() -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
-        let result = f();
-        self.record(operation, key, input_hash, &result)?;
-        result
+        self.inner.audit.audited(&self.actor, operation, key, input_hash, f)
     }
 }

@@ -335,9 +335,7 @@ impl SoftwareHsm {
         input_hash: Option<[u8; 32]>,
         f: impl FnOnce() -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
-        let result = f();
-        self.record(operation, key, input_hash, &result)?;
-        result
+        self.inner.audit.audited(&self.actor, operation, key, input_hash, f)
     }
 
     /// The unsealed key `id`, from the cache or unsealed from the store.
