@@ -66,10 +66,14 @@ pub enum Operation {
     AccountXpub,
     CommitNonce,
     SignWithNonce,
+    /// A decision taken outside the provider about a use of a key (for example a spending
+    /// policy approving or refusing a transaction before it is signed); see
+    /// [`HsmProvider::record_decision`](crate::HsmProvider::record_decision).
+    Decision,
 }
 
 impl Operation {
-    const ALL: [Operation; 20] = [
+    const ALL: [Operation; 21] = [
         Operation::Create,
         Operation::Unlock,
         Operation::Lock,
@@ -90,6 +94,7 @@ impl Operation {
         Operation::AccountXpub,
         Operation::CommitNonce,
         Operation::SignWithNonce,
+        Operation::Decision,
     ];
 
     fn code(self) -> u8 {
@@ -650,6 +655,25 @@ impl AuditLog {
             key_id: key.map(InlineLabel::new),
             actor: Arc::clone(actor),
             input_hash,
+            outcome,
+        })
+    }
+
+    /// Appends the record of a decision taken outside the provider: `subject` is stored as the
+    /// record's input hash and `outcome` as its outcome.
+    pub(crate) fn record_decision(
+        &self,
+        actor: &Arc<Label>,
+        key: Option<&KeyId>,
+        subject: &[u8; 32],
+        outcome: u16,
+    ) -> Result<(), HsmError> {
+        self.append(AuditEvent {
+            time: self.now(),
+            operation: Operation::Decision,
+            key_id: key.map(InlineLabel::new),
+            actor: Arc::clone(actor),
+            input_hash: Some(*subject),
             outcome,
         })
     }

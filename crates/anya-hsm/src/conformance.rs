@@ -68,7 +68,7 @@ macro_rules! hsm_conformance_suite {
             ecdsa_is_low_s_and_verifies, schnorr_verifies, taproot_key_spend_verifies,
             ed25519_verifies, aes_gcm_round_trip_and_aad_binding, policy_is_enforced,
             import_export_round_trip, bip32_sign_at_path_matches_xpub, nonce_signs_once,
-            nonce_race_8_threads, audit_records_every_call);
+            nonce_race_8_threads, audit_records_every_call, decisions_join_the_chain);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(
@@ -507,4 +507,24 @@ pub fn audit_records_every_call(p: &dyn HsmProvider) {
     let failed = &records[2];
     assert_eq!(failed.outcome, HsmError::KeyNotFound { id: id.clone() }.audit_code());
     assert_eq!(failed.prev_hash, sign.hash());
+}
+
+/// A decision recorded by a caller lands in the chain with its subject and outcome.
+pub fn decisions_join_the_chain(p: &dyn HsmProvider) {
+    let subject = [0x5au8; 32];
+    let key = label("policy-subject");
+    if needs(p, Capability::AuditLog, || p.record_decision(Some(&key), &subject, 0)).is_none() {
+        return;
+    }
+    p.record_decision(Some(&key), &subject, 0).expect("approval recorded");
+    p.record_decision(None, &subject, 0b101).expect("refusal recorded");
+    let summary = p.verify_audit_chain().expect("chain verifies");
+    let records = p.audit_records(summary.records - 2, 10).expect("records");
+    assert_eq!(records.len(), 2);
+    let (approved, refused) = (&records[0], &records[1]);
+    assert_eq!(approved.operation, crate::Operation::Decision);
+    assert_eq!(approved.key_id.as_ref(), Some(&key));
+    assert_eq!((approved.outcome, approved.input_hash), (0, Some(subject)));
+    assert_eq!((refused.key_id.as_ref(), refused.outcome), (None, 0b101));
+    assert_eq!(refused.prev_hash, approved.hash());
 }

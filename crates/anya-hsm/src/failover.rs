@@ -213,6 +213,10 @@ impl HsmProvider for FailoverHsm {
         self.call(|p| p.sign_with_nonce(key, nonce, message))
     }
 
+    fn record_decision(&self, key: Option<&KeyId>, subject: &[u8; 32], outcome: u16) -> Result<(), HsmError> {
+        self.call(|p| p.record_decision(key, subject, outcome))
+    }
+
     fn flush_audit(&self) -> Result<(), HsmError> {
         self.call(|p| p.flush_audit())
     }

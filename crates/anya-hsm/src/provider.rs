@@ -150,6 +150,15 @@ pub trait HsmProvider: Send + Sync {
     /// R is the announced point. Needs `OracleNonces`.
     fn sign_with_nonce(&self, key: &KeyId, nonce: &Label, message: &[u8; 32]) -> Result<schnorr::Signature, HsmError>;
 
+    /// Appends to the audit chain a decision taken outside the provider about a use of `key`,
+    /// so that it sits in the same tamper-evident chain as the operations it governs: a
+    /// spending policy approving (`outcome` 0) or refusing (a nonzero, caller-defined code)
+    /// a transaction before asking for its signatures. `subject` is a 32-byte digest of what
+    /// was decided on (a txid, a PSBT hash), stored as the record's input hash; it must not be
+    /// a secret. Durable on return under [`AuditMode::Durable`](crate::AuditMode::Durable).
+    /// Needs `AuditLog`.
+    fn record_decision(&self, key: Option<&KeyId>, subject: &[u8; 32], outcome: u16) -> Result<(), HsmError>;
+
     /// Makes every audit record appended so far durable. Needs `AuditLog`.
     fn flush_audit(&self) -> Result<(), HsmError>;
 

@@ -153,6 +153,10 @@ impl HsmProvider for Pullable {
         self.check()?;
         self.inner.sign_with_nonce(key, nonce, message)
     }
+    fn record_decision(&self, key: Option<&KeyId>, subject: &[u8; 32], outcome: u16) -> Result<(), HsmError> {
+        self.check()?;
+        self.inner.record_decision(key, subject, outcome)
+    }
     fn flush_audit(&self) -> Result<(), HsmError> {
         self.check()?;
         self.inner.flush_audit()

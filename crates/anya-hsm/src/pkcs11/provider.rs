@@ -581,6 +581,10 @@ impl HsmProvider for Pkcs11Hsm {
         })
     }
 
+    fn record_decision(&self, key: Option<&KeyId>, subject: &[u8; 32], outcome: u16) -> Result<(), HsmError> {
+        self.inner.audit.record_decision(&self.actor, key, subject, outcome)
+    }
+
     fn flush_audit(&self) -> Result<(), HsmError> {
         self.inner.audit.flush()
     }

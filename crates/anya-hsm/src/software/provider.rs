@@ -570,6 +570,10 @@ impl HsmProvider for SoftwareHsm {
         )
     }
 
+    fn record_decision(&self, key: Option<&KeyId>, subject: &[u8; 32], outcome: u16) -> Result<(), HsmError> {
+        self.inner.audit.record_decision(&self.actor, key, subject, outcome)
+    }
+
     fn flush_audit(&self) -> Result<(), HsmError> {
         self.inner.audit.flush()
     }
