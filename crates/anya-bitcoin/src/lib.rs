@@ -1,6 +1,11 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod policy;
+pub mod psbt;
+pub mod regtest;
+pub mod signer;
 pub mod verify;
+pub mod wallet;
 
 pub use verify::{verify_input, verify_transaction, ScriptFailure, TransactionVerifier, VerifyError, VerifyFlags};

@@ -1,0 +1,624 @@
+//! Descriptor wallets whose keys live in anya-hsm and whose state lives in anya-storage.
+//!
+//! An [`AnyaWallet`] is a [`bdk_wallet::Wallet`] (descriptors, address derivation, coin
+//! selection, change, dust rules, RBF) with three things wired in:
+//!
+//! - **keys**: the account xpubs in its descriptors come from an [`HsmProvider`] and every
+//!   signature is made there by an [`HsmSigner`]; the wallet never holds a private key;
+//! - **state**: every change is persisted through a [`KvPersister`] into a [`KvStore`], so the
+//!   same wallet reloads from SQLite, RocksDB or PostgreSQL;
+//! - **control**: [`AnyaWallet::sign`] runs the wallet's [`SpendPolicy`](crate::policy::SpendPolicy)
+//!   before asking for any signature and records the decision in the HSM's audit chain, and
+//!   [`AnyaWallet::finalize`] returns a transaction only after Bitcoin Core's script interpreter
+//!   has verified every input.
+//!
+//! Several wallets (accounts) share one keystore and one store; each has its own name and
+//! namespace (`anya/wallet/<name>`).
+
+pub mod persist;
+
+use std::sync::Arc;
+
+use anya_core_types::{Clock, Label};
+use anya_hsm::{HsmError, HsmProvider, KeyId};
+use anya_storage::{KvStore, Namespace, Scan, StoreError};
+use bdk_wallet::{AddressInfo, Balance, KeychainKind, PersistedWallet, SignOptions, Wallet};
+use bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint};
+use bitcoin::psbt::Psbt;
+use bitcoin::{Amount, Block, FeeRate, Network, NetworkKind, OutPoint, ScriptBuf, Transaction, TxOut, Txid, Weight};
+
+pub use bdk_wallet::descriptor::policy::Condition;
+pub use persist::{KvPersister, PersistError};
+
+use crate::policy::{OutputRole, PolicyEngine, PolicyError, SpendOutput, SpendSummary};
+use crate::signer::{prevout, HsmSigner, SignError, SignReport};
+use crate::verify::{verify_transaction, VerifyError, VerifyFlags};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const REGISTRY_NS: &str = "anya/wallets";
+
+/// Why a wallet operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WalletError {
+    /// A wallet of this name already exists in the store.
+    #[error("wallet {name} already exists")]
+    AlreadyExists {
+        /// Its name.
+        name: Label,
+    },
+    /// No wallet of this name is in the store.
+    #[error("no wallet named {name}")]
+    NotFound {
+        /// The name asked for.
+        name: Label,
+    },
+    /// The descriptors are invalid, or do not match the stored wallet.
+    #[error("descriptor: {0}")]
+    Descriptor(#[source] BoxError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The wallet's records could not be read or written.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    /// The HSM refused or failed.
+    #[error("HSM: {0}")]
+    Hsm(#[from] HsmError),
+    /// The transaction could not be built (not enough funds, dust, …).
+    #[error("building the transaction: {0}")]
+    Build(#[source] BoxError),
+    /// The spending policy refused, or could not decide.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// Signing failed.
+    #[error("signing: {0}")]
+    Sign(#[from] SignError),
+    /// Some inputs still lack the signatures they need.
+    #[error("inputs {inputs:?} are not fully signed")]
+    NotFinalized {
+        /// Their indexes.
+        inputs: Vec<usize>,
+    },
+    /// The finalized transaction failed Bitcoin Core's verification.
+    #[error("consensus verification: {0}")]
+    Verify(#[from] VerifyError),
+    /// The PSBT is not one this wallet can work with.
+    #[error("PSBT: {0}")]
+    Psbt(String),
+    /// A block does not connect to the wallet's chain.
+    #[error("block does not connect: {0}")]
+    Chain(#[source] BoxError),
+    /// The wallet does not know this transaction.
+    #[error("unknown transaction {txid}")]
+    UnknownTransaction {
+        /// The txid asked for.
+        txid: Txid,
+    },
+}
+
+/// What the wallet's descriptors are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Template {
+    /// BIP84 single-sig P2WPKH: `wpkh([fp/84'/coin'/account']xpub/<0;1>/*)`.
+    Bip84 {
+        /// The BIP32 root in the HSM.
+        root: KeyId,
+        /// The account number.
+        account: u32,
+    },
+    /// BIP86 single-sig Taproot key path: `tr([fp/86'/coin'/account']xpub/<0;1>/*)`.
+    Bip86 {
+        /// The BIP32 root in the HSM.
+        root: KeyId,
+        /// The account number.
+        account: u32,
+    },
+    /// Any descriptors (multisig `wsh(sortedmulti(…))`, Taproot `multi_a`, timelocked branches
+    /// with `older`/`after`), with public keys only; `signers` are the HSM roots whose keys
+    /// (by fingerprint) this wallet signs with. Build the keys with [`descriptor_key`].
+    Descriptors {
+        /// The receive descriptor.
+        external: String,
+        /// The change descriptor.
+        internal: String,
+        /// The HSM roots that sign.
+        signers: Vec<KeyId>,
+    },
+}
+
+/// `[fingerprint/path]xpub` for the account at `path` below `root`: a descriptor key whose
+/// private half stays in the HSM.
+pub fn descriptor_key(
+    hsm: &dyn HsmProvider,
+    root: &KeyId,
+    path: &DerivationPath,
+    network: Network,
+) -> Result<String, HsmError> {
+    let account = hsm.account_xpub(root, path, NetworkKind::from(network))?;
+    let (fp, origin) = &account.origin;
+    let origin = origin.to_string();
+    let origin = origin.trim_start_matches('m').trim_start_matches('/');
+    Ok(if origin.is_empty() {
+        format!("[{fp}]{}", account.xpub)
+    } else {
+        format!("[{fp}/{origin}]{}", account.xpub)
+    })
+}
+
+/// The BIP44-style account path `purpose'/coin'/account'` for `network`.
+pub fn account_path(purpose: u32, network: Network, account: u32) -> Result<DerivationPath, WalletError> {
+    let coin = if network == Network::Bitcoin { 0 } else { 1 };
+    let step = |i| ChildNumber::from_hardened_idx(i).map_err(|e| WalletError::Descriptor(Box::new(e)));
+    Ok(DerivationPath::from(vec![step(purpose)?, step(coin)?, step(account)?]))
+}
+
+impl Template {
+    fn descriptors(
+        &self,
+        hsm: &dyn HsmProvider,
+        network: Network,
+    ) -> Result<(String, String, Vec<KeyId>), WalletError> {
+        let single = |purpose: u32, root: &KeyId, account: u32, wrap: &str| -> Result<_, WalletError> {
+            let key = descriptor_key(hsm, root, &account_path(purpose, network, account)?, network)?;
+            Ok((
+                format!("{wrap}({key}/0/*)"),
+                format!("{wrap}({key}/1/*)"),
+                vec![root.clone()],
+            ))
+        };
+        match self {
+            Template::Bip84 { root, account } => single(84, root, *account, "wpkh"),
+            Template::Bip86 { root, account } => single(86, root, *account, "tr"),
+            Template::Descriptors {
+                external,
+                internal,
+                signers,
+            } => Ok((external.clone(), internal.clone(), signers.clone())),
+        }
+    }
+}
+
+/// A descriptor wallet signing through an HSM, persisted in a [`KvStore`], guarded by a
+/// spending policy.
+pub struct AnyaWallet {
+    name: Label,
+    store: Arc<dyn KvStore>,
+    wallet: PersistedWallet<KvPersister>,
+    persister: KvPersister,
+    signers: Vec<HsmSigner>,
+    hsm: Arc<dyn HsmProvider>,
+    policy: PolicyEngine,
+}
+
+impl std::fmt::Debug for AnyaWallet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnyaWallet")
+            .field("name", &self.name)
+            .field("network", &self.wallet.network())
+            .field("signers", &self.signers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn wallet_ns(name: &Label) -> Result<Namespace, StoreError> {
+    Namespace::new(format!("anya/wallet/{name}"))
+}
+
+fn policy_ns(name: &Label) -> Result<Namespace, StoreError> {
+    Namespace::new(format!("anya/wallet/{name}/policy"))
+}
+
+impl AnyaWallet {
+    /// Creates the wallet `name` from `template`, with account keys from `hsm`, and stores it.
+    pub fn create(
+        store: Arc<dyn KvStore>,
+        hsm: Arc<dyn HsmProvider>,
+        clock: Arc<dyn Clock>,
+        name: Label,
+        template: &Template,
+        network: Network,
+    ) -> Result<Self, WalletError> {
+        let mut persister = KvPersister::new(Arc::clone(&store), wallet_ns(&name)?);
+        if persister.exists()? {
+            return Err(WalletError::AlreadyExists { name });
+        }
+        let (external, internal, roots) = template.descriptors(&*hsm, network)?;
+        let signers = roots
+            .iter()
+            .map(|root| HsmSigner::new(Arc::clone(&hsm), root.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let wallet = Wallet::create(external, internal)
+            .network(network)
+            .create_wallet(&mut persister)
+            .map_err(|e| WalletError::Descriptor(e.to_string().into()))?;
+        let meta = serde_json::to_vec(&roots.iter().map(Label::as_str).collect::<Vec<_>>())
+            .map_err(|e| WalletError::Descriptor(Box::new(e)))?;
+        store.put(&Namespace::new(REGISTRY_NS)?, name.as_str().as_bytes(), &meta)?;
+        let policy = PolicyEngine::new(Arc::clone(&store), policy_ns(&name)?, clock);
+        Ok(Self {
+            name,
+            store,
+            wallet,
+            persister,
+            signers,
+            hsm,
+            policy,
+        })
+    }
+
+    /// Loads the wallet `name` from `store`.
+    pub fn load(
+        store: Arc<dyn KvStore>,
+        hsm: Arc<dyn HsmProvider>,
+        clock: Arc<dyn Clock>,
+        name: Label,
+    ) -> Result<Self, WalletError> {
+        let meta = store
+            .get(&Namespace::new(REGISTRY_NS)?, name.as_str().as_bytes())?
+            .ok_or_else(|| WalletError::NotFound { name: name.clone() })?;
+        let roots: Vec<String> = serde_json::from_slice(&meta.value).map_err(|e| PersistError::Corrupt {
+            key: format!("{REGISTRY_NS}/{name}"),
+            reason: e.to_string(),
+        })?;
+        let signers = roots
+            .iter()
+            .map(|r| {
+                let root = Label::new(r.as_str()).map_err(|e| PersistError::Corrupt {
+                    key: format!("{REGISTRY_NS}/{name}"),
+                    reason: e.to_string(),
+                })?;
+                Ok(HsmSigner::new(Arc::clone(&hsm), root)?)
+            })
+            .collect::<Result<Vec<_>, WalletError>>()?;
+        let mut persister = KvPersister::new(Arc::clone(&store), wallet_ns(&name)?);
+        let wallet = Wallet::load()
+            .load_wallet(&mut persister)
+            .map_err(|e| WalletError::Descriptor(e.to_string().into()))?
+            .ok_or_else(|| WalletError::NotFound { name: name.clone() })?;
+        let policy = PolicyEngine::new(Arc::clone(&store), policy_ns(&name)?, clock);
+        Ok(Self {
+            name,
+            store,
+            wallet,
+            persister,
+            signers,
+            hsm,
+            policy,
+        })
+    }
+
+    /// The names of every wallet in `store`.
+    pub fn list(store: &dyn KvStore) -> Result<Vec<Label>, WalletError> {
+        let ns = Namespace::new(REGISTRY_NS)?;
+        store
+            .scan(&ns, Scan::all())?
+            .into_iter()
+            .map(|e| {
+                std::str::from_utf8(&e.key)
+                    .ok()
+                    .and_then(|s| Label::new(s).ok())
+                    .ok_or_else(|| {
+                        WalletError::Persist(PersistError::Corrupt {
+                            key: REGISTRY_NS.to_owned(),
+                            reason: "a wallet name is not a label".to_owned(),
+                        })
+                    })
+            })
+            .collect()
+    }
+
+    /// The wallet's name.
+    pub fn name(&self) -> &Label {
+        &self.name
+    }
+
+    /// The network.
+    pub fn network(&self) -> Network {
+        self.wallet.network()
+    }
+
+    /// The BDK wallet underneath, for read-only queries.
+    pub fn bdk(&self) -> &Wallet {
+        &self.wallet
+    }
+
+    /// The spending policy engine (rules and history).
+    pub fn policy(&self) -> &PolicyEngine {
+        &self.policy
+    }
+
+    /// The signers (one per HSM root).
+    pub fn signers(&self) -> &[HsmSigner] {
+        &self.signers
+    }
+
+    /// The store the wallet lives in.
+    pub fn store(&self) -> &Arc<dyn KvStore> {
+        &self.store
+    }
+
+    fn persist(&mut self) -> Result<(), WalletError> {
+        self.wallet.persist(&mut self.persister)?;
+        Ok(())
+    }
+
+    /// Reveals (and stores) the next receive address.
+    pub fn next_address(&mut self) -> Result<AddressInfo, WalletError> {
+        let info = self.wallet.reveal_next_address(KeychainKind::External);
+        self.persist()?;
+        Ok(info)
+    }
+
+    /// Confirmed, pending and immature balances.
+    pub fn balance(&self) -> Balance {
+        self.wallet.balance()
+    }
+
+    /// Whether `script` is one of the wallet's (revealed or within its lookahead).
+    pub fn is_mine(&self, script: &ScriptBuf) -> bool {
+        self.wallet.is_mine(script.clone())
+    }
+
+    /// Applies a block at `height` (it must connect to the wallet's chain) and stores the
+    /// result.
+    pub fn apply_block(&mut self, block: &Block, height: u32) -> Result<(), WalletError> {
+        self.wallet
+            .apply_block(block, height)
+            .map_err(|e| WalletError::Chain(Box::new(e)))?;
+        self.persist()
+    }
+
+    /// Adds unconfirmed transactions (this wallet's own broadcasts, or the mempool's) seen at
+    /// `seen_at` (Unix seconds), and stores the result.
+    pub fn apply_unconfirmed(&mut self, txs: Vec<Transaction>, seen_at: u64) -> Result<(), WalletError> {
+        self.wallet
+            .apply_unconfirmed_txs(txs.into_iter().map(|tx| (tx, seen_at)));
+        self.persist()
+    }
+
+    /// Builds an unsigned PSBT paying `recipients` at `fee_rate`, with coin selection, change
+    /// to the wallet and RBF signalled.
+    pub fn build(&mut self, recipients: &[(ScriptBuf, Amount)], fee_rate: FeeRate) -> Result<Psbt, WalletError> {
+        self.build_with(recipients, fee_rate, None)
+    }
+
+    /// [`build`](Self::build) for descriptors with more than one way to spend (a multisig or
+    /// a timelocked Taproot leaf beside the key path): `condition` is the timelock the chosen
+    /// spending path needs (`Condition::default()` for none; find paths with
+    /// [`Wallet::policies`] and `Policy::get_condition`). Without one, BDK refuses a
+    /// descriptor whose policy needs a choice.
+    pub fn build_with(
+        &mut self,
+        recipients: &[(ScriptBuf, Amount)],
+        fee_rate: FeeRate,
+        condition: Option<Condition>,
+    ) -> Result<Psbt, WalletError> {
+        let mut builder = self.wallet.build_tx();
+        builder.fee_rate(fee_rate);
+        if let Some(condition) = condition {
+            builder.set_condition(condition);
+        }
+        for (script, amount) in recipients {
+            builder.add_recipient(script.clone(), *amount);
+        }
+        let psbt = builder.finish().map_err(|e| WalletError::Build(Box::new(e)))?;
+        self.persist()?;
+        Ok(psbt)
+    }
+
+    /// Builds a replacement of the wallet's unconfirmed transaction `txid` paying `fee_rate`
+    /// (BIP125: it spends the same inputs and pays more, taking the difference from change).
+    pub fn bump_fee(&mut self, txid: Txid, fee_rate: FeeRate) -> Result<Psbt, WalletError> {
+        let mut builder = self
+            .wallet
+            .build_fee_bump(txid)
+            .map_err(|e| WalletError::Build(Box::new(e)))?;
+        builder.fee_rate(fee_rate);
+        let psbt = builder.finish().map_err(|e| WalletError::Build(Box::new(e)))?;
+        self.persist()?;
+        Ok(psbt)
+    }
+
+    /// Builds a child that spends the wallet's output(s) of the unconfirmed `parent` back to the
+    /// wallet, paying enough that parent and child together reach `package_fee_rate` (CPFP).
+    pub fn cpfp(&mut self, parent: Txid, package_fee_rate: FeeRate) -> Result<Psbt, WalletError> {
+        let tx = self
+            .wallet
+            .get_tx(parent)
+            .map(|t| t.tx_node.tx.clone())
+            .ok_or(WalletError::UnknownTransaction { txid: parent })?;
+        let parent_fee = self
+            .wallet
+            .calculate_fee(&tx)
+            .map_err(|e| WalletError::Build(Box::new(e)))?;
+        let ours: Vec<OutPoint> = tx
+            .output
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| self.wallet.is_mine(o.script_pubkey.clone()))
+            .map(|(vout, _)| OutPoint::new(parent, vout as u32))
+            .collect();
+        if ours.is_empty() {
+            return Err(WalletError::Build("the parent pays nothing to this wallet".into()));
+        }
+        let change = self.wallet.next_unused_address(KeychainKind::Internal).script_pubkey();
+        // First pass at the target rate finds the child's size; the second pays for both.
+        let draft = self.cpfp_psbt(&ours, &change, None, package_fee_rate)?;
+        let child_weight = self.signed_weight(&draft)?;
+        let package = tx.weight() + child_weight;
+        let total = package_fee_rate
+            .fee_wu(package)
+            .ok_or_else(|| WalletError::Build("fee overflow".into()))?;
+        let child_fee = total.checked_sub(parent_fee).unwrap_or(Amount::ZERO).max(
+            FeeRate::BROADCAST_MIN
+                .fee_wu(child_weight)
+                .ok_or_else(|| WalletError::Build("fee overflow".into()))?,
+        );
+        let psbt = self.cpfp_psbt(&ours, &change, Some(child_fee), package_fee_rate)?;
+        self.persist()?;
+        Ok(psbt)
+    }
+
+    fn cpfp_psbt(
+        &mut self,
+        ours: &[OutPoint],
+        change: &ScriptBuf,
+        fee: Option<Amount>,
+        rate: FeeRate,
+    ) -> Result<Psbt, WalletError> {
+        let mut builder = self.wallet.build_tx();
+        builder
+            .add_utxos(ours)
+            .map_err(|e| WalletError::Build(Box::new(e)))?
+            .manually_selected_only()
+            .drain_to(change.clone());
+        match fee {
+            Some(fee) => builder.fee_absolute(fee),
+            None => builder.fee_rate(rate),
+        };
+        builder.finish().map_err(|e| WalletError::Build(Box::new(e)))
+    }
+
+    /// The weight `psbt`'s transaction will have once signed: its unsigned weight plus, per
+    /// input, the most a satisfaction of the wallet's descriptor can weigh (P2WPKH and P2TR
+    /// key-path sizes for inputs the wallet does not own).
+    pub fn signed_weight(&self, psbt: &Psbt) -> Result<Weight, WalletError> {
+        let mut weight = psbt.unsigned_tx.weight();
+        let mut segwit = false;
+        for index in 0..psbt.inputs.len() {
+            let out = prevout(psbt, index)?;
+            let satisfaction = match self.wallet.derivation_of_spk(out.script_pubkey.clone()) {
+                Some((keychain, _)) => self
+                    .wallet
+                    .public_descriptor(keychain)
+                    .max_weight_to_satisfy()
+                    .map_err(|e| WalletError::Descriptor(Box::new(e)))?,
+                None if out.script_pubkey.is_p2tr() => Weight::from_wu(1 + 1 + 65),
+                None if out.script_pubkey.is_p2wpkh() => Weight::from_wu(1 + 1 + 73 + 1 + 33),
+                None => {
+                    return Err(WalletError::Psbt(format!(
+                        "input {index} is neither the wallet's nor P2WPKH/P2TR: its signed size is unknown"
+                    )))
+                }
+            };
+            segwit |= out.script_pubkey.is_witness_program();
+            weight += satisfaction;
+        }
+        if segwit {
+            weight += Weight::from_wu(2);
+        }
+        Ok(weight)
+    }
+
+    /// What `psbt` does, as the spending policy sees it: value in, each output's role, fee and
+    /// fee rate on the signed size.
+    pub fn summarize(&self, psbt: &Psbt) -> Result<SpendSummary, WalletError> {
+        let mut input_value = Amount::ZERO;
+        for index in 0..psbt.inputs.len() {
+            input_value += prevout(psbt, index)?.value;
+        }
+        let fingerprints: Vec<Fingerprint> = self.signers.iter().map(HsmSigner::fingerprint).collect();
+        let ours = |fp: &Fingerprint| fingerprints.contains(fp);
+        let mut outputs = Vec::with_capacity(psbt.unsigned_tx.output.len());
+        for (index, out) in psbt.unsigned_tx.output.iter().enumerate() {
+            let claims_ours = psbt.outputs.get(index).is_some_and(|o| {
+                o.bip32_derivation.values().any(|(fp, _)| ours(fp))
+                    || o.tap_key_origins.values().any(|(_, (fp, _))| ours(fp))
+            });
+            let role = if self.is_mine(&out.script_pubkey) {
+                OutputRole::Wallet
+            } else if claims_ours {
+                OutputRole::ForgedChange
+            } else {
+                OutputRole::External
+            };
+            outputs.push(SpendOutput {
+                script_pubkey: out.script_pubkey.clone(),
+                value: out.value,
+                role,
+            });
+        }
+        let output_value: Amount = psbt.unsigned_tx.output.iter().map(|o| o.value).sum();
+        let fee = input_value
+            .checked_sub(output_value)
+            .ok_or_else(|| WalletError::Psbt(format!("outputs {output_value} exceed inputs {input_value}")))?;
+        let weight = self.signed_weight(psbt)?;
+        Ok(SpendSummary {
+            txid: psbt.unsigned_tx.compute_txid(),
+            input_value,
+            outputs,
+            fee,
+            fee_rate: fee / weight,
+        })
+    }
+
+    /// Checks `psbt` against the spending policy (recording the decision in the HSM's audit
+    /// chain), then signs every input the wallet's HSM roots can sign. A refusal is
+    /// [`WalletError::Policy`] naming every broken rule, and no signature is made.
+    pub fn sign(&self, psbt: &mut Psbt) -> Result<SignReport, WalletError> {
+        let summary = self.summarize(psbt)?;
+        let audit_key = self.signers.first().map(|s| s.root().clone());
+        match &audit_key {
+            Some(key) => self.policy.approve(&summary, &*self.hsm, key)?,
+            None => return Err(WalletError::Psbt("the wallet has no HSM signer".to_owned())),
+        }
+        let mut report = SignReport::default();
+        for signer in &self.signers {
+            let r = signer.sign(psbt)?;
+            report.ecdsa += r.ecdsa;
+            report.taproot_key += r.taproot_key;
+            report.taproot_script += r.taproot_script;
+        }
+        Ok(report)
+    }
+
+    /// Finalizes `psbt` (miniscript satisfaction of each input), extracts the transaction and
+    /// verifies every input with Bitcoin Core's script interpreter before returning it.
+    pub fn finalize(&self, psbt: &mut Psbt) -> Result<Transaction, WalletError> {
+        let spent: Vec<TxOut> = (0..psbt.inputs.len())
+            .map(|i| prevout(psbt, i))
+            .collect::<Result<_, _>>()?;
+        let options = SignOptions {
+            trust_witness_utxo: true,
+            ..SignOptions::default()
+        };
+        let done = self
+            .wallet
+            .finalize_psbt(psbt, options)
+            .map_err(|e| WalletError::Psbt(e.to_string()))?;
+        if !done {
+            let inputs = psbt
+                .inputs
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.final_script_sig.is_none() && i.final_script_witness.is_none())
+                .map(|(n, _)| n)
+                .collect();
+            return Err(WalletError::NotFinalized { inputs });
+        }
+        let tx = psbt
+            .clone()
+            .extract_tx()
+            .map_err(|e| WalletError::Psbt(e.to_string()))?;
+        verify_transaction(&tx, &spent, VerifyFlags::consensus())?;
+        Ok(tx)
+    }
+
+    /// Builds, policy-checks, signs, finalizes and verifies a payment; the wallet records the
+    /// transaction as unconfirmed (seen at `seen_at`) so it can be bumped or spent from.
+    pub fn send(
+        &mut self,
+        recipients: &[(ScriptBuf, Amount)],
+        fee_rate: FeeRate,
+        seen_at: u64,
+    ) -> Result<Transaction, WalletError> {
+        let mut psbt = self.build(recipients, fee_rate)?;
+        self.sign(&mut psbt)?;
+        let tx = self.finalize(&mut psbt)?;
+        self.apply_unconfirmed(vec![tx.clone()], seen_at)?;
+        Ok(tx)
+    }
+}
