@@ -36,6 +36,15 @@ Examples:
   anya audit verify                               # check the audit chain
   ANYA_DATA_DIR=/var/lib/anya anya hsm unlock-check";
 
+const SIGN_ABOUT: &str = "\
+Sign a message with a stored key; prints the signature in hex.
+
+  ecdsa    DER-encoded, low-S ECDSA (RFC 6979) of a 32-byte digest.
+  schnorr  64-byte BIP340 signature of a 32-byte message, with fresh auxiliary randomness.
+  ed25519  64-byte Ed25519 signature of a message of any length.
+  p256     DER-encoded ECDSA P-256 signature of SHA-256 of a message of any length
+           (ES256, WebAuthn, X.509); not normalised to low-S.";
+
 /// The anya command line: keys, signatures and the audit chain of a software HSM keystore.
 #[derive(Debug, Parser)]
 #[command(name = "anya", version, about, long_about = LONG_ABOUT)]
@@ -57,10 +66,7 @@ enum Command {
     #[command(subcommand)]
     Key(KeyCommand),
     /// Sign a message with a stored key; prints the signature in hex.
-    ///
-    /// ecdsa: DER-encoded, low-S ECDSA (RFC 6979) of a 32-byte digest.
-    /// schnorr: 64-byte BIP340 signature of a 32-byte message, with fresh auxiliary randomness.
-    /// ed25519: 64-byte Ed25519 signature of a message of any length.
+    #[command(long_about = SIGN_ABOUT)]
     Sign {
         /// The key id.
         id: String,
@@ -117,6 +123,8 @@ enum KeyType {
     Aes256,
     /// A random BIP32 root (signs at derivation paths inside the keystore).
     Bip32,
+    /// A NIST P-256 (secp256r1) key for ECDSA with SHA-256 (ES256, WebAuthn, X.509).
+    P256,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -124,6 +132,7 @@ enum Scheme {
     Ecdsa,
     Schnorr,
     Ed25519,
+    P256,
 }
 
 /// What can go wrong, each with a one-line message.
@@ -205,6 +214,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 KeyType::Ed25519 => KeySpec::Ed25519,
                 KeyType::Aes256 => KeySpec::Aes256,
                 KeyType::Bip32 => KeySpec::Bip32Root,
+                KeyType::P256 => KeySpec::P256,
             };
             let hsm = unlocked(dir)?;
             let policy = KeyPolicy {
@@ -238,6 +248,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     .as_ref()
                     .to_vec(),
                 Scheme::Ed25519 => hsm.sign_ed25519(&id, &message)?.0.to_vec(),
+                Scheme::P256 => hsm.sign_p256(&id, &message)?.to_der(),
             };
             println!("{}", to_hex(&signature));
         }
@@ -279,6 +290,7 @@ fn key_line(hsm: &SoftwareHsm, info: &KeyInfo) -> Result<String, CliError> {
         _ => match hsm.public_key(KeyRef::Key(&info.id))? {
             PublicKey::Secp256k1(pk) => to_hex(&pk.serialize()),
             PublicKey::Ed25519(pk) => to_hex(&pk),
+            PublicKey::P256(pk) => to_hex(&pk),
             _ => "-".to_owned(),
         },
     };
@@ -287,6 +299,7 @@ fn key_line(hsm: &SoftwareHsm, info: &KeyInfo) -> Result<String, CliError> {
         KeySpec::Ed25519 => "ed25519",
         KeySpec::Aes256 => "aes256",
         KeySpec::Bip32Root => "bip32",
+        KeySpec::P256 => "p256",
         _ => "other",
     };
     let export = if info.policy.exportable {

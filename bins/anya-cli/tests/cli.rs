@@ -99,6 +99,36 @@ fn init_key_sign_verify_audit() {
 }
 
 #[test]
+fn p256_key_signs_es256_any_message() {
+    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    ok(&anya(&data, PASS, &["hsm", "init"]));
+    let line = ok(&anya(&data, PASS, &["key", "new", "webauthn", "--type", "p256"]));
+    let fields: Vec<&str> = line.trim().split('\t').collect();
+    assert_eq!(fields[..3], ["webauthn", "p256", "non-exportable"]);
+    let pk = hex(fields[3]);
+    assert_eq!((pk.len(), pk[0]), (65, 0x04), "uncompressed SEC1 point");
+    // Any length: P-256 signs SHA-256 of the message itself.
+    let message = "68656c6c6f";
+    let sig = ok(&anya(
+        &data,
+        PASS,
+        &["sign", "webauthn", "--scheme", "p256", "--message-hex", message],
+    ));
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &pk)
+        .verify(b"hello", &hex(sig.trim()))
+        .expect("DER p-256 signature verifies");
+    // A P-256 key is not a secp256k1 key.
+    let out = anya(
+        &data,
+        PASS,
+        &["sign", "webauthn", "--scheme", "ecdsa", "--message-hex", DIGEST],
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
 fn wrong_passphrase_fails_clearly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");

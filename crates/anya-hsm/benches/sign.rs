@@ -3,14 +3,16 @@
 //! `anya/*` uses an unlocked key with audit records buffered (`max_pending` 1024, written by the
 //! background flusher); `bip340_durable_audit` shows the cost of one durable audit record per
 //! signature, alone and with 8 signing threads, beside one bare durable store write.
-//! `raw/*` calls secp256k1 or ring directly with the same key.
+//! `raw/*` calls secp256k1 or ring directly with the same key (for `p256`: ring's
+//! `EcdsaKeyPair` with `ECDSA_P256_SHA256_FIXED_SIGNING`, loaded from the PKCS#8 document
+//! imported into the provider).
 //!
 //! `pkcs11/*` signs on a PKCS#11 token (SoftHSM2 as `.ci/softhsm.sh` sets it up:
 //! `ANYA_TEST_PKCS11_MODULE`, `ANYA_TEST_PKCS11_PIN`, `ANYA_TEST_PKCS11_TOKEN_LABEL`) beside the
 //! software provider with the same keys and the same audit mode; without a module it is skipped.
 #![allow(clippy::print_stderr, reason = "a skipped bench group says so on stderr")]
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anya_hsm::{
     AuditMode, AuxRand, HsmProvider, KdfParams, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, Pkcs11Hsm,
@@ -27,6 +29,18 @@ use secp256k1::{Keypair, Message, Secp256k1};
 
 const SECRET: [u8; 32] = [0x42; 32];
 const SEED: [u8; 32] = [0x17; 32];
+
+/// One P-256 key for the whole run, as the PKCS#8 document every provider imports.
+fn p256_pkcs8() -> &'static [u8] {
+    static DOC: OnceLock<Vec<u8>> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        ring::signature::EcdsaKeyPair::generate_pkcs8(&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("ring generates a p-256 key")
+            .as_ref()
+            .to_vec()
+    })
+}
 
 struct Bench {
     hsm: SoftwareHsm,
@@ -57,6 +71,12 @@ fn hsm(audit: AuditMode) -> Bench {
         &label("hd"),
         KeyMaterial::Bip32Seed(SecretBytes::from_slice(&SEED)),
         KeyPolicy::default_for(KeySpec::Bip32Root),
+    )
+    .expect("import");
+    hsm.import_key(
+        &label("p256"),
+        KeyMaterial::P256Pkcs8(SecretBytes::from_slice(p256_pkcs8())),
+        KeyPolicy::default_for(KeySpec::P256),
     )
     .expect("import");
     Bench { hsm, _dir: dir }
@@ -104,6 +124,21 @@ fn signing(c: &mut Criterion) {
         bn.iter(|| b.hsm.sign_ed25519(&ed_id, black_box(&msg)).expect("sign"))
     });
     g.bench_function("raw", |bn| bn.iter(|| ed.sign(black_box(&msg))));
+    g.finish();
+
+    let mut g = c.benchmark_group("p256");
+    let rng = ring::rand::SystemRandom::new();
+    let p256 = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        p256_pkcs8(),
+        &rng,
+    )
+    .expect("p-256");
+    let p256_id = label("p256");
+    g.bench_function("anya", |bn| {
+        bn.iter(|| b.hsm.sign_p256(&p256_id, black_box(&msg)).expect("sign"))
+    });
+    g.bench_function("raw", |bn| bn.iter(|| p256.sign(&rng, black_box(&msg)).expect("sign")));
     g.finish();
 
     let mut g = c.benchmark_group("bip86_derive_and_sign");
@@ -222,7 +257,7 @@ impl Drop for Token {
 }
 
 /// A provider on the configured token holding `SECRET` as secp256k1 (`secp`) and Ed25519 (`ed`)
-/// keys, audit buffered as in `hsm`; `None` when no module is configured.
+/// keys and the run's P-256 key (`p256`), audit buffered as in `hsm`; `None` when no module is configured.
 fn token() -> Option<Token> {
     let (Ok(module), Ok(pin)) = (
         std::env::var("ANYA_TEST_PKCS11_MODULE"),
@@ -252,6 +287,14 @@ fn token() -> Option<Token> {
             &label("ed"),
             KeyMaterial::Ed25519(SecretBytes::from_slice(&SECRET)),
             KeyPolicy::default_for(KeySpec::Ed25519),
+        )
+        .expect("import on the token");
+    token
+        .hsm
+        .import_key(
+            &label("p256"),
+            KeyMaterial::P256Pkcs8(SecretBytes::from_slice(p256_pkcs8())),
+            KeyPolicy::default_for(KeySpec::P256),
         )
         .expect("import on the token");
     Some(token)
@@ -284,6 +327,13 @@ fn pkcs11(c: &mut Criterion) {
     });
     g.bench_function("ed25519_software", |bn| {
         bn.iter(|| b.hsm.sign_ed25519(&ed_id, black_box(&msg)).expect("sign"))
+    });
+    let p256_id = label("p256");
+    g.bench_function("p256_token", |bn| {
+        bn.iter(|| token.hsm.sign_p256(&p256_id, black_box(&msg)).expect("sign"))
+    });
+    g.bench_function("p256_software", |bn| {
+        bn.iter(|| b.hsm.sign_p256(&p256_id, black_box(&msg)).expect("sign"))
     });
     g.finish();
     token.hsm.flush_audit().expect("flush");

@@ -70,10 +70,11 @@ pub enum Operation {
     /// policy approving or refusing a transaction before it is signed); see
     /// [`HsmProvider::record_decision`](crate::HsmProvider::record_decision).
     Decision,
+    SignP256,
 }
 
 impl Operation {
-    const ALL: [Operation; 21] = [
+    const ALL: [Operation; 22] = [
         Operation::Create,
         Operation::Unlock,
         Operation::Lock,
@@ -95,6 +96,7 @@ impl Operation {
         Operation::CommitNonce,
         Operation::SignWithNonce,
         Operation::Decision,
+        Operation::SignP256,
     ];
 
     fn code(self) -> u8 {
@@ -861,6 +863,16 @@ pub(crate) fn input_hash(bytes: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operation_codes_are_stable() {
+        // Stored records carry these codes: new operations go at the end.
+        assert_eq!(Operation::Create.code(), 1);
+        assert_eq!(Operation::SignWithNonce.code(), 20);
+        assert_eq!(Operation::Decision.code(), 21);
+        assert_eq!(Operation::SignP256.code(), 22);
+        assert_eq!(Operation::from_code(23), None);
+    }
 
     #[test]
     fn record_round_trips() {

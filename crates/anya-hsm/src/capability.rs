@@ -40,11 +40,15 @@ pub enum Capability {
     /// without it still signs ECDSA (low-S) if it has [`SignEcdsa`](Capability::SignEcdsa), with
     /// a nonce from its own random source (as PKCS#11 tokens do).
     DeterministicEcdsa,
+    /// Generate P-256 keys.
+    GenerateP256,
+    /// ECDSA over P-256 with SHA-256 (`ES256`).
+    SignP256,
 }
 
 impl Capability {
     /// Every capability, in declaration order.
-    pub const ALL: [Capability; 14] = [
+    pub const ALL: [Capability; 16] = [
         Capability::GenerateSecp256k1,
         Capability::GenerateEd25519,
         Capability::GenerateAes256,
@@ -59,6 +63,8 @@ impl Capability {
         Capability::OracleNonces,
         Capability::AuditLog,
         Capability::DeterministicEcdsa,
+        Capability::GenerateP256,
+        Capability::SignP256,
     ];
 
     fn bit(self) -> u32 {

@@ -68,7 +68,8 @@ macro_rules! hsm_conformance_suite {
             ecdsa_is_low_s_and_verifies, schnorr_verifies, taproot_key_spend_verifies,
             ed25519_verifies, aes_gcm_round_trip_and_aad_binding, policy_is_enforced,
             import_export_round_trip, bip32_sign_at_path_matches_xpub, nonce_signs_once,
-            nonce_race_8_threads, audit_records_every_call, decisions_join_the_chain);
+            nonce_race_8_threads, audit_records_every_call, decisions_join_the_chain,
+            p256_verifies, p256_policy_and_key_type, p256_import_export_round_trip);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(
@@ -527,4 +528,146 @@ pub fn decisions_join_the_chain(p: &dyn HsmProvider) {
     assert_eq!((approved.outcome, approved.input_hash), (0, Some(subject)));
     assert_eq!((refused.key_id.as_ref(), refused.outcome), (None, 0b101));
     assert_eq!(refused.prev_hash, approved.hash());
+}
+
+fn p256_key(p: &dyn HsmProvider, name: &str, policy: KeyPolicy) -> Option<Label> {
+    let id = label(name);
+    needs(p, Capability::GenerateP256, || {
+        p.generate_key(&id, KeySpec::P256, policy)
+    })?;
+    p.generate_key(&id, KeySpec::P256, policy).expect("generate p-256");
+    Some(id)
+}
+
+fn p256_public(p: &dyn HsmProvider, id: &Label) -> [u8; 65] {
+    match p.public_key(KeyRef::Key(id)).expect("public key") {
+        PublicKey::P256(pk) => pk,
+        other => panic!("expected a p-256 key, got {other:?}"),
+    }
+}
+
+/// P-256 signatures of SHA-256(message) verify with bare ring in the fixed and the DER form,
+/// not against another message; the call is in the audit chain under `SignP256`.
+pub fn p256_verifies(p: &dyn HsmProvider) {
+    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_FIXED};
+    let Some(id) = p256_key(p, "p256", KeyPolicy::default_for(KeySpec::P256)) else {
+        return;
+    };
+    assert_eq!(p.key_info(&id).expect("info").spec, KeySpec::P256);
+    if needs(p, Capability::SignP256, || p.sign_p256(&id, b"x")).is_none() {
+        return;
+    }
+    let pk = p256_public(p, &id);
+    assert_eq!(pk[0], 0x04, "uncompressed SEC1 point");
+    for msg in [&b""[..], b"hello", &[7u8; 1000]] {
+        let sig = p.sign_p256(&id, msg).expect("sign");
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, pk)
+            .verify(msg, &sig.0)
+            .expect("verifies");
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, pk)
+            .verify(msg, &sig.to_der())
+            .expect("der form verifies");
+        assert!(UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, pk)
+            .verify(b"another message", &sig.0)
+            .is_err());
+    }
+    if p.capabilities().contains(Capability::AuditLog) {
+        let summary = p.verify_audit_chain().expect("chain verifies");
+        let last = p.audit_records(summary.records - 1, 1).expect("records");
+        assert_eq!(last[0].operation, crate::Operation::SignP256);
+        assert_eq!(last[0].key_id.as_ref(), Some(&id));
+        assert_eq!(
+            last[0].input_hash,
+            Some(sha256::Hash::hash(&[7u8; 1000]).to_byte_array())
+        );
+    }
+}
+
+/// A P-256 key signs nothing its policy forbids (`UsageNotAllowed`) and serves no secp256k1
+/// or Ed25519 scheme (`WrongKeyType`); a secp256k1 key does not sign P-256.
+pub fn p256_policy_and_key_type(p: &dyn HsmProvider) {
+    let Some(id) = p256_key(p, "p256-locked", KeyPolicy::only(&[])) else {
+        return;
+    };
+    if needs(p, Capability::SignP256, || p.sign_p256(&id, b"x")).is_none() {
+        return;
+    }
+    let r = p.sign_p256(&id, b"x");
+    assert!(
+        matches!(
+            r,
+            Err(HsmError::UsageNotAllowed {
+                usage: Usage::SignP256,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    if p.capabilities().contains(Capability::Export) {
+        assert!(matches!(p.export_key(&id), Err(HsmError::NotExportable { .. })));
+    }
+    if p.capabilities().contains(Capability::SignEcdsa) {
+        let r = p.sign_ecdsa(KeyRef::Key(&id), &[1; 32]);
+        assert!(matches!(r, Err(HsmError::WrongKeyType { .. })), "{r:?}");
+    }
+    if p.capabilities().contains(Capability::SignEd25519) {
+        let r = p.sign_ed25519(&id, b"x");
+        assert!(matches!(r, Err(HsmError::WrongKeyType { .. })), "{r:?}");
+    }
+    if let Some(secp) = secp_key(p, "secp-not-p256") {
+        let r = p.sign_p256(&secp, b"x");
+        assert!(
+            matches!(
+                r,
+                Err(HsmError::WrongKeyType {
+                    usage: Usage::SignP256,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+}
+
+/// A P-256 PKCS#8 document made by ring imports, signs as that key and exports as the same
+/// document; a document of another curve or no document at all is `InvalidKeyMaterial`.
+pub fn p256_import_export_round_trip(p: &dyn HsmProvider) {
+    use ring::signature::{
+        EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING,
+        ECDSA_P384_SHA384_FIXED_SIGNING,
+    };
+    if !p.capabilities().contains(Capability::SignP256) {
+        return;
+    }
+    let rng = ring::rand::SystemRandom::new();
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("ring generates");
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng).expect("ring loads");
+    let id = label("p256-imported");
+    let material = || KeyMaterial::P256Pkcs8(SecretBytes::from_slice(doc.as_ref()));
+    let policy = KeyPolicy::default_for(KeySpec::P256).exportable();
+    if needs(p, Capability::Import, || p.import_key(&id, material(), policy)).is_none() {
+        return;
+    }
+    p.import_key(&id, material(), policy).expect("import");
+    let pk = p256_public(p, &id);
+    assert_eq!(&pk[..], pair.public_key().as_ref());
+    let sig = p.sign_p256(&id, b"imported").expect("sign");
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, pk)
+        .verify(b"imported", &sig.0)
+        .expect("verifies");
+    if needs(p, Capability::Export, || p.export_key(&id)).is_some() {
+        assert_eq!(p.export_key(&id).expect("export").expose(), doc.as_ref());
+    }
+    let p384 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).expect("ring generates");
+    for bad in [p384.as_ref(), &[0x11u8; 32][..], &doc.as_ref()[..100]] {
+        let r = p.import_key(
+            &label("p256-bad"),
+            KeyMaterial::P256Pkcs8(SecretBytes::from_slice(bad)),
+            policy,
+        );
+        assert!(
+            matches!(r, Err(HsmError::InvalidKeyMaterial { spec: KeySpec::P256 })),
+            "{r:?}"
+        );
+    }
 }

@@ -23,7 +23,8 @@ use secp256k1::{ecdsa, schnorr, XOnlyPublicKey};
 use crate::audit::{AuditRecord, AuditSummary};
 use crate::{
     AccountXpub, AuxRand, Capabilities, Capability, Ed25519Signature, HsmError, HsmProvider, KeyId, KeyInfo,
-    KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, PublicKey, SecretBytes, SecretString,
+    KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, P256Signature, PublicKey, SecretBytes,
+    SecretString,
 };
 
 /// Which provider of a [`FailoverHsm`] answers calls.
@@ -189,6 +190,10 @@ impl HsmProvider for FailoverHsm {
 
     fn sign_ed25519(&self, id: &KeyId, message: &[u8]) -> Result<Ed25519Signature, HsmError> {
         self.call(|p| p.sign_ed25519(id, message))
+    }
+
+    fn sign_p256(&self, id: &KeyId, message: &[u8]) -> Result<P256Signature, HsmError> {
+        self.call(|p| p.sign_p256(id, message))
     }
 
     fn encrypt(&self, id: &KeyId, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, HsmError> {

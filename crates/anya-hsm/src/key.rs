@@ -28,6 +28,9 @@ pub enum KeySpec {
     Aes256,
     /// A BIP32 root: an extended private key made from a BIP39 mnemonic, a seed or an xprv.
     Bip32Root,
+    /// A NIST P-256 (secp256r1, prime256v1) private key for ECDSA with SHA-256 (JOSE `ES256`,
+    /// WebAuthn, TLS, X.509).
+    P256,
 }
 
 impl KeySpec {
@@ -37,6 +40,7 @@ impl KeySpec {
             KeySpec::Ed25519 => 2,
             KeySpec::Aes256 => 3,
             KeySpec::Bip32Root => 4,
+            KeySpec::P256 => 5,
         }
     }
 
@@ -46,6 +50,7 @@ impl KeySpec {
             2 => KeySpec::Ed25519,
             3 => KeySpec::Aes256,
             4 => KeySpec::Bip32Root,
+            5 => KeySpec::P256,
             _ => return None,
         })
     }
@@ -67,6 +72,7 @@ impl KeySpec {
                 Usage::SignTaprootKeySpend,
                 Usage::DeriveXpub,
             ]),
+            KeySpec::P256 => UsageSet::of(&[Usage::SignP256]),
         }
     }
 }
@@ -91,10 +97,13 @@ pub enum Usage {
     DeriveXpub,
     /// Committing and using one-time oracle nonces.
     OracleNonce,
+    /// ECDSA signing over P-256 with SHA-256.
+    // Appended: a usage's bit is its position, and stored policies keep their bits.
+    SignP256,
 }
 
 impl Usage {
-    const ALL: [Usage; 8] = [
+    const ALL: [Usage; 9] = [
         Usage::SignEcdsa,
         Usage::SignSchnorr,
         Usage::SignTaprootKeySpend,
@@ -103,6 +112,7 @@ impl Usage {
         Usage::Decrypt,
         Usage::DeriveXpub,
         Usage::OracleNonce,
+        Usage::SignP256,
     ];
 
     fn bit(self) -> u16 {
@@ -208,6 +218,9 @@ pub enum PublicKey {
     Secp256k1(secp256k1::PublicKey),
     /// An Ed25519 public key.
     Ed25519([u8; 32]),
+    /// A P-256 public key, uncompressed SEC1 (`0x04 ‖ x ‖ y`), as
+    /// `ring::signature::UnparsedPublicKey` with `ECDSA_P256_SHA256_FIXED` takes it.
+    P256([u8; 65]),
 }
 
 /// Which key an operation uses: a stored key, or a BIP32 child of a stored root.
@@ -308,4 +321,24 @@ pub struct AccountXpub {
     pub xpub: bitcoin::bip32::Xpub,
     /// Fingerprint of the root and the path from it.
     pub origin: bitcoin::bip32::KeySource,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_codes_are_stable() {
+        // Sealed entries and PKCS#11 records carry these: new values go at the end.
+        assert_eq!(UsageSet::of(&[Usage::OracleNonce]).bits(), 1 << 7);
+        assert_eq!(UsageSet::of(&[Usage::SignP256]).bits(), 1 << 8);
+        assert_eq!(UsageSet::from_bits(0x1ff), Some(UsageSet(0x1ff)));
+        assert_eq!(UsageSet::from_bits(0x200), None);
+        assert_eq!(KeySpec::P256.code(), 5);
+        for code in 1..=5 {
+            assert_eq!(KeySpec::from_code(code).map(KeySpec::code), Some(code));
+        }
+        assert_eq!(KeySpec::from_code(6), None);
+        assert_eq!(KeySpec::P256.possible_usages(), UsageSet::of(&[Usage::SignP256]));
+    }
 }

@@ -6,6 +6,7 @@ pub mod bip32;
 mod capability;
 mod error;
 mod key;
+mod p256;
 mod provider;
 mod secret;
 
@@ -29,6 +30,7 @@ pub use key::{
     AccountXpub, AuxRand, Ed25519Signature, KeyId, KeyInfo, KeyPolicy, KeyRef, KeySpec, MnemonicLength, PublicKey,
     Usage, UsageSet,
 };
+pub use p256::P256Signature;
 pub use provider::{HsmProvider, KeyMaterial};
 pub use secret::{SecretBytes, SecretString};
 

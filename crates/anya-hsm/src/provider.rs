@@ -8,7 +8,7 @@ use secp256k1::{ecdsa, schnorr, XOnlyPublicKey};
 use crate::audit::{AuditRecord, AuditSummary};
 use crate::{
     AccountXpub, AuxRand, Capabilities, Ed25519Signature, HsmError, KeyId, KeyInfo, KeyPolicy, KeyRef, KeySpec, Label,
-    MnemonicLength, PublicKey, SecretBytes, SecretString,
+    MnemonicLength, P256Signature, PublicKey, SecretBytes, SecretString,
 };
 
 /// Key material handed to [`HsmProvider::import_key`]; it is sealed on arrival.
@@ -32,6 +32,11 @@ pub enum KeyMaterial {
     },
     /// A base58 extended private key (`xprv…`/`tprv…`), used as the root as it stands.
     Xpriv(SecretString),
+    /// A P-256 key as a PKCS#8 v1 document (RFC 5208 around the RFC 5915 `ECPrivateKey`, with
+    /// its public key): what `openssl pkcs8 -topk8 -nocrypt -outform DER` writes and what
+    /// [`HsmProvider::export_key`] returns for a P-256 key. A bare scalar is not accepted: its
+    /// public key cannot be computed with ring, and the document lets it be checked.
+    P256Pkcs8(SecretBytes),
 }
 
 impl KeyMaterial {
@@ -41,6 +46,7 @@ impl KeyMaterial {
             KeyMaterial::Secp256k1(_) => KeySpec::Secp256k1,
             KeyMaterial::Ed25519(_) => KeySpec::Ed25519,
             KeyMaterial::Aes256(_) => KeySpec::Aes256,
+            KeyMaterial::P256Pkcs8(_) => KeySpec::P256,
             KeyMaterial::Bip32Seed(_) | KeyMaterial::Bip39 { .. } | KeyMaterial::Xpriv(_) => KeySpec::Bip32Root,
         }
     }
@@ -65,7 +71,8 @@ impl KeyMaterial {
 ///   how soon that record is durable is the provider's documented audit mode.
 /// - **Signatures**: ECDSA is low-S, and RFC 6979 where the provider reports
 ///   [`Capability::DeterministicEcdsa`](crate::Capability::DeterministicEcdsa); BIP340 follows the BIP with the given
-///   auxiliary randomness; messages to the secp256k1 schemes are 32-byte digests.
+///   auxiliary randomness; messages to the secp256k1 schemes are 32-byte digests. P-256 ECDSA
+///   hashes the message with SHA-256 itself and is not normalised to low-S.
 pub trait HsmProvider: Send + Sync {
     /// What this provider can do.
     fn capabilities(&self) -> Capabilities;
@@ -90,7 +97,8 @@ pub trait HsmProvider: Send + Sync {
     fn import_key(&self, id: &KeyId, material: KeyMaterial, policy: KeyPolicy) -> Result<KeyInfo, HsmError>;
 
     /// The secret of an exportable key: the 32 raw bytes for secp256k1, Ed25519 and AES keys,
-    /// the 78-byte BIP32 serialisation for a root. Needs `Export`.
+    /// the 78-byte BIP32 serialisation for a root, the PKCS#8 document of
+    /// [`KeyMaterial::P256Pkcs8`] for a P-256 key. Needs `Export`.
     fn export_key(&self, id: &KeyId) -> Result<SecretBytes, HsmError>;
 
     /// The public facts about one key.
@@ -130,6 +138,10 @@ pub trait HsmProvider: Send + Sync {
 
     /// An Ed25519 signature of `message`. Needs `SignEd25519`.
     fn sign_ed25519(&self, id: &KeyId, message: &[u8]) -> Result<Ed25519Signature, HsmError>;
+
+    /// An ECDSA P-256 signature of SHA-256(`message`) (`ES256`), as `r ‖ s`; not normalised
+    /// to low-S, and with a nonce from the provider's random source. Needs `SignP256`.
+    fn sign_p256(&self, id: &KeyId, message: &[u8]) -> Result<P256Signature, HsmError>;
 
     /// AES-256-GCM encryption with a fresh random nonce; returns `nonce ‖ ciphertext ‖ tag`.
     /// Needs `Aes256Gcm`.

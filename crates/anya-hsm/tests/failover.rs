@@ -15,8 +15,8 @@ use anya_hsm::conformance::{software_fixture, TempHsm};
 use anya_hsm::failover::Active;
 use anya_hsm::{
     AccountXpub, AuxRand, Capabilities, Ed25519Signature, FailoverHsm, HsmError, HsmProvider, KeyId, KeyInfo,
-    KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, Pkcs11Hsm, Pkcs11Options, PublicKey, SecretBytes,
-    SecretString, SoftwareHsm,
+    KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, P256Signature, Pkcs11Hsm, Pkcs11Options, PublicKey,
+    SecretBytes, SecretString, SoftwareHsm,
 };
 use bitcoin::bip32::DerivationPath;
 use bitcoin::{NetworkKind, TapNodeHash};
@@ -132,6 +132,10 @@ impl HsmProvider for Pullable {
     fn sign_ed25519(&self, id: &KeyId, message: &[u8]) -> Result<Ed25519Signature, HsmError> {
         self.check()?;
         self.inner.sign_ed25519(id, message)
+    }
+    fn sign_p256(&self, id: &KeyId, message: &[u8]) -> Result<P256Signature, HsmError> {
+        self.check()?;
+        self.inner.sign_p256(id, message)
     }
     fn encrypt(&self, id: &KeyId, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, HsmError> {
         self.check()?;

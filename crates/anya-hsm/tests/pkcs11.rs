@@ -93,7 +93,13 @@ fn capabilities_are_what_a_token_does() {
     ] {
         assert!(!caps.contains(c), "{c:?}");
     }
-    for c in [Capability::SignEcdsa, Capability::SignEd25519, Capability::Aes256Gcm] {
+    for c in [
+        Capability::SignEcdsa,
+        Capability::SignEd25519,
+        Capability::Aes256Gcm,
+        Capability::GenerateP256,
+        Capability::SignP256,
+    ] {
         assert!(caps.contains(c), "{c:?}");
     }
 }
@@ -124,6 +130,38 @@ fn token_ecdsa_is_low_s_and_verifies_with_bare_secp256k1() {
         secp.verify_ecdsa(&Message::from_digest(digest), &sig, &pk)
             .expect("verifies");
     }
+}
+
+#[test]
+fn token_p256_signatures_verify_with_ring_and_keep_the_tokens_s() {
+    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
+    // n / 2 of P-256, big-endian: an s above it is "high".
+    const HALF_N: [u8; 32] = [
+        0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xde, 0x73,
+        0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+    ];
+    let Some(hsm) = token() else { return };
+    let id = label("p256-token");
+    hsm.generate_key(&id, KeySpec::P256, KeyPolicy::default_for(KeySpec::P256))
+        .expect("generate on the token");
+    assert!(matches!(hsm.export_key(&id), Err(HsmError::NotExportable { .. })));
+    let Ok(PublicKey::P256(pk)) = hsm.public_key(KeyRef::Key(&id)) else {
+        panic!("p-256 key")
+    };
+    // The token's nonces are random, so about half of its signatures are high-S; they are
+    // returned as the token made them (P-256 verifiers take both).
+    let mut high = 0;
+    for i in 0..64u8 {
+        let sig = hsm.sign_p256(&id, &[i; 100]).expect("sign");
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, pk)
+            .verify(&[i; 100], &sig.0)
+            .expect("verifies with ring");
+        high += usize::from(sig.s() > &HALF_N);
+    }
+    assert!(
+        high > 0,
+        "64 token signatures and none high-S: are they being normalised?"
+    );
 }
 
 #[test]

@@ -345,3 +345,50 @@ fn actor_is_recorded() {
     assert_eq!(records[0].actor.as_str(), "anya");
     assert!(records[1..].iter().all(|r| r.actor.as_str() == "treasury-ops"));
 }
+
+#[test]
+fn p256_keys_survive_a_restart_and_import_in_canonical_form() {
+    use ring::signature::{EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
+    let f = fixture();
+    let generated = label("p256-gen");
+    f.hsm
+        .generate_key(&generated, KeySpec::P256, KeyPolicy::default_for(KeySpec::P256))
+        .expect("generate");
+    let Ok(anya_hsm::PublicKey::P256(pk)) = f.hsm.public_key(KeyRef::Key(&generated)) else {
+        panic!("p-256 key")
+    };
+
+    // The same key, unsealed from the store by a fresh handle, signs for the same public key.
+    let again = reopen(&f.store);
+    let sig = again.sign_p256(&generated, b"after restart").expect("sign");
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, pk)
+        .verify(b"after restart", &sig.0)
+        .expect("verifies");
+
+    // RFC 5915 lets the curve sit inside the ECPrivateKey too ([0] parameters); such a
+    // document imports and exports in ring's layout.
+    let rng = ring::rand::SystemRandom::new();
+    let canonical =
+        EcdsaKeyPair::generate_pkcs8(&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("ring generates");
+    let canonical = canonical.as_ref();
+    let (scalar, point) = (&canonical[36..68], &canonical[73..]);
+    let mut with_params = vec![0x30, 0x81, 0x93];
+    with_params.extend_from_slice(&canonical[3..27]); // version and algorithm
+    with_params.extend_from_slice(&[0x04, 0x79, 0x30, 0x77, 0x02, 0x01, 0x01, 0x04, 0x20]);
+    with_params.extend_from_slice(scalar);
+    with_params.extend_from_slice(&[0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]);
+    with_params.extend_from_slice(&[0xa1, 0x44, 0x03, 0x42, 0x00]);
+    with_params.extend_from_slice(point);
+    let pair = EcdsaKeyPair::from_pkcs8(&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &with_params, &rng)
+        .expect("ring takes the variant");
+    assert_eq!(pair.public_key().as_ref(), point);
+    let imported = label("p256-openssl");
+    f.hsm
+        .import_key(
+            &imported,
+            KeyMaterial::P256Pkcs8(SecretBytes::new(with_params)),
+            KeyPolicy::default_for(KeySpec::P256).exportable(),
+        )
+        .expect("import");
+    assert_eq!(f.hsm.export_key(&imported).expect("export").expose(), canonical);
+}

@@ -2,8 +2,9 @@
 //! through its vendor's module with [`cryptoki`].
 //!
 //! What a token can do is what this provider offers: secp256k1 ECDSA (`CKM_ECDSA` on the
-//! digest, normalised to low-S; the nonce is the token's, not RFC 6979), Ed25519
-//! (`CKM_EDDSA`), AES-256-GCM (`CKM_AES_GCM`) and import/export of plain keys. No token does
+//! digest, normalised to low-S; the nonce is the token's, not RFC 6979), P-256 ECDSA
+//! (`CKM_ECDSA` on a SHA-256 digest computed on the host, `r ‖ s` as the token made it),
+//! Ed25519 (`CKM_EDDSA`), AES-256-GCM (`CKM_AES_GCM`) and import/export of plain keys. No token does
 //! BIP340 or BIP32, so [`capabilities`](crate::HsmProvider::capabilities) excludes Schnorr,
 //! Taproot, BIP32 and oracle nonces; for those use the software provider.
 //!

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anya_core_types::UnixTime;
 use bitcoin::bip32::DerivationPath;
+use bitcoin::hashes::Hash;
 use bitcoin::{NetworkKind, TapNodeHash};
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
@@ -16,12 +17,13 @@ use cryptoki::session::Session;
 use ring::rand::SecureRandom;
 use secp256k1::{ecdsa, schnorr, XOnlyPublicKey};
 
-use super::token::{self, ED25519_PARAMS, SECP256K1_PARAMS};
+use super::token::{self, ED25519_PARAMS, P256_PARAMS, SECP256K1_PARAMS};
 use super::Pkcs11Hsm;
 use crate::audit::{input_hash, AuditRecord, AuditSummary, Operation};
 use crate::{
     AccountXpub, AuxRand, Capabilities, Capability, Ed25519Signature, HsmError, HsmProvider, KeyId, KeyInfo,
-    KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, PublicKey, SecretBytes, SecretString, Usage,
+    KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, P256Signature, PublicKey, SecretBytes,
+    SecretString, Usage,
 };
 
 const RECORD_VERSION: u8 = 1;
@@ -68,6 +70,8 @@ impl Pkcs11Hsm {
             Capability::SignEd25519,
             Capability::Aes256Gcm,
             Capability::AuditLog,
+            Capability::GenerateP256,
+            Capability::SignP256,
         ]
         .into_iter()
         .fold(Capabilities::empty(), Capabilities::with)
@@ -182,6 +186,7 @@ impl Pkcs11Hsm {
             KeySpec::Ed25519 => Capability::GenerateEd25519,
             KeySpec::Aes256 => Capability::GenerateAes256,
             KeySpec::Bip32Root => Capability::Bip32,
+            KeySpec::P256 => Capability::GenerateP256,
         };
         Self::caps().require(capability)?;
         self.create(id, spec, policy, |session, label| {
@@ -233,6 +238,24 @@ impl Pkcs11Hsm {
                     )
                 })
             }
+            KeyMaterial::P256Pkcs8(doc) => {
+                let rng = ring::rand::SystemRandom::new();
+                let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+                    &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    doc.expose(),
+                    &rng,
+                )
+                .map_err(|_| invalid())?;
+                let scalar = crate::p256::pkcs8_scalar(doc.expose()).ok_or_else(invalid)?;
+                let point = ring::signature::KeyPair::public_key(&pair).as_ref().to_vec();
+                self.create(id, spec, policy, |session, label| {
+                    create_pair(
+                        session,
+                        &token::public_template(label, spec, Some(&point)),
+                        &token::private_template(label, spec, policy, Some(scalar)),
+                    )
+                })
+            }
             KeyMaterial::Aes256(key) => {
                 if key.len() != 32 {
                     return Err(invalid());
@@ -258,6 +281,28 @@ impl Pkcs11Hsm {
             KeySpec::Aes256 => ObjectClass::SECRET_KEY,
             _ => ObjectClass::PRIVATE_KEY,
         };
+        let raw = self.export_value(id, class)?;
+        if info.spec != KeySpec::P256 {
+            return Ok(raw);
+        }
+        // A P-256 key leaves as the PKCS#8 document that `import_key` takes.
+        let PublicKey::P256(point) = self.public(KeyRef::Key(id))? else {
+            return Err(HsmError::Crypto {
+                what: "token public key does not match its record",
+            });
+        };
+        let scalar: &[u8; 32] = raw.expose().try_into().expect("export values are padded to 32 bytes");
+        let doc = crate::p256::pkcs8_from_parts(scalar, &point);
+        let rng = ring::rand::SystemRandom::new();
+        ring::signature::EcdsaKeyPair::from_pkcs8(&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &doc, &rng)
+            .map_err(|_| HsmError::Crypto {
+                what: "token p-256 private and public keys do not match",
+            })?;
+        Ok(SecretBytes::from_slice(&doc))
+    }
+
+    /// `CKA_VALUE` of the key's object of `class`, as 32 bytes.
+    fn export_value(&self, id: &KeyId, class: ObjectClass) -> Result<SecretBytes, HsmError> {
         let session = self.session()?;
         let object = self.find(&session, id, class)?;
         let value = session
@@ -291,7 +336,7 @@ impl Pkcs11Hsm {
         };
         let info = self.info(id)?;
         let len = match info.spec {
-            KeySpec::Secp256k1 => 65,
+            KeySpec::Secp256k1 | KeySpec::P256 => 65,
             KeySpec::Ed25519 => 32,
             spec => {
                 return Err(HsmError::WrongKeyType {
@@ -318,10 +363,10 @@ impl Pkcs11Hsm {
         let (Some(point), Some(params)) = (point, params) else {
             return Err(bad);
         };
-        let expected: &[u8] = if info.spec == KeySpec::Ed25519 {
-            &ED25519_PARAMS
-        } else {
-            &SECP256K1_PARAMS
+        let expected: &[u8] = match info.spec {
+            KeySpec::Ed25519 => &ED25519_PARAMS,
+            KeySpec::P256 => &P256_PARAMS,
+            _ => &SECP256K1_PARAMS,
         };
         // SoftHSM2 (and others) may name Ed25519 by the printable string "edwards25519".
         if params != expected && !(info.spec == KeySpec::Ed25519 && params.ends_with(b"edwards25519")) {
@@ -332,6 +377,9 @@ impl Pkcs11Hsm {
         })?;
         match info.spec {
             KeySpec::Ed25519 => Ok(PublicKey::Ed25519(raw.try_into().expect("checked to be 32 bytes"))),
+            // Uncompressed SEC1; the curve equation is checked by whoever verifies with it.
+            KeySpec::P256 if raw[0] == 0x04 => Ok(PublicKey::P256(raw.try_into().expect("checked to be 65 bytes"))),
+            KeySpec::P256 => Err(bad),
             _ => secp256k1::PublicKey::from_slice(raw)
                 .map(PublicKey::Secp256k1)
                 .map_err(|_| bad),
@@ -367,6 +415,20 @@ impl Pkcs11Hsm {
         let raw = session.sign(&mechanism, object, message)?;
         raw.try_into().map(Ed25519Signature).map_err(|_| HsmError::Crypto {
             what: "token ed25519 signature is not 64 bytes",
+        })
+    }
+
+    fn p256(&self, id: &KeyId, message: &[u8]) -> Result<P256Signature, HsmError> {
+        Self::caps().require(Capability::SignP256)?;
+        self.usable(id, Usage::SignP256)?;
+        // CKM_ECDSA signs a digest; hashing on the host keeps the message off the token and
+        // works with tokens that lack CKM_ECDSA_SHA256.
+        let digest = bitcoin::hashes::sha256::Hash::hash(message).to_byte_array();
+        let session = self.session()?;
+        let object = self.find(&session, id, ObjectClass::PRIVATE_KEY)?;
+        let raw = session.sign(&Mechanism::Ecdsa, object, &digest)?;
+        raw.try_into().map(P256Signature).map_err(|_| HsmError::Crypto {
+            what: "token p-256 signature is not r || s",
         })
     }
 
@@ -541,6 +603,12 @@ impl HsmProvider for Pkcs11Hsm {
     fn sign_ed25519(&self, id: &KeyId, message: &[u8]) -> Result<Ed25519Signature, HsmError> {
         self.audited(Operation::SignEd25519, Some(id), Some(input_hash(message)), || {
             self.ed25519(id, message)
+        })
+    }
+
+    fn sign_p256(&self, id: &KeyId, message: &[u8]) -> Result<P256Signature, HsmError> {
+        self.audited(Operation::SignP256, Some(id), Some(input_hash(message)), || {
+            self.p256(id, message)
         })
     }
 

@@ -6,6 +6,8 @@ use crate::{KeyPolicy, KeySpec, Usage};
 
 /// DER of OID 1.3.132.0.10 (secp256k1); SoftHSM2 makes secp256k1 keys only from the OID.
 pub(crate) const SECP256K1_PARAMS: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
+/// DER of OID 1.2.840.10045.3.1.7 (prime256v1, P-256).
+pub(crate) const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// DER of OID 1.3.101.112 (Ed25519, RFC 8410).
 pub(crate) const ED25519_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 
@@ -42,6 +44,7 @@ fn common(label: &[u8], class: ObjectClass, key_type: KeyType) -> Vec<Attribute>
 fn curve(spec: KeySpec) -> (KeyType, &'static [u8], Usage) {
     match spec {
         KeySpec::Ed25519 => (KeyType::EC_EDWARDS, &ED25519_PARAMS, Usage::SignEd25519),
+        KeySpec::P256 => (KeyType::EC, &P256_PARAMS, Usage::SignP256),
         _ => (KeyType::EC, &SECP256K1_PARAMS, Usage::SignEcdsa),
     }
 }
@@ -54,7 +57,7 @@ fn secrecy(policy: KeyPolicy) -> [Attribute; 3] {
     ]
 }
 
-/// The public half of a secp256k1 or Ed25519 key pair.
+/// The public half of a secp256k1, P-256 or Ed25519 key pair.
 pub(crate) fn public_template(label: &[u8], spec: KeySpec, point: Option<&[u8]>) -> Vec<Attribute> {
     let (key_type, params, _) = curve(spec);
     let mut t = common(label, ObjectClass::PUBLIC_KEY, key_type);

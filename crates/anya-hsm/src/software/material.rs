@@ -2,14 +2,17 @@
 //!
 //! secp256k1 0.29 and rust-bitcoin key types are `Copy`, so temporaries inside those libraries
 //! cannot be wiped; the values this provider keeps are erased when they drop (see the `Drop`
-//! impls), and byte buffers are `Zeroizing`.
+//! impls), and byte buffers are `Zeroizing`. ring's key pairs (`Ed25519KeyPair`,
+//! `EcdsaKeyPair`) and the PKCS#8 document ring generates a P-256 key in do not wipe
+//! themselves and give no mutable access; their copies are left to the allocator, the rest is
+//! erased.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use bitcoin::bip32::{ChainCode, ChildNumber, Fingerprint, Xpriv};
 use ring::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
-use ring::signature::Ed25519KeyPair;
+use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use secp256k1::{All, Keypair, Secp256k1, SecretKey};
 use zeroize::Zeroizing;
 
@@ -110,6 +113,11 @@ pub(crate) enum Material {
         key: LessSafeKey,
     },
     Bip32(Box<HdRoot>),
+    P256 {
+        /// The canonical PKCS#8 document (ring's layout), sealed and exported as it is.
+        pkcs8: Zeroizing<Vec<u8>>,
+        pair: EcdsaKeyPair,
+    },
 }
 
 /// An unsealed key: its id, public header and material.
@@ -158,6 +166,26 @@ impl Material {
                 let fingerprint = root.0.fingerprint(secp);
                 Material::Bip32(Box::new(HdRoot::new(root, fingerprint)))
             }
+            KeySpec::P256 => Self::p256(secret)?,
+        })
+    }
+
+    /// P-256 material from a PKCS#8 document, kept in ring's layout whatever layout it came in
+    /// (OpenSSL may add the curve inside the `ECPrivateKey`), so that export is canonical.
+    fn p256(pkcs8: &[u8]) -> Option<Self> {
+        let rng = ring::rand::SystemRandom::new();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng).ok()?;
+        let scalar = crate::p256::pkcs8_scalar(pkcs8)?;
+        let point: &[u8; 65] = pair.public_key().as_ref().try_into().ok()?;
+        let pkcs8 = crate::p256::pkcs8_from_parts(scalar, point);
+        Some(Material::P256 { pkcs8, pair })
+    }
+
+    /// A new random P-256 key.
+    pub(crate) fn generate_p256(rng: &dyn ring::rand::SecureRandom) -> Result<Self, HsmError> {
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, rng).map_err(|_| HsmError::Random)?;
+        Self::p256(doc.as_ref()).ok_or(HsmError::Crypto {
+            what: "ring generated a p-256 key it cannot load",
         })
     }
 
@@ -168,6 +196,7 @@ impl Material {
             Material::Ed25519 { seed, .. } => seed.to_vec(),
             Material::Aes256 { raw, .. } => raw.to_vec(),
             Material::Bip32(hd) => hd.root.0.encode().to_vec(),
+            Material::P256 { pkcs8, .. } => pkcs8.to_vec(),
         })
     }
 }

@@ -19,7 +19,7 @@ use crate::error::SealedDefect;
 use crate::provider::KeyMaterial;
 use crate::{
     AccountXpub, AuxRand, Capabilities, Ed25519Signature, HsmError, HsmProvider, KeyId, KeyInfo, KeyPolicy, KeyRef,
-    KeySpec, MnemonicLength, PublicKey, SecretBytes, SecretString, Usage,
+    KeySpec, MnemonicLength, P256Signature, PublicKey, SecretBytes, SecretString, Usage,
 };
 
 /// A secp256k1 key pair borrowed from the cache or derived for one call.
@@ -171,6 +171,9 @@ impl SoftwareHsm {
 
     fn generate_material(&self, spec: KeySpec) -> Result<Material, HsmError> {
         let inner = &self.inner;
+        if spec == KeySpec::P256 {
+            return Material::generate_p256(&inner.rng);
+        }
         loop {
             let bytes = Zeroizing::new(seal::random::<32>(&inner.rng)?);
             let material = match spec {
@@ -190,9 +193,10 @@ impl SoftwareHsm {
         let spec = material.spec();
         let invalid = || HsmError::InvalidKeyMaterial { spec };
         match material {
-            KeyMaterial::Secp256k1(s) | KeyMaterial::Ed25519(s) | KeyMaterial::Aes256(s) => {
-                Material::from_secret(secp, spec, s.expose()).ok_or_else(invalid)
-            }
+            KeyMaterial::Secp256k1(s)
+            | KeyMaterial::Ed25519(s)
+            | KeyMaterial::Aes256(s)
+            | KeyMaterial::P256Pkcs8(s) => Material::from_secret(secp, spec, s.expose()).ok_or_else(invalid),
             KeyMaterial::Bip32Seed(seed) => {
                 if !(16..=64).contains(&seed.len()) {
                     return Err(invalid());
@@ -384,6 +388,13 @@ impl HsmProvider for SoftwareHsm {
                         .expect("ed25519 public keys are 32 bytes");
                     Ok(PublicKey::Ed25519(bytes))
                 }
+                (Material::P256 { pair, .. }, KeyRef::Key(_)) => {
+                    let bytes: [u8; 65] = ring::signature::KeyPair::public_key(pair)
+                        .as_ref()
+                        .try_into()
+                        .expect("p-256 public keys are 65-byte uncompressed points");
+                    Ok(PublicKey::P256(bytes))
+                }
                 (Material::Bip32(hd), KeyRef::Key(_)) => {
                     Ok(PublicKey::Secp256k1(hd.derive(&self.inner.secp, &[])?.0.public_key()))
                 }
@@ -476,6 +487,26 @@ impl HsmProvider for SoftwareHsm {
                 .try_into()
                 .expect("ed25519 signatures are 64 bytes");
             Ok(Ed25519Signature(sig))
+        })
+    }
+
+    fn sign_p256(&self, id: &KeyId, message: &[u8]) -> Result<P256Signature, HsmError> {
+        self.audited(Operation::SignP256, Some(id), Some(input_hash(message)), || {
+            let key = self.key(id)?;
+            Self::check_usage(&key, Usage::SignP256)?;
+            let Material::P256 { pair, .. } = &key.material else {
+                return Err(HsmError::WrongKeyType {
+                    id: id.clone(),
+                    spec: key.header.spec,
+                    usage: Usage::SignP256,
+                });
+            };
+            // ring hashes with SHA-256 and draws the nonce from `rng` mixed with the key.
+            let sig = pair.sign(&self.inner.rng, message).map_err(|_| HsmError::Crypto {
+                what: "p-256 signing failed",
+            })?;
+            let sig: [u8; 64] = sig.as_ref().try_into().expect("fixed p-256 signatures are 64 bytes");
+            Ok(P256Signature(sig))
         })
     }
 
