@@ -364,3 +364,32 @@ fn multisig_and_taproot_script_path_sign_through_the_hsm() {
         f.mine(&burn, vec![tx], &mut [&mut w]);
     }
 }
+
+#[test]
+fn descriptors_with_private_keys_are_refused() {
+    let f = fixture();
+    // BIP32 test vector 1's master xprv: a wallet must never hold it.
+    let xprv = "tprv8ZgxMBicQKsPeDgjzdC36fs6bMjGApWDNLR9erAXMs5skhMv36j9MV5ecvfavji5khqjWaWSFhN3YcCUUdiKH6isR4Pwy3U5y5egddBr16m";
+    let template = Template::Descriptors {
+        external: format!("tr({xprv}/86h/1h/0h/0/*)"),
+        internal: format!("tr({xprv}/86h/1h/0h/1/*)"),
+        signers: vec![label("root")],
+    };
+    let err = AnyaWallet::create(
+        Arc::clone(&f.store),
+        Arc::clone(&f.hsm),
+        f.clock.clone(),
+        label("leaky"),
+        &template,
+        Network::Regtest,
+    )
+    .expect_err("refused");
+    assert!(
+        matches!(&err, WalletError::Descriptor(e) if e.to_string().contains("private keys")),
+        "{err:?}"
+    );
+    assert!(
+        AnyaWallet::list(&*f.store).expect("list").is_empty(),
+        "nothing was stored"
+    );
+}

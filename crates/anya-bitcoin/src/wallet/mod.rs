@@ -176,8 +176,29 @@ impl Template {
                 external,
                 internal,
                 signers,
-            } => Ok((external.clone(), internal.clone(), signers.clone())),
+            } => {
+                for descriptor in [external, internal] {
+                    public_only(descriptor)?;
+                }
+                Ok((external.clone(), internal.clone(), signers.clone()))
+            }
         }
+    }
+}
+
+/// Refuses a descriptor that holds private keys: keys belong in the HSM, never in the wallet.
+/// (This also keeps away `xprv…/*h` hardened wildcards, on which rust-miniscript 12.3 panics
+/// when deriving.)
+fn public_only(descriptor: &str) -> Result<(), WalletError> {
+    let secp = secp256k1::Secp256k1::signing_only();
+    let (_, keys) = miniscript::Descriptor::<miniscript::DescriptorPublicKey>::parse_descriptor(&secp, descriptor)
+        .map_err(|e| WalletError::Descriptor(Box::new(e)))?;
+    if keys.is_empty() {
+        Ok(())
+    } else {
+        Err(WalletError::Descriptor(
+            "the descriptor holds private keys; import them into the HSM and use their xpubs".into(),
+        ))
     }
 }
 
@@ -488,14 +509,23 @@ impl AnyaWallet {
     pub fn signed_weight(&self, psbt: &Psbt) -> Result<Weight, WalletError> {
         let mut weight = psbt.unsigned_tx.weight();
         let mut segwit = false;
+        // One satisfaction weight per keychain, computed when first needed.
+        let mut per_keychain: [Option<Weight>; 2] = [None, None];
         for index in 0..psbt.inputs.len() {
             let out = prevout(psbt, index)?;
             let satisfaction = match self.wallet.derivation_of_spk(out.script_pubkey.clone()) {
-                Some((keychain, _)) => self
-                    .wallet
-                    .public_descriptor(keychain)
-                    .max_weight_to_satisfy()
-                    .map_err(|e| WalletError::Descriptor(Box::new(e)))?,
+                Some((keychain, _)) => {
+                    let slot = &mut per_keychain[keychain as usize];
+                    match slot {
+                        Some(w) => *w,
+                        None => *slot.insert(
+                            self.wallet
+                                .public_descriptor(keychain)
+                                .max_weight_to_satisfy()
+                                .map_err(|e| WalletError::Descriptor(Box::new(e)))?,
+                        ),
+                    }
+                }
                 None if out.script_pubkey.is_p2tr() => Weight::from_wu(1 + 1 + 65),
                 None if out.script_pubkey.is_p2wpkh() => Weight::from_wu(1 + 1 + 73 + 1 + 33),
                 None => {
