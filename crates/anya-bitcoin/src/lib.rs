@@ -4,6 +4,7 @@
 pub mod policy;
 pub mod psbt;
 pub mod regtest;
+pub mod rpc;
 pub mod signer;
 pub mod verify;
 pub mod wallet;

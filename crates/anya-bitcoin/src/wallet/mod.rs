@@ -400,6 +400,13 @@ impl AnyaWallet {
         self.persist()
     }
 
+    /// Marks unconfirmed transactions as evicted from the mempool at the given Unix times (a
+    /// chain source saw them dropped), so they stop counting as pending; stores the result.
+    pub fn apply_evicted(&mut self, evicted: Vec<(Txid, u64)>) -> Result<(), WalletError> {
+        self.wallet.apply_evicted_txs(evicted);
+        self.persist()
+    }
+
     /// Builds an unsigned PSBT paying `recipients` at `fee_rate`, with coin selection, change
     /// to the wallet and RBF signalled.
     pub fn build(&mut self, recipients: &[(ScriptBuf, Amount)], fee_rate: FeeRate) -> Result<Psbt, WalletError> {

@@ -1,0 +1,577 @@
+//! Chain data from Bitcoin Core over JSON-RPC.
+//!
+//! [`BitcoindChain`] talks to a `bitcoind` through [`bitcoincore_rpc`] over `jsonrpc`'s
+//! `simple_http` transport (which, unlike the transport `bitcoincore_rpc::Client::new` picks,
+//! takes a timeout). It reads the tip and blocks, broadcasts, counts confirmations, estimates
+//! fees with `estimatesmartfee` (falling back to a configured rate when Core has no estimate),
+//! and brings an [`AnyaWallet`] up to the node's tip with `bdk_bitcoind_rpc`'s `Emitter`, which
+//! finds the point where the wallet's chain and the node's agree and so survives reorgs.
+//!
+//! # Retries
+//!
+//! Every call is retried, at most [`RpcConfig::max_retries`] times with a backoff of
+//! `backoff_base * 2^attempt`, when the failure says nothing about the request itself:
+//! connection refused or reset, a timeout, a closed or truncated reply, HTTP 5xx without a
+//! JSON-RPC body (Core's "work queue depth exceeded" is a 503), and `RPC_IN_WARMUP` (-28).
+//! Errors that are the caller's (a rejected transaction, -25/-26, an unknown block, a bad
+//! parameter), HTTP 401/403 and unreadable replies are returned at once.
+//!
+//! Broadcasting is safe to retry: Core answers `sendrawtransaction` with the txid when the
+//! transaction is already in its mempool.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anya_hsm::SecretString;
+use bdk_bitcoind_rpc::Emitter;
+use bitcoin::{Block, BlockHash, FeeRate, Transaction, Txid};
+use bitcoincore_rpc::RpcApi;
+use jsonrpc::simple_http::{self, SimpleHttpTransport};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::wallet::{AnyaWallet, WalletError};
+
+/// Bitcoin Core's `RPC_IN_WARMUP`: the node is starting and will answer later.
+const RPC_IN_WARMUP: i32 = -28;
+/// Bitcoin Core's `RPC_INVALID_ADDRESS_OR_KEY`, which it also uses for "no such transaction".
+const RPC_INVALID_ADDRESS_OR_KEY: i32 = -5;
+
+/// How the client proves itself to `bitcoind`.
+#[derive(Debug)]
+pub enum RpcAuth {
+    /// The cookie file `bitcoind` writes into its data directory (`.cookie`, holding
+    /// `__cookie__:<password>`). It is read once, by [`BitcoindChain::connect`]; `bitcoind`
+    /// writes a new one each time it starts, so connect again after a restart.
+    Cookie(PathBuf),
+    /// `-rpcuser`/`-rpcpassword` or an `-rpcauth` entry.
+    UserPass {
+        /// The user name.
+        user: String,
+        /// The password; its `Debug` output is redacted.
+        pass: SecretString,
+    },
+}
+
+/// Where `bitcoind` is and how hard to try reaching it.
+#[derive(Debug)]
+pub struct RpcConfig {
+    /// `http://host:port`, optionally with a `/wallet/<name>` path.
+    pub url: String,
+    /// The credentials.
+    pub auth: RpcAuth,
+    /// The limit for connecting, and for each read and write on the socket. `simple_http`
+    /// re-sends once on a fresh socket when a kept-alive socket gives no reply, so one attempt
+    /// can take up to twice this.
+    pub timeout: Duration,
+    /// How many times a failed call is retried (so at most `max_retries + 1` attempts).
+    pub max_retries: u32,
+    /// The wait before the first retry; each later retry waits twice as long as the one before.
+    pub backoff_base: Duration,
+    /// The fee rate [`BitcoindChain::estimate_fee_rate`] returns when Core has no estimate (on
+    /// regtest, or on a node that has not yet seen enough blocks).
+    pub fallback_fee_rate: FeeRate,
+}
+
+impl RpcConfig {
+    /// The default retry count.
+    pub const DEFAULT_MAX_RETRIES: u32 = 3;
+    /// The default wait before the first retry.
+    pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
+    /// The default timeout.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The default fallback fee rate, 20 sat/vB: Bitcoin Core's documented example
+    /// `-fallbackfee=0.0002` (BTC/kvB).
+    pub const DEFAULT_FALLBACK_FEE_RATE: FeeRate = FeeRate::from_sat_per_kwu(5_000);
+
+    /// A configuration for `url` and `auth` with the defaults: a 30 s timeout, 3 retries from a
+    /// 100 ms backoff, and a 20 sat/vB fallback fee rate.
+    pub fn new(url: impl Into<String>, auth: RpcAuth) -> Self {
+        Self {
+            url: url.into(),
+            auth,
+            timeout: Self::DEFAULT_TIMEOUT,
+            max_retries: Self::DEFAULT_MAX_RETRIES,
+            backoff_base: Self::DEFAULT_BACKOFF_BASE,
+            fallback_fee_rate: Self::DEFAULT_FALLBACK_FEE_RATE,
+        }
+    }
+}
+
+/// What went wrong talking to `bitcoind`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// The node could not be reached or did not answer, `attempts` times in a row.
+    #[error("bitcoind unreachable after {attempts} attempt(s)")]
+    Transport {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last failure.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The node answered with a JSON-RPC error (for `RPC_IN_WARMUP`, after the retries ran out).
+    #[error("bitcoind returned error {code}: {message}")]
+    Rpc {
+        /// Bitcoin Core's error code (`RPC_VERIFY_REJECTED` is -26, and so on).
+        code: i32,
+        /// Bitcoin Core's message.
+        message: String,
+    },
+    /// The node refused the credentials (HTTP 401) or the client's address (HTTP 403).
+    #[error("bitcoind refused the credentials (http {status})")]
+    Auth {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The node answered with an HTTP status that is neither success nor worth retrying.
+    #[error("bitcoind answered http {status}")]
+    Http {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The cookie file could not be read.
+    #[error("cannot read the rpc cookie file {path}")]
+    Cookie {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The cookie file does not hold `user:password`.
+    #[error("the rpc cookie file {path} does not hold user:password")]
+    InvalidCookie {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The URL is not one the transport can use.
+    #[error("invalid bitcoind url")]
+    Url(#[source] simple_http::Error),
+    /// The reply could not be decoded into what the method returns.
+    #[error("cannot decode bitcoind's reply")]
+    Reply(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Applying what the node sent to the wallet failed.
+    #[error("cannot apply chain data to the wallet")]
+    Wallet(#[from] WalletError),
+}
+
+/// What to do with a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    /// Worth trying again.
+    Retry,
+    /// The answer will not change.
+    Fail,
+}
+
+fn classify(error: &bitcoincore_rpc::Error) -> Disposition {
+    use bitcoincore_rpc::Error as E;
+    match error {
+        E::JsonRpc(jsonrpc::Error::Rpc(e)) if e.code == RPC_IN_WARMUP => Disposition::Retry,
+        E::JsonRpc(jsonrpc::Error::Transport(e)) => match e.downcast_ref::<simple_http::Error>() {
+            Some(simple_http::Error::SocketError(_))
+            | Some(simple_http::Error::HttpResponseTooShort { .. })
+            | Some(simple_http::Error::IncompleteResponse { .. }) => Disposition::Retry,
+            Some(simple_http::Error::HttpErrorCode(status)) if *status >= 500 => Disposition::Retry,
+            Some(_) => Disposition::Fail,
+            // Another transport's error: assume it is about the connection.
+            None => Disposition::Retry,
+        },
+        E::Io(_) => Disposition::Retry,
+        _ => Disposition::Fail,
+    }
+}
+
+fn into_error(error: bitcoincore_rpc::Error, attempts: u32) -> RpcError {
+    use bitcoincore_rpc::Error as E;
+    match error {
+        E::JsonRpc(jsonrpc::Error::Rpc(e)) => RpcError::Rpc {
+            code: e.code,
+            message: e.message,
+        },
+        E::JsonRpc(jsonrpc::Error::Transport(e)) => match e.downcast_ref::<simple_http::Error>() {
+            Some(simple_http::Error::HttpErrorCode(status @ (401 | 403))) => RpcError::Auth { status: *status },
+            Some(simple_http::Error::HttpErrorCode(status)) if *status < 500 => RpcError::Http { status: *status },
+            _ => RpcError::Transport { attempts, source: e },
+        },
+        E::Io(e) => RpcError::Transport {
+            attempts,
+            source: Box::new(e),
+        },
+        e => RpcError::Reply(Box::new(e)),
+    }
+}
+
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1u32 << attempt.min(16))
+}
+
+/// A [`bitcoincore_rpc::Client`] that retries; it implements [`RpcApi`] so that the `Emitter`
+/// gets the same retries as the typed methods.
+struct RetryingClient {
+    url: String,
+    inner: bitcoincore_rpc::Client,
+    max_retries: u32,
+    backoff_base: Duration,
+    /// Attempts made by the latest call, for the error of a call made through the `Emitter`.
+    last_attempts: AtomicU32,
+}
+
+impl RetryingClient {
+    fn call_counted<T: DeserializeOwned>(
+        &self,
+        cmd: &str,
+        args: &[serde_json::Value],
+    ) -> Result<T, (bitcoincore_rpc::Error, u32)> {
+        let mut attempt = 0;
+        loop {
+            match self.inner.call(cmd, args) {
+                Ok(value) => {
+                    self.last_attempts.store(attempt + 1, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Err(e) if attempt < self.max_retries && classify(&e) == Disposition::Retry => {
+                    let wait = backoff(self.backoff_base, attempt);
+                    tracing::debug!(method = cmd, attempt, ?wait, error = %e, "retrying bitcoind call");
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    self.last_attempts.store(attempt + 1, Ordering::Relaxed);
+                    return Err((e, attempt + 1));
+                }
+            }
+        }
+    }
+}
+
+impl RpcApi for RetryingClient {
+    fn call<T: for<'a> Deserialize<'a>>(&self, cmd: &str, args: &[serde_json::Value]) -> bitcoincore_rpc::Result<T> {
+        self.call_counted(cmd, args).map_err(|(e, _)| e)
+    }
+}
+
+/// What [`BitcoindChain::sync_wallet`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncReport {
+    /// Blocks applied to the wallet (after a reorg, this counts the replacement blocks).
+    pub blocks: u32,
+    /// The wallet's tip afterwards.
+    pub tip: (u32, BlockHash),
+    /// Mempool transactions handed to the wallet (it keeps only those relevant to it).
+    pub mempool_txs: usize,
+    /// Unconfirmed wallet transactions the node's mempool no longer holds; the wallet has
+    /// marked them evicted ([`AnyaWallet::apply_evicted`]).
+    pub evicted: Vec<Txid>,
+}
+
+/// Where a fee estimate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FeeSource {
+    /// `estimatesmartfee`, for confirmation within `blocks` blocks (Core may widen the target).
+    Estimated {
+        /// The target Core answered for.
+        blocks: u32,
+    },
+    /// Core had no estimate; this is [`RpcConfig::fallback_fee_rate`].
+    Fallback,
+}
+
+/// A fee rate and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeeEstimate {
+    /// The rate.
+    pub fee_rate: FeeRate,
+    /// Where it came from.
+    pub source: FeeSource,
+}
+
+#[derive(Deserialize)]
+struct HeaderInfo {
+    height: u32,
+}
+
+#[derive(Deserialize)]
+struct TxInfo {
+    #[serde(default)]
+    confirmations: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct SmartFee {
+    #[serde(default, rename = "feerate", with = "bitcoin::amount::serde::as_btc::opt")]
+    fee_rate: Option<bitcoin::Amount>,
+    #[serde(default)]
+    blocks: Option<u32>,
+}
+
+/// A chain source backed by a `bitcoind` JSON-RPC server.
+pub struct BitcoindChain {
+    client: Arc<RetryingClient>,
+    fallback_fee_rate: FeeRate,
+}
+
+impl fmt::Debug for BitcoindChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BitcoindChain")
+            .field("url", &self.client.url)
+            .field("max_retries", &self.client.max_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_cookie(path: &Path) -> Result<(String, SecretString), RpcError> {
+    let text = SecretString::new(std::fs::read_to_string(path).map_err(|source| RpcError::Cookie {
+        path: path.to_path_buf(),
+        source,
+    })?);
+    let line = text.expose().lines().next().unwrap_or_default();
+    let (user, pass) = line.split_once(':').ok_or_else(|| RpcError::InvalidCookie {
+        path: path.to_path_buf(),
+    })?;
+    Ok((user.to_owned(), SecretString::from(pass)))
+}
+
+impl BitcoindChain {
+    /// Sets up the client: resolves the URL and reads the cookie file, without contacting the
+    /// node (the first call does, with retries).
+    pub fn connect(config: RpcConfig) -> Result<Self, RpcError> {
+        let (user, pass) = match &config.auth {
+            RpcAuth::Cookie(path) => read_cookie(path)?,
+            RpcAuth::UserPass { user, pass } => (user.clone(), SecretString::from(pass.expose())),
+        };
+        let transport: SimpleHttpTransport = SimpleHttpTransport::builder()
+            .url(&config.url)
+            .map_err(RpcError::Url)?
+            .timeout(config.timeout)
+            .auth(user.as_str(), Some(pass.expose()))
+            .build();
+        let inner = bitcoincore_rpc::Client::from_jsonrpc(jsonrpc::Client::with_transport(transport));
+        Ok(Self {
+            client: Arc::new(RetryingClient {
+                url: config.url,
+                inner,
+                max_retries: config.max_retries,
+                backoff_base: config.backoff_base,
+                last_attempts: AtomicU32::new(0),
+            }),
+            fallback_fee_rate: config.fallback_fee_rate,
+        })
+    }
+
+    /// Calls `method` with `params` and decodes the result, with the retries described in the
+    /// [module docs](self). For the calls this type has no method for (`generatetoaddress` on
+    /// regtest, `getmempoolinfo`, …).
+    pub fn call<T: DeserializeOwned>(&self, method: &str, params: &[serde_json::Value]) -> Result<T, RpcError> {
+        self.client
+            .call_counted(method, params)
+            .map_err(|(e, attempts)| into_error(e, attempts))
+    }
+
+    /// The height of the node's best chain (`getblockcount`).
+    pub fn height(&self) -> Result<u32, RpcError> {
+        self.call("getblockcount", &[])
+    }
+
+    /// The node's best block: its height and hash. The two come from one header, so they agree
+    /// even when a block arrives between the calls.
+    pub fn tip(&self) -> Result<(u32, BlockHash), RpcError> {
+        let hash: BlockHash = self.call("getbestblockhash", &[])?;
+        let header: HeaderInfo = self.call("getblockheader", &[serde_json::json!(hash), true.into()])?;
+        Ok((header.height, hash))
+    }
+
+    /// The hash of the best chain's block at `height`; `Rpc { code: -8 }` above the tip.
+    pub fn block_hash(&self, height: u32) -> Result<BlockHash, RpcError> {
+        self.call("getblockhash", &[height.into()])
+    }
+
+    /// The best chain's block at `height`.
+    pub fn block(&self, height: u32) -> Result<Block, RpcError> {
+        let hash = self.block_hash(height)?;
+        self.block_by_hash(&hash)
+    }
+
+    /// The block `hash`, in the best chain or not; `Rpc { code: -5 }` when the node does not
+    /// know it.
+    pub fn block_by_hash(&self, hash: &BlockHash) -> Result<Block, RpcError> {
+        let hex: String = self.call("getblock", &[serde_json::json!(hash), 0.into()])?;
+        bitcoin::consensus::encode::deserialize_hex(&hex).map_err(|e| RpcError::Reply(Box::new(e)))
+    }
+
+    /// Sends `tx` to the node's mempool and peers (`sendrawtransaction`). A rejection is
+    /// `Rpc { code: -26 }` (policy or consensus), `-25` (missing or spent inputs) or `-27`
+    /// (already confirmed).
+    pub fn broadcast(&self, tx: &Transaction) -> Result<Txid, RpcError> {
+        self.call(
+            "sendrawtransaction",
+            &[bitcoin::consensus::encode::serialize_hex(tx).into()],
+        )
+    }
+
+    /// How many blocks confirm `txid`: `Some(0)` in the mempool, `None` when the node cannot
+    /// find it. Without `-txindex`, Core finds a confirmed transaction only while one of its
+    /// outputs is unspent in a wallet loaded on the node; use
+    /// [`confirmations_in`](Self::confirmations_in) when the block is known.
+    pub fn confirmations(&self, txid: &Txid) -> Result<Option<u32>, RpcError> {
+        self.tx_confirmations(&[serde_json::json!(txid), true.into()])
+    }
+
+    /// How many blocks confirm `txid`, looked up in the block `block` (no `-txindex` needed):
+    /// `Some(0)` when the block is no longer in the best chain, `None` when the transaction is
+    /// not in it.
+    pub fn confirmations_in(&self, txid: &Txid, block: &BlockHash) -> Result<Option<u32>, RpcError> {
+        self.tx_confirmations(&[serde_json::json!(txid), true.into(), serde_json::json!(block)])
+    }
+
+    fn tx_confirmations(&self, params: &[serde_json::Value]) -> Result<Option<u32>, RpcError> {
+        match self.call::<TxInfo>("getrawtransaction", params) {
+            Ok(info) => Ok(Some(info.confirmations.unwrap_or(0))),
+            Err(RpcError::Rpc { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A fee rate for confirmation within `target_blocks` blocks (Core takes 1 to 1008), and
+    /// where it came from. When `estimatesmartfee` has no estimate (it says so in `errors`, as it
+    /// always does on regtest) this is the configured fallback; failures to reach the node and
+    /// RPC errors (an out-of-range target is `-8`) are returned, never masked by the fallback.
+    pub fn estimate_fee(&self, target_blocks: u16) -> Result<FeeEstimate, RpcError> {
+        let reply: SmartFee = self.call("estimatesmartfee", &[target_blocks.into()])?;
+        Ok(match reply.fee_rate {
+            Some(per_kvb) if per_kvb.to_sat() > 0 => FeeEstimate {
+                // BTC/kvB to sat/kwu, rounding up so that the estimate is never undercut.
+                fee_rate: FeeRate::from_sat_per_kwu(per_kvb.to_sat().div_ceil(4)),
+                source: FeeSource::Estimated {
+                    blocks: reply.blocks.unwrap_or(u32::from(target_blocks)),
+                },
+            },
+            _ => FeeEstimate {
+                fee_rate: self.fallback_fee_rate,
+                source: FeeSource::Fallback,
+            },
+        })
+    }
+
+    /// The fee rate of [`estimate_fee`](Self::estimate_fee), without its source.
+    pub fn estimate_fee_rate(&self, target_blocks: u16) -> Result<FeeRate, RpcError> {
+        Ok(self.estimate_fee(target_blocks)?.fee_rate)
+    }
+
+    /// Brings `wallet` to the node's tip: applies every block after the point where the
+    /// wallet's checkpoints and the node's best chain agree (so a reorg replaces the stale
+    /// blocks), then the node's mempool, seen now. Each block is stored as it is applied, so an
+    /// interrupted sync resumes where it stopped.
+    pub fn sync_wallet(&self, wallet: &mut AnyaWallet) -> Result<SyncReport, RpcError> {
+        let emitter_error = |e| into_error(e, self.client.last_attempts.load(Ordering::Relaxed));
+        let checkpoint = wallet.bdk().latest_checkpoint();
+        let unconfirmed: Vec<Arc<Transaction>> = wallet
+            .bdk()
+            .transactions()
+            .filter(|tx| !tx.chain_position.is_confirmed())
+            .map(|tx| Arc::clone(&tx.tx_node.tx))
+            .collect();
+        let mut emitter = Emitter::new(&*self.client, checkpoint, 0, unconfirmed);
+        let mut blocks = 0u32;
+        while let Some(event) = emitter.next_block().map_err(emitter_error)? {
+            wallet.apply_block(&event.block, event.block_height())?;
+            blocks += 1;
+        }
+        let mempool = emitter.mempool().map_err(emitter_error)?;
+        let seen_at = mempool.update.first().map(|(_, at)| *at);
+        let mempool_txs = mempool.update.len();
+        if let Some(seen_at) = seen_at {
+            let txs = mempool
+                .update
+                .into_iter()
+                .map(|(tx, _)| Arc::unwrap_or_clone(tx))
+                .collect();
+            wallet.apply_unconfirmed(txs, seen_at)?;
+        }
+        let evicted: Vec<Txid> = mempool.evicted.iter().map(|(txid, _)| *txid).collect();
+        if !mempool.evicted.is_empty() {
+            wallet.apply_evicted(mempool.evicted.into_iter().collect())?;
+        }
+        let tip = wallet.bdk().latest_checkpoint();
+        Ok(SyncReport {
+            blocks,
+            tip: (tip.height(), tip.hash()),
+            mempool_txs,
+            evicted,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(e: simple_http::Error) -> bitcoincore_rpc::Error {
+        bitcoincore_rpc::Error::JsonRpc(e.into())
+    }
+
+    fn rpc(code: i32) -> bitcoincore_rpc::Error {
+        bitcoincore_rpc::Error::JsonRpc(jsonrpc::Error::Rpc(jsonrpc::error::RpcError {
+            code,
+            message: "m".into(),
+            data: None,
+        }))
+    }
+
+    #[test]
+    fn classifies_transient_failures_as_retryable() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            classify(&transport(simple_http::Error::SocketError(refused))),
+            Disposition::Retry
+        );
+        assert_eq!(
+            classify(&transport(simple_http::Error::HttpErrorCode(503))),
+            Disposition::Retry
+        );
+        assert_eq!(
+            classify(&transport(simple_http::Error::HttpResponseTooShort {
+                actual: 0,
+                needed: 12
+            })),
+            Disposition::Retry
+        );
+        assert_eq!(classify(&rpc(RPC_IN_WARMUP)), Disposition::Retry);
+    }
+
+    #[test]
+    fn classifies_callers_errors_as_final() {
+        assert_eq!(
+            classify(&transport(simple_http::Error::HttpErrorCode(401))),
+            Disposition::Fail
+        );
+        assert_eq!(
+            classify(&transport(simple_http::Error::HttpErrorCode(404))),
+            Disposition::Fail
+        );
+        for code in [-25, -26, -27, -5, -8] {
+            assert_eq!(classify(&rpc(code)), Disposition::Fail, "code {code}");
+        }
+        assert!(matches!(
+            into_error(transport(simple_http::Error::HttpErrorCode(401)), 1),
+            RpcError::Auth { status: 401 }
+        ));
+        assert!(matches!(into_error(rpc(-26), 1), RpcError::Rpc { code: -26, .. }));
+    }
+
+    #[test]
+    fn backoff_doubles() {
+        let base = Duration::from_millis(100);
+        let waits: Vec<_> = (0..4).map(|a| backoff(base, a).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800]);
+        assert_eq!(backoff(base, u32::MAX), base * (1 << 16));
+    }
+}
