@@ -1,7 +1,7 @@
 //! `anya`: the command line of a software HSM keystore kept in a data directory.
 //!
 //! Wiring only: the keystore, signing and the audit chain are `anya-hsm`; the store is
-//! `anya-storage`'s embedded SQLite.
+//! `anya-storage`'s embedded SQLite; wallets, PSBTs and the spending policy are `anya-bitcoin`.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -17,8 +17,10 @@ use anya_hsm::{
     AuxRand, HsmError, HsmProvider, KeyInfo, KeyPolicy, KeyRef, KeySpec, Label, PublicKey, SecretString, SoftwareHsm,
     SoftwareOptions,
 };
-use anya_storage::{SqliteOptions, SqliteStore};
+use anya_storage::{KvStore, SqliteOptions, SqliteStore};
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod onchain;
 
 const LONG_ABOUT: &str = "\
 anya keeps keys in a software HSM: a keystore sealed with AES-256-GCM under a key derived \
@@ -34,7 +36,14 @@ Examples:
   anya key list
   anya sign treasury --scheme schnorr --message-hex 0101010101010101010101010101010101010101010101010101010101010101
   anya audit verify                               # check the audit chain
-  ANYA_DATA_DIR=/var/lib/anya anya hsm unlock-check";
+  ANYA_DATA_DIR=/var/lib/anya anya hsm unlock-check
+
+Bitcoin (see `anya wallet --help` and `anya psbt --help`):
+  anya key new root --type bip32                  # a BIP32 root for wallets
+  anya wallet new savings --root root             # a BIP86 (Taproot) regtest wallet
+  anya wallet address savings
+  anya wallet send savings --to ADDRESS --amount 25000 --fee-rate 2
+  anya psbt inspect tx.psbt";
 
 const SIGN_ABOUT: &str = "\
 Sign a message with a stored key; prints the signature in hex.
@@ -80,6 +89,13 @@ enum Command {
     /// Inspect the audit chain.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Bitcoin wallets whose keys stay in the keystore: create, receive, send, bump fees, set
+    /// the spending policy.
+    #[command(subcommand, long_about = onchain::WALLET_ABOUT)]
+    Wallet(onchain::WalletCommand),
+    /// Inspect, sign, combine and finalize PSBTs.
+    #[command(subcommand, long_about = onchain::PSBT_ABOUT)]
+    Psbt(onchain::PsbtCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +158,8 @@ enum CliError {
     Store(anya_storage::StoreError),
     Io(&'static str, std::io::Error),
     Usage(String),
+    /// A finished message (a wallet, PSBT or node error with its sources).
+    Message(String),
 }
 
 impl std::fmt::Display for CliError {
@@ -150,7 +168,7 @@ impl std::fmt::Display for CliError {
             CliError::Hsm(e) => write_chain(f, e),
             CliError::Store(e) => write_chain(f, e),
             CliError::Io(what, e) => write!(f, "{what}: {e}"),
-            CliError::Usage(m) => f.write_str(m),
+            CliError::Usage(m) | CliError::Message(m) => f.write_str(m),
         }
     }
 }
@@ -252,6 +270,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             };
             println!("{}", to_hex(&signature));
         }
+        Command::Wallet(command) => onchain::wallet(dir, command)?,
+        Command::Psbt(command) => onchain::psbt(dir, command)?,
         Command::Audit(AuditCommand::Verify) => {
             let store = open_store(dir, false)?;
             let hsm = SoftwareHsm::open(store, SoftwareOptions::default())?;
@@ -278,7 +298,10 @@ fn open_store(dir: &Path, create: bool) -> Result<Arc<SqliteStore>, CliError> {
 }
 
 fn unlocked(dir: &Path) -> Result<SoftwareHsm, CliError> {
-    let store = open_store(dir, false)?;
+    unlocked_in(open_store(dir, false)?)
+}
+
+fn unlocked_in(store: Arc<dyn KvStore>) -> Result<SoftwareHsm, CliError> {
     let hsm = SoftwareHsm::open(store, SoftwareOptions::default())?;
     hsm.unlock(&passphrase(false)?)?;
     Ok(hsm)

@@ -152,3 +152,419 @@ fn missing_keystore_and_second_init_fail_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 }
+
+// ---- wallets and PSBTs ----------------------------------------------------------------------
+
+const VECTORS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/vectors/psbt/bip174_test_vectors.json"
+);
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "anya should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn vectors() -> serde_json::Value {
+    let text = std::fs::read_to_string(VECTORS).unwrap_or_else(|e| panic!("reading {VECTORS}: {e}"));
+    serde_json::from_str(&text).expect("vector file is JSON")
+}
+
+/// A keystore with a BIP32 root `root`.
+fn keystore_with_root() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    ok(&anya(&data, PASS, &["hsm", "init"]));
+    ok(&anya(&data, PASS, &["key", "new", "root", "--type", "bip32"]));
+    (dir, data)
+}
+
+#[test]
+fn wallet_new_address_balance_list_policy() {
+    let (_dir, data) = keystore_with_root();
+    let desc = ok(&anya(&data, PASS, &["wallet", "new", "savings", "--root", "root"]));
+    assert!(
+        desc.trim().starts_with("tr([") && desc.contains("/86'/1'/0']tpub"),
+        "{desc}"
+    );
+    let desc84 = ok(&anya(
+        &data,
+        PASS,
+        &[
+            "wallet",
+            "new",
+            "spending",
+            "--root",
+            "root",
+            "--kind",
+            "bip84",
+            "--account",
+            "2",
+            "--network",
+            "testnet",
+        ],
+    ));
+    assert!(
+        desc84.trim().starts_with("wpkh([") && desc84.contains("/84'/1'/2']tpub"),
+        "{desc84}"
+    );
+
+    let first = ok(&anya(&data, PASS, &["wallet", "address", "savings"]));
+    let second = ok(&anya(&data, PASS, &["wallet", "address", "savings"]));
+    assert!(first.trim().starts_with("bcrt1p"), "{first}");
+    assert_ne!(
+        first, second,
+        "each call reveals a new address, and the store remembers"
+    );
+    assert!(ok(&anya(&data, PASS, &["wallet", "address", "spending"]))
+        .trim()
+        .starts_with("tb1q"));
+
+    let balance = ok(&anya(&data, PASS, &["wallet", "balance", "savings"]));
+    assert!(balance.contains("confirmed         0 sat"), "{balance}");
+    assert!(balance.contains("total             0 sat"), "{balance}");
+
+    let list = ok(&anya(&data, PASS, &["wallet", "list"]));
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(lines.iter().any(|l| l.starts_with("savings\tregtest\ttr(")), "{list}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("spending\ttestnet\twpkh(")),
+        "{list}"
+    );
+
+    let rules = ok(&anya(
+        &data,
+        PASS,
+        &[
+            "wallet",
+            "policy",
+            "savings",
+            "--max-per-tx",
+            "0.01btc",
+            "--max-fee-rate",
+            "25.5",
+            "--allow",
+            first.trim(),
+        ],
+    ));
+    assert!(rules.contains("max per transaction    1000000 sat"), "{rules}");
+    assert!(rules.contains("max fee rate           25.50 sat/vB"), "{rules}");
+    assert!(rules.contains(first.trim()), "{rules}");
+    // Stored: shown again without options.
+    assert_eq!(ok(&anya(&data, PASS, &["wallet", "policy", "savings"])), rules);
+
+    let err = failed(&anya(&data, PASS, &["wallet", "new", "savings", "--root", "root"]));
+    assert!(err.contains("savings already exists"), "{err}");
+}
+
+#[test]
+fn wallet_errors_are_clear() {
+    let (_dir, data) = keystore_with_root();
+    for args in [
+        &["wallet", "balance", "nosuch"][..],
+        &["wallet", "address", "nosuch"][..],
+        &[
+            "wallet",
+            "send",
+            "nosuch",
+            "--to",
+            "bcrt1qq2yshcmzdlznnpxx258xswqlmqcxjs4dssfxt2",
+            "--amount",
+            "1000",
+            "--fee-rate",
+            "1",
+        ][..],
+    ] {
+        let err = failed(&anya(&data, PASS, args));
+        assert_eq!(err.trim(), "error: no wallet named nosuch", "{args:?}");
+    }
+    ok(&anya(&data, PASS, &["wallet", "new", "w", "--root", "root"]));
+    let err = failed(&anya(
+        &data,
+        PASS,
+        &[
+            "wallet",
+            "send",
+            "w",
+            "--to",
+            "bcrt1qq2yshcmzdlznnpxx258xswqlmqcxjs4dssfxt2",
+            "--amount",
+            "10000",
+            "--fee-rate",
+            "2",
+        ],
+    ));
+    assert!(err.to_lowercase().contains("insufficient funds"), "{err}");
+    // A mainnet address for a regtest wallet.
+    let err = failed(&anya(
+        &data,
+        PASS,
+        &[
+            "wallet",
+            "send",
+            "w",
+            "--to",
+            "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq",
+            "--amount",
+            "10000",
+            "--fee-rate",
+            "2",
+        ],
+    ));
+    assert!(
+        err.contains("not an address of this wallet's network (regtest)"),
+        "{err}"
+    );
+    let err = failed(&anya(
+        &data,
+        PASS,
+        &[
+            "wallet",
+            "send",
+            "w",
+            "--to",
+            "bcrt1qq2yshcmzdlznnpxx258xswqlmqcxjs4dssfxt2",
+            "--amount",
+            "ten",
+            "--fee-rate",
+            "2",
+        ],
+    ));
+    assert!(err.contains("not an amount"), "{err}");
+    let err = failed(&anya(&data, PASS, &["wallet", "new", "x", "--root", "missing-root"]));
+    assert!(err.contains("missing-root"), "{err}");
+}
+
+#[test]
+fn psbt_inspect_reads_bip174_vectors_in_every_spelling() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let v = vectors();
+    let signed = &v["workflow"]["signer_1"];
+    let b64 = dir.path().join("signed.psbt");
+    std::fs::write(&b64, signed["result_base64"].as_str().expect("base64")).expect("write");
+    let hex_file = dir.path().join("signed.hex");
+    std::fs::write(&hex_file, signed["result_hex"].as_str().expect("hex")).expect("write");
+    let raw = dir.path().join("signed.bin");
+    std::fs::write(&raw, hex(signed["result_hex"].as_str().expect("hex"))).expect("write");
+
+    // No keystore is needed to read a PSBT.
+    let report = ok(&anya(
+        &data,
+        PASS,
+        &["psbt", "inspect", b64.to_str().expect("path"), "--network", "testnet"],
+    ));
+    for needle in [
+        "inputs (2)",
+        "outputs (2)",
+        "p2sh-p2wsh",
+        "fee        10000 sat",
+        "signatures: 1 ecdsa",
+        "(ecdsa)",
+        "tb1q",
+    ] {
+        assert!(report.contains(needle), "{needle} in\n{report}");
+    }
+    for file in [&hex_file, &raw] {
+        let again = ok(&anya(
+            &data,
+            PASS,
+            &["psbt", "inspect", file.to_str().expect("path"), "--network", "testnet"],
+        ));
+        assert_eq!(again, report);
+    }
+
+    // Combine the two signers, finalize without a wallet: Core verifies, the BIP's tx comes out.
+    let other = dir.path().join("other.psbt");
+    std::fs::write(
+        &other,
+        v["workflow"]["signer_2"]["result_base64"].as_str().expect("b64"),
+    )
+    .expect("write");
+    let combined = dir.path().join("combined.psbt");
+    ok(&anya(
+        &data,
+        PASS,
+        &[
+            "psbt",
+            "combine",
+            b64.to_str().expect("path"),
+            other.to_str().expect("path"),
+            "-o",
+            combined.to_str().expect("path"),
+        ],
+    ));
+    let out = ok(&anya(
+        &data,
+        PASS,
+        &["psbt", "finalize", combined.to_str().expect("path")],
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(
+        lines[1],
+        v["workflow"]["extractor"]["result_tx_hex"].as_str().expect("tx")
+    );
+
+    // One signature per input is not enough.
+    let err = failed(&anya(&data, PASS, &["psbt", "finalize", b64.to_str().expect("path")]));
+    assert!(err.contains("inputs not finalized: input 0"), "{err}");
+}
+
+#[test]
+fn garbage_psbts_fail_with_typed_messages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let cases: [(&str, &[u8], &str); 4] = [
+        ("text.psbt", b"hello, this is not a psbt", "not a PSBT"),
+        ("bad-magic.psbt", b"psbt\xff\x00garbage", "invalid PSBT"),
+        ("truncated.psbt", b"cHNidP8BAHUCAAAAASaBcTce3/KF6Tet7qSze3gADAVmy7OtZGQXE8pCFxv2AAAAAAD+////AtPf9QUAAAAAGXapFNDFmQPFusKGh2DpD9UhpGZap2UgiKwA4fUFAAAAABepFDVF5uM7gyxHBQ8k0+65PJwDlIvHh7MuEwAAAQD9", "invalid PSBT"),
+        ("empty.psbt", b"", "not a PSBT"),
+    ];
+    for (name, bytes, expected) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write");
+        let err = failed(&anya(&data, PASS, &["psbt", "inspect", path.to_str().expect("path")]));
+        assert!(
+            err.starts_with("error: ") && err.contains(name) && err.contains(expected),
+            "{name}: {err}"
+        );
+    }
+    let err = failed(&anya(&data, PASS, &["psbt", "inspect", "/nonexistent/x.psbt"]));
+    assert!(err.contains("cannot read /nonexistent/x.psbt"), "{err}");
+}
+
+/// Funds a wallet made by the binary with real regtest blocks applied through the library (in
+/// the same store), then spends, bumps and co-signs through the binary; the chain accepts what
+/// it prints.
+#[test]
+fn funded_wallet_sends_bumps_and_signs_psbts() {
+    use std::str::FromStr;
+    use std::sync::Arc;
+
+    use anya_bitcoin::regtest::RegtestChain;
+    use anya_bitcoin::wallet::AnyaWallet;
+    use anya_core_types::SystemClock;
+    use anya_hsm::{HsmProvider, Label, SecretString, SoftwareHsm, SoftwareOptions};
+    use anya_storage::{KvStore, SqliteOptions, SqliteStore};
+    use bitcoin::{Address, Network, Transaction};
+
+    let (dir, data) = keystore_with_root();
+    ok(&anya(&data, PASS, &["wallet", "new", "w", "--root", "root"]));
+    let burn = "bcrt1qq2yshcmzdlznnpxx258xswqlmqcxjs4dssfxt2";
+    let burn_spk = Address::from_str(burn)
+        .expect("address")
+        .require_network(Network::Regtest)
+        .expect("regtest")
+        .script_pubkey();
+
+    let mut chain = RegtestChain::new();
+    {
+        let store: Arc<dyn KvStore> =
+            Arc::new(SqliteStore::open(data.join("anya.db"), SqliteOptions::default()).expect("store"));
+        let hsm = SoftwareHsm::open(Arc::clone(&store), SoftwareOptions::default()).expect("keystore");
+        hsm.unlock(&SecretString::from(PASS)).expect("unlock");
+        let hsm: Arc<dyn HsmProvider> = Arc::new(hsm);
+        let mut wallet =
+            AnyaWallet::load(store, hsm, Arc::new(SystemClock), Label::new("w").expect("label")).expect("wallet");
+        let to = wallet.next_address().expect("address").script_pubkey();
+        chain.mine(&to, Vec::new()).expect("block");
+        wallet.apply_block(chain.tip(), chain.height()).expect("connects");
+        for _ in 0..100 {
+            chain.mine(&burn_spk, Vec::new()).expect("block");
+            wallet.apply_block(chain.tip(), chain.height()).expect("connects");
+        }
+    }
+    let balance = ok(&anya(&data, PASS, &["wallet", "balance", "w"]));
+    assert!(balance.contains("confirmed         5000000000 sat"), "{balance}");
+
+    let tx_of = |out: &str| -> Transaction {
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        let tx: Transaction = bitcoin::consensus::deserialize(&hex(lines[1])).expect("transaction");
+        assert_eq!(tx.compute_txid().to_string(), lines[0]);
+        tx
+    };
+    let send = [
+        "wallet",
+        "send",
+        "w",
+        "--to",
+        burn,
+        "--amount",
+        "0.001btc",
+        "--fee-rate",
+        "2",
+    ];
+    let out = anya(&data, PASS, &send);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not broadcast"));
+    let sent = tx_of(&ok(&out));
+    assert!(sent
+        .output
+        .iter()
+        .any(|o| o.script_pubkey == burn_spk && o.value.to_sat() == 100_000));
+
+    let txid = sent.compute_txid().to_string();
+    let bumped = tx_of(&ok(&anya(
+        &data,
+        PASS,
+        &["wallet", "bump-fee", "w", "--txid", &txid, "--fee-rate", "10"],
+    )));
+    assert_ne!(bumped.compute_txid(), sent.compute_txid());
+    assert_eq!(bumped.input[0].previous_output, sent.input[0].previous_output);
+    // Bitcoin Core's interpreter accepts the replacement in a block.
+    chain
+        .mine(&burn_spk, vec![bumped])
+        .expect("the chain accepts the bumped transaction");
+
+    // Unsigned PSBT out, inspect, sign, finalize.
+    let unsigned = dir.path().join("unsigned.psbt");
+    let signed = dir.path().join("signed.psbt");
+    let mut args = send.to_vec();
+    args.extend(["--psbt-out", unsigned.to_str().expect("path")]);
+    ok(&anya(&data, PASS, &args));
+    let report = ok(&anya(
+        &data,
+        PASS,
+        &["psbt", "inspect", unsigned.to_str().expect("path")],
+    ));
+    assert!(report.contains("taproot key path") && report.contains(burn), "{report}");
+    assert!(report.contains("signatures: 0 ecdsa, taproot key path no"), "{report}");
+    let out = anya(
+        &data,
+        PASS,
+        &[
+            "psbt",
+            "sign",
+            unsigned.to_str().expect("path"),
+            "--wallet",
+            "w",
+            "-o",
+            signed.to_str().expect("path"),
+        ],
+    );
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 taproot key path"));
+    let report = ok(&anya(&data, PASS, &["psbt", "inspect", signed.to_str().expect("path")]));
+    assert!(report.contains("taproot key path yes"), "{report}");
+    tx_of(&ok(&anya(
+        &data,
+        PASS,
+        &["psbt", "finalize", signed.to_str().expect("path")],
+    )));
+
+    // The policy refuses, naming the rule.
+    ok(&anya(&data, PASS, &["wallet", "policy", "w", "--max-per-tx", "1000"]));
+    let err = failed(&anya(&data, PASS, &send));
+    assert!(
+        err.contains("spending policy refused") && err.contains("per-transaction limit"),
+        "{err}"
+    );
+}
