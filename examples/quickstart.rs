@@ -260,13 +260,19 @@ fn wallet_tour(store: Arc<SqliteStore>, hsm: Arc<SoftwareHsm>, run: u64) -> Resu
         ..SpendPolicy::default()
     })?;
     let to = savings.next_address()?.script_pubkey();
-    let mut greedy = wallet.build(&[(to.clone(), Amount::from_btc(10.0)?)], FeeRate::from_sat_per_vb(80).ok_or("rate")?)?;
+    let mut greedy = wallet.build(
+        &[(to.clone(), Amount::from_btc(10.0)?)],
+        FeeRate::from_sat_per_vb(80).ok_or("rate")?,
+    )?;
     match wallet.sign(&mut greedy) {
         Err(WalletError::Policy(PolicyError::Refused(refusal))) => println!("14. policy refused a PSBT: {refusal}"),
         other => return Err(format!("expected a policy refusal, got {other:?}").into()),
     }
 
-    let mut psbt = wallet.build(&[(to, Amount::from_btc(1.0)?)], FeeRate::from_sat_per_vb(5).ok_or("rate")?)?;
+    let mut psbt = wallet.build(
+        &[(to, Amount::from_btc(1.0)?)],
+        FeeRate::from_sat_per_vb(5).ok_or("rate")?,
+    )?;
     let summary = wallet.summarize(&psbt)?;
     let report = wallet.sign(&mut psbt)?;
     let tx = wallet.finalize(&mut psbt)?;
