@@ -376,11 +376,29 @@ impl GroupWriter for SqliteWriter {
     }
 }
 
-const SCAN_SQL: [&str; 4] = [
-    "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4",
-    "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key > ?2 AND key < ?3 ORDER BY key LIMIT ?4",
-    "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key >= ?2 AND ?3 IS NULL ORDER BY key LIMIT ?4",
-    "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key > ?2 AND ?3 IS NULL ORDER BY key LIMIT ?4",
+/// Scan statements by `[limited][upper bound absent][exclusive start]`. An unlimited scan has no
+/// `LIMIT` clause: SQLite would otherwise count down a limit on every row.
+const SCAN_SQL: [[[&str; 2]; 2]; 2] = [
+    [
+        [
+            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key >= ?2 AND key < ?3 ORDER BY key",
+            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key > ?2 AND key < ?3 ORDER BY key",
+        ],
+        [
+            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key >= ?2 ORDER BY key",
+            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key > ?2 ORDER BY key",
+        ],
+    ],
+    [
+        [
+            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4",
+            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key > ?2 AND key < ?3 ORDER BY key LIMIT ?4",
+        ],
+        [
+            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key >= ?2 ORDER BY key LIMIT ?4",
+            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key > ?2 ORDER BY key LIMIT ?4",
+        ],
+    ],
 ];
 
 impl KvStore for SqliteStore {
@@ -410,22 +428,23 @@ impl KvStore for SqliteStore {
             return Ok(Vec::new());
         }
         let (lower, exclusive, upper) = scan.bounds();
-        let sql = SCAN_SQL[usize::from(upper.is_none()) * 2 + usize::from(exclusive)];
-        let limit = i64::try_from(scan.limit).unwrap_or(-1);
+        let limited = i64::try_from(scan.limit).ok();
+        let sql = SCAN_SQL[usize::from(limited.is_some())][usize::from(upper.is_none())][usize::from(exclusive)];
         self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(sql).map_err(map_err)?;
-            let rows = stmt
-                .query_map(params![ns.as_str(), lower, upper, limit], |r| {
-                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
-                })
-                .map_err(map_err)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (key, value, v) = row.map_err(map_err)?;
+            let mut rows = match (limited, upper) {
+                (Some(limit), Some(upper)) => stmt.query(params![ns.as_str(), lower, upper, limit]),
+                (Some(limit), None) => stmt.query(params![ns.as_str(), lower, rusqlite::types::Null, limit]),
+                (None, Some(upper)) => stmt.query(params![ns.as_str(), lower, upper]),
+                (None, None) => stmt.query(params![ns.as_str(), lower]),
+            }
+            .map_err(map_err)?;
+            let mut out = Vec::with_capacity(scan.limit.min(1024));
+            while let Some(row) = rows.next().map_err(map_err)? {
                 out.push(Entry {
-                    key,
-                    value,
-                    version: version_from_sql(v)?,
+                    key: row.get(0).map_err(map_err)?,
+                    value: row.get(1).map_err(map_err)?,
+                    version: version_from_sql(row.get(2).map_err(map_err)?)?,
                 });
             }
             Ok(out)
