@@ -71,7 +71,7 @@ fn newer_schema_is_refused_untouched() {
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 1
+                supported: anya_storage::backend::sqlite::SCHEMA_VERSION
             }
         ),
         "{err:?}"
@@ -235,4 +235,79 @@ proptest! {
         let got: std::collections::BTreeMap<_, _> = fixture.scan(&ns(), Scan::all()).expect("scan").into_iter().map(|e| (e.key, e.value)).collect();
         prop_assert_eq!(got, model);
     }
+}
+
+/// A schema-1 database, written the way the first release wrote it, opens as schema 2 with
+/// every record, version and namespace intact, and keeps counting versions from where it was.
+#[test]
+fn schema_1_database_is_migrated_forward() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("v1.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("raw");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE anya_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO anya_meta (name, value) VALUES ('last_version', 40);
+             CREATE TABLE anya_kv (
+                 ns TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, version INTEGER NOT NULL,
+                 PRIMARY KEY (ns, key)
+             ) WITHOUT ROWID;
+             PRAGMA application_id = 1634629985;
+             PRAGMA user_version = 1;",
+        )
+        .expect("schema 1");
+        for (i, ns) in ["wallet/a", "hsm.keys", "t"].iter().enumerate() {
+            for k in 0..10u8 {
+                conn.execute(
+                    "INSERT INTO anya_kv (ns, key, value, version) VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![ns, vec![k, 0xff], vec![k; 3 + i], 1 + i as i64 * 10 + i64::from(k)],
+                )
+                .expect("row");
+            }
+        }
+    }
+    let store = open(&path).expect("migrated");
+    for (i, name) in ["wallet/a", "hsm.keys", "t"].iter().enumerate() {
+        let ns = Namespace::new(*name).expect("ns");
+        let entries = store.scan(&ns, Scan::all()).expect("scan");
+        assert_eq!(entries.len(), 10, "{name}");
+        for (k, e) in entries.iter().enumerate() {
+            assert_eq!(e.key, vec![k as u8, 0xff]);
+            assert_eq!(e.value, vec![k as u8; 3 + i]);
+            assert_eq!(e.version.get(), 1 + i as u64 * 10 + k as u64);
+        }
+        let got = store.get(&ns, &[4, 0xff]).expect("get").expect("present");
+        assert_eq!(got.version.get(), 5 + i as u64 * 10);
+    }
+    assert!(store.put(&ns(), b"new", b"x").expect("put").get() > 40);
+    store.check_integrity().expect("healthy");
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).expect("raw");
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("pragma");
+    assert_eq!(version, anya_storage::backend::sqlite::SCHEMA_VERSION);
+}
+
+/// Namespaces whose names are prefixes of each other, or that sort next to each other, never
+/// see each other's keys, at the edges of the key space too.
+#[test]
+fn neighbouring_namespaces_stay_apart() {
+    let s = fresh();
+    let names = ["a", "a.b", "a/", "b", "a.a"];
+    for name in names {
+        let ns = Namespace::new(name).expect("ns");
+        s.put(&ns, &[0xff, 0xff], name.as_bytes()).expect("put");
+        s.put(&ns, &[], name.as_bytes()).expect("put");
+        s.put(&ns, &[0x00], name.as_bytes()).expect("put");
+    }
+    for name in names {
+        let ns = Namespace::new(name).expect("ns");
+        let entries = s.scan(&ns, Scan::all()).expect("scan");
+        assert_eq!(entries.len(), 3, "{name}");
+        assert!(entries.iter().all(|e| e.value == name.as_bytes()));
+        assert_eq!(s.scan(&ns, Scan::prefix(&[0xff])).expect("scan").len(), 1);
+    }
+    let never = Namespace::new("never-written").expect("ns");
+    assert!(s.scan(&never, Scan::all()).expect("scan").is_empty());
+    assert!(s.get(&never, b"").expect("get").is_none());
 }

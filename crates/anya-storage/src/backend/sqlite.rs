@@ -4,11 +4,19 @@
 //! connections from a small pool and run concurrently with it (WAL). Versions come from a
 //! counter in the `anya_meta` table, read and advanced inside each write transaction, so two
 //! processes opening the same file still never hand out a version twice.
+//!
+//! Schema 2 stores each record as one row of `anya_kv (k BLOB PRIMARY KEY, v BLOB)`: `k` is the
+//! namespace's id (4 bytes, big-endian, from `anya_ns`) followed by the key, `v` the version
+//! (8 bytes, big-endian) followed by the value. Keys of one namespace are therefore one
+//! contiguous, bytewise-ordered range, and a read or scan is the same single-column index walk
+//! a hand-written key-value table needs. Schema 1 (a `(ns, key)` composite key and separate
+//! `value` and `version` columns) is migrated forward on open.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
@@ -22,20 +30,156 @@ use crate::{Entry, KvStore, Namespace, Scan, StoreError, Version, Versioned, Wri
 pub const APPLICATION_ID: i32 = 0x616e_7961;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Forward migrations: `MIGRATIONS[i]` takes a database from schema `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["
-    CREATE TABLE anya_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-    INSERT INTO anya_meta (name, value) VALUES ('last_version', 0);
-    CREATE TABLE anya_kv (
-        ns TEXT NOT NULL,
-        key BLOB NOT NULL,
-        value BLOB NOT NULL,
-        version INTEGER NOT NULL,
-        PRIMARY KEY (ns, key)
-    ) WITHOUT ROWID;
-"];
+type Migration = fn(&Connection) -> Result<(), StoreError>;
+const MIGRATIONS: &[Migration] = &[create_schema_1, migrate_1_to_2];
+
+fn create_schema_1(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE anya_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+         INSERT INTO anya_meta (name, value) VALUES ('last_version', 0);
+         CREATE TABLE anya_kv (
+             ns TEXT NOT NULL,
+             key BLOB NOT NULL,
+             value BLOB NOT NULL,
+             version INTEGER NOT NULL,
+             PRIMARY KEY (ns, key)
+         ) WITHOUT ROWID;",
+    )
+    .map_err(map_err)
+}
+
+/// Schema 1 to 2: namespaces get ids, each record becomes one `(k, v)` row.
+fn migrate_1_to_2(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE anya_ns (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+         CREATE TABLE anya_kv2 (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;",
+    )
+    .map_err(map_err)?;
+    {
+        let mut ids: HashMap<String, u32> = HashMap::new();
+        let mut read = conn
+            .prepare("SELECT ns, key, value, version FROM anya_kv ORDER BY ns, key")
+            .map_err(map_err)?;
+        let mut insert_ns = conn
+            .prepare("INSERT INTO anya_ns (name) VALUES (?1)")
+            .map_err(map_err)?;
+        let mut insert = conn
+            .prepare("INSERT INTO anya_kv2 (k, v) VALUES (?1, ?2)")
+            .map_err(map_err)?;
+        let mut rows = read.query([]).map_err(map_err)?;
+        while let Some(row) = rows.next().map_err(map_err)? {
+            let ns: String = row.get(0).map_err(map_err)?;
+            let key: Vec<u8> = row.get(1).map_err(map_err)?;
+            let value: Vec<u8> = row.get(2).map_err(map_err)?;
+            let version = version_from_sql(row.get(3).map_err(map_err)?)?;
+            let id = match ids.get(&ns) {
+                Some(id) => *id,
+                None => {
+                    insert_ns.execute([&ns]).map_err(map_err)?;
+                    let id = ns_id_from_sql(conn.last_insert_rowid())?;
+                    ids.insert(ns, id);
+                    id
+                }
+            };
+            insert
+                .execute(params![row_key(id, &key), row_value(version, &value)])
+                .map_err(map_err)?;
+        }
+    }
+    conn.execute_batch("DROP TABLE anya_kv; ALTER TABLE anya_kv2 RENAME TO anya_kv;")
+        .map_err(map_err)
+}
+
+/// The row key of `key` in namespace `id`.
+fn row_key(id: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// The first row key after every key of namespace `id`.
+fn ns_end(id: u32) -> [u8; 4] {
+    // Ids stop below u32::MAX (see `ns_id_from_sql`), so this never wraps.
+    (id + 1).to_be_bytes()
+}
+
+/// The row value of `value` written at `version`.
+fn row_value(version: Version, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&version.get().to_be_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+/// Splits a row value into its version and value bytes.
+fn split_value(v: &[u8]) -> Result<(Version, &[u8]), StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        source: format!("a record of {} bytes has no version", v.len()).into(),
+    };
+    let (head, value) = v.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    let version = Version::new(u64::from_be_bytes(*head)).ok_or_else(corrupt)?;
+    Ok((version, value))
+}
+
+/// A namespace id read from `anya_ns`.
+fn ns_id_from_sql(id: i64) -> Result<u32, StoreError> {
+    u32::try_from(id)
+        .ok()
+        .filter(|id| *id < u32::MAX)
+        .ok_or_else(|| StoreError::Backend {
+            backend: "sqlite",
+            source: format!("namespace id {id} is out of range").into(),
+        })
+}
+
+/// Namespace names to ids.
+type NsMap = HashMap<String, u32>;
+
+/// Namespace ids known to be committed; ids are never reused, so entries never go stale.
+#[derive(Debug, Default)]
+struct NsIds(RwLock<HashMap<String, u32>>);
+
+impl NsIds {
+    fn get(&self, ns: &Namespace) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .0
+            .read()
+            .map_err(|_| StoreError::Poisoned)?
+            .get(ns.as_str())
+            .copied())
+    }
+
+    fn insert(&self, ns: &str, id: u32) -> Result<(), StoreError> {
+        self.0
+            .write()
+            .map_err(|_| StoreError::Poisoned)?
+            .insert(ns.to_owned(), id);
+        Ok(())
+    }
+
+    /// The id of `ns` as `conn` sees the database; `None` if it has never been written.
+    fn lookup(&self, conn: &Connection, ns: &Namespace) -> Result<Option<u32>, StoreError> {
+        if let Some(id) = self.get(ns)? {
+            return Ok(Some(id));
+        }
+        let id: Option<i64> = conn
+            .prepare_cached("SELECT id FROM anya_ns WHERE name = ?1")
+            .and_then(|mut s| s.query_row([ns.as_str()], |r| r.get(0)).optional())
+            .map_err(map_err)?;
+        match id {
+            Some(id) => {
+                let id = ns_id_from_sql(id)?;
+                self.insert(ns.as_str(), id)?;
+                Ok(Some(id))
+            }
+            None => Ok(None),
+        }
+    }
+}
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
@@ -67,6 +211,7 @@ pub struct SqliteStore {
     options: SqliteOptions,
     writer: GroupCommit<SqliteWriter>,
     readers: Mutex<Vec<Connection>>,
+    ns_ids: Arc<NsIds>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -79,6 +224,7 @@ impl std::fmt::Debug for SqliteStore {
 
 struct SqliteWriter {
     conn: Connection,
+    ns_ids: Arc<NsIds>,
 }
 
 fn map_err(err: rusqlite::Error) -> StoreError {
@@ -146,11 +292,16 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(map_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(map_err)?;
         migrate(&conn)?;
+        let ns_ids = Arc::new(NsIds::default());
         let store = Self {
             path,
             options,
-            writer: GroupCommit::new(SqliteWriter { conn }),
+            writer: GroupCommit::new(SqliteWriter {
+                conn,
+                ns_ids: Arc::clone(&ns_ids),
+            }),
             readers: Mutex::new(Vec::new()),
+            ns_ids,
         };
         Ok(store)
     }
@@ -249,9 +400,9 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
                 supported: SCHEMA_VERSION,
             });
         }
-        for (from, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        for (from, step) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             tracing::info!(from, to = from + 1, "migrating sqlite store schema");
-            conn.execute_batch(sql).map_err(map_err)?;
+            step(conn)?;
         }
         conn.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(map_err)?;
@@ -274,31 +425,58 @@ enum BatchOutcome {
 }
 
 impl SqliteWriter {
-    fn apply(&self, ops: &[Op], version: i64) -> Result<BatchOutcome, StoreError> {
+    /// The ids of every namespace `batches` touch, creating those never written before. New
+    /// ids are returned apart: they exist only if this transaction commits.
+    fn namespace_ids(&self, batches: &[WriteBatch]) -> Result<(NsMap, Vec<(String, u32)>), StoreError> {
+        let mut ids = HashMap::new();
+        let mut created = Vec::new();
+        for op in batches.iter().flat_map(WriteBatch::ops) {
+            let (Op::Put { ns, .. } | Op::Delete { ns, .. } | Op::Check { ns, .. }) = op;
+            if ids.contains_key(ns.as_str()) {
+                continue;
+            }
+            let id = match self.ns_ids.lookup(&self.conn, ns)? {
+                Some(id) => id,
+                None => {
+                    self.conn
+                        .prepare_cached("INSERT INTO anya_ns (name) VALUES (?1)")
+                        .and_then(|mut s| s.execute([ns.as_str()]))
+                        .map_err(map_err)?;
+                    let id = ns_id_from_sql(self.conn.last_insert_rowid())?;
+                    created.push((ns.as_str().to_owned(), id));
+                    id
+                }
+            };
+            ids.insert(ns.as_str().to_owned(), id);
+        }
+        Ok((ids, created))
+    }
+
+    fn apply(&self, ops: &[Op], ids: &NsMap, version: Version) -> Result<BatchOutcome, StoreError> {
+        let id = |ns: &Namespace| ids[ns.as_str()];
         for op in ops {
             match op {
                 Op::Put { ns, key, value } => {
                     self.conn
                         .prepare_cached(
-                            "INSERT INTO anya_kv (ns, key, value, version) VALUES (?1, ?2, ?3, ?4)
-                             ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+                            "INSERT INTO anya_kv (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
                         )
-                        .and_then(|mut s| s.execute(params![ns.as_str(), key, value, version]))
+                        .and_then(|mut s| s.execute(params![row_key(id(ns), key), row_value(version, value)]))
                         .map_err(map_err)?;
                 }
                 Op::Delete { ns, key } => {
                     self.conn
-                        .prepare_cached("DELETE FROM anya_kv WHERE ns = ?1 AND key = ?2")
-                        .and_then(|mut s| s.execute(params![ns.as_str(), key]))
+                        .prepare_cached("DELETE FROM anya_kv WHERE k = ?1")
+                        .and_then(|mut s| s.execute([row_key(id(ns), key)]))
                         .map_err(map_err)?;
                 }
                 Op::Check { ns, key, expected } => {
-                    let found: Option<i64> = self
+                    let head: Option<Vec<u8>> = self
                         .conn
-                        .prepare_cached("SELECT version FROM anya_kv WHERE ns = ?1 AND key = ?2")
-                        .and_then(|mut s| s.query_row(params![ns.as_str(), key], |r| r.get(0)).optional())
+                        .prepare_cached("SELECT substr(v, 1, 8) FROM anya_kv WHERE k = ?1")
+                        .and_then(|mut s| s.query_row([row_key(id(ns), key)], |r| r.get(0)).optional())
                         .map_err(map_err)?;
-                    let found = found.map(version_from_sql).transpose()?;
+                    let found = head.map(|h| split_value(&h).map(|(v, _)| v)).transpose()?;
                     if found != *expected {
                         return Ok(BatchOutcome::Conflict(StoreError::conflict(ns, key, *expected, found)));
                     }
@@ -308,32 +486,40 @@ impl SqliteWriter {
         Ok(BatchOutcome::Applied)
     }
 
-    fn commit_in_tx(&mut self, batches: &[WriteBatch]) -> Result<Vec<Result<Version, StoreError>>, StoreError> {
+    /// Applies `batches` inside the open transaction; returns each batch's result and the
+    /// namespaces created.
+    #[allow(clippy::type_complexity, reason = "one private call site")]
+    fn commit_in_tx(
+        &mut self,
+        batches: &[WriteBatch],
+    ) -> Result<(Vec<Result<Version, StoreError>>, Vec<(String, u32)>), StoreError> {
         let mut last: i64 = self
             .conn
             .prepare_cached("SELECT value FROM anya_meta WHERE name = 'last_version'")
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(map_err)?;
+        let (ids, created) = self.namespace_ids(batches)?;
         let grouped = batches.len() > 1;
         let mut results = Vec::with_capacity(batches.len());
         for batch in batches {
             // Only a check can fail one batch alone; any other error fails the whole group,
             // so batches without checks need no savepoint of their own.
             let isolate = grouped && batch.has_checks();
-            let version = last.checked_add(1).ok_or_else(|| StoreError::Backend {
+            let next = last.checked_add(1).ok_or_else(|| StoreError::Backend {
                 backend: "sqlite",
                 source: "version counter exhausted".into(),
             })?;
+            let version = version_from_sql(next)?;
             if isolate {
                 self.conn.execute_batch("SAVEPOINT anya_batch").map_err(map_err)?;
             }
-            match self.apply(batch.ops(), version)? {
+            match self.apply(batch.ops(), &ids, version)? {
                 BatchOutcome::Applied => {
                     if isolate {
                         self.conn.execute_batch("RELEASE anya_batch").map_err(map_err)?;
                     }
-                    last = version;
-                    results.push(version_from_sql(version));
+                    last = next;
+                    results.push(Ok(version));
                 }
                 BatchOutcome::Conflict(err) => {
                     if isolate {
@@ -349,15 +535,15 @@ impl SqliteWriter {
             .prepare_cached("UPDATE anya_meta SET value = ?1 WHERE name = 'last_version'")
             .and_then(|mut s| s.execute([last]))
             .map_err(map_err)?;
-        Ok(results)
+        Ok((results, created))
     }
 }
 
 impl GroupWriter for SqliteWriter {
     fn commit_group(&mut self, batches: Vec<WriteBatch>) -> Result<Vec<Result<Version, StoreError>>, StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
-        let results = match self.commit_in_tx(&batches) {
-            Ok(results) => results,
+        let (results, created) = match self.commit_in_tx(&batches) {
+            Ok(done) => done,
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 return Err(e);
@@ -372,32 +558,23 @@ impl GroupWriter for SqliteWriter {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(map_err(e));
         }
+        for (ns, id) in created {
+            self.ns_ids.insert(&ns, id)?;
+        }
         Ok(results)
     }
 }
 
-/// Scan statements by `[limited][upper bound absent][exclusive start]`. An unlimited scan has no
-/// `LIMIT` clause: SQLite would otherwise count down a limit on every row.
-const SCAN_SQL: [[[&str; 2]; 2]; 2] = [
+/// Scan statements by `[limited][exclusive start]`. An unlimited scan has no `LIMIT` clause:
+/// SQLite would otherwise count down a limit on every row.
+const SCAN_SQL: [[&str; 2]; 2] = [
     [
-        [
-            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key >= ?2 AND key < ?3 ORDER BY key",
-            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key > ?2 AND key < ?3 ORDER BY key",
-        ],
-        [
-            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key >= ?2 ORDER BY key",
-            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key > ?2 ORDER BY key",
-        ],
+        "SELECT k, v FROM anya_kv WHERE k >= ?1 AND k < ?2 ORDER BY k",
+        "SELECT k, v FROM anya_kv WHERE k > ?1 AND k < ?2 ORDER BY k",
     ],
     [
-        [
-            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4",
-            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key > ?2 AND key < ?3 ORDER BY key LIMIT ?4",
-        ],
-        [
-            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key >= ?2 ORDER BY key LIMIT ?4",
-            "SELECT key, value, version FROM anya_kv WHERE ns = ?1 AND key > ?2 ORDER BY key LIMIT ?4",
-        ],
+        "SELECT k, v FROM anya_kv WHERE k >= ?1 AND k < ?2 ORDER BY k LIMIT ?3",
+        "SELECT k, v FROM anya_kv WHERE k > ?1 AND k < ?2 ORDER BY k LIMIT ?3",
     ],
 ];
 
@@ -405,20 +582,22 @@ impl KvStore for SqliteStore {
     fn get(&self, ns: &Namespace, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
         check_key(key)?;
         self.with_reader(|conn| {
-            let row: Option<(Vec<u8>, i64)> = conn
-                .prepare_cached("SELECT value, version FROM anya_kv WHERE ns = ?1 AND key = ?2")
-                .and_then(|mut s| {
-                    s.query_row(params![ns.as_str(), key], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()
-                })
+            let Some(id) = self.ns_ids.lookup(conn, ns)? else {
+                return Ok(None);
+            };
+            let mut stmt = conn
+                .prepare_cached("SELECT v FROM anya_kv WHERE k = ?1")
                 .map_err(map_err)?;
-            row.map(|(value, v)| {
-                Ok(Versioned {
-                    value,
-                    version: version_from_sql(v)?,
-                })
-            })
-            .transpose()
+            let mut rows = stmt.query([row_key(id, key)]).map_err(map_err)?;
+            let Some(row) = rows.next().map_err(map_err)? else {
+                return Ok(None);
+            };
+            let v = row.get_ref(0).and_then(|v| Ok(v.as_blob()?)).map_err(map_err)?;
+            let (version, value) = split_value(v)?;
+            Ok(Some(Versioned {
+                value: value.to_vec(),
+                version,
+            }))
         })
     }
 
@@ -429,22 +608,35 @@ impl KvStore for SqliteStore {
         }
         let (lower, exclusive, upper) = scan.bounds();
         let limited = i64::try_from(scan.limit).ok();
-        let sql = SCAN_SQL[usize::from(limited.is_some())][usize::from(upper.is_none())][usize::from(exclusive)];
         self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(sql).map_err(map_err)?;
-            let mut rows = match (limited, upper) {
-                (Some(limit), Some(upper)) => stmt.query(params![ns.as_str(), lower, upper, limit]),
-                (Some(limit), None) => stmt.query(params![ns.as_str(), lower, rusqlite::types::Null, limit]),
-                (None, Some(upper)) => stmt.query(params![ns.as_str(), lower, upper]),
-                (None, None) => stmt.query(params![ns.as_str(), lower]),
+            let Some(id) = self.ns_ids.lookup(conn, ns)? else {
+                return Ok(Vec::new());
+            };
+            let lower = row_key(id, &lower);
+            let upper = match upper {
+                Some(upper) => row_key(id, &upper),
+                None => ns_end(id).to_vec(),
+            };
+            let mut stmt = conn
+                .prepare_cached(SCAN_SQL[usize::from(limited.is_some())][usize::from(exclusive)])
+                .map_err(map_err)?;
+            let mut rows = match limited {
+                Some(limit) => stmt.query(params![lower, upper, limit]),
+                None => stmt.query(params![lower, upper]),
             }
             .map_err(map_err)?;
             let mut out = Vec::with_capacity(scan.limit.min(1024));
             while let Some(row) = rows.next().map_err(map_err)? {
+                let k = row.get_ref(0).and_then(|k| Ok(k.as_blob()?)).map_err(map_err)?;
+                let v = row.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(map_err)?;
+                let key = k.get(4..).ok_or_else(|| StoreError::Corrupt {
+                    source: "a record key has no namespace id".into(),
+                })?;
+                let (version, value) = split_value(v)?;
                 out.push(Entry {
-                    key: row.get(0).map_err(map_err)?,
-                    value: row.get(1).map_err(map_err)?,
-                    version: version_from_sql(row.get(2).map_err(map_err)?)?,
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                    version,
                 });
             }
             Ok(out)
