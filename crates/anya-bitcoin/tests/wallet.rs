@@ -393,3 +393,44 @@ fn descriptors_with_private_keys_are_refused() {
         "nothing was stored"
     );
 }
+
+#[test]
+fn absolute_timelock_branch_waits_for_its_height() {
+    let mut f = fixture();
+    let key = descriptor_key(
+        &*f.hsm,
+        &label("root"),
+        &account_path(84, Network::Regtest, 9).expect("path"),
+        Network::Regtest,
+    )
+    .expect("key");
+    let template = Template::Descriptors {
+        external: format!("wsh(and_v(v:pk({key}/0/*),after(130)))"),
+        internal: format!("wsh(and_v(v:pk({key}/1/*),after(130)))"),
+        signers: vec![label("root")],
+    };
+    let mut w = f.wallet("after", &template);
+    f.fund(&mut [&mut w]);
+    let burn = burn();
+    let mut psbt = w
+        .build(&[(burn.clone(), Amount::from_sat(5_000_000))], rate(2))
+        .expect("built");
+    assert_eq!(
+        psbt.unsigned_tx.lock_time.to_consensus_u32(),
+        130,
+        "the branch's height"
+    );
+    w.sign(&mut psbt).expect("signed");
+    let tx = w
+        .finalize(&mut psbt)
+        .expect("scripts verify (the locktime is a chain rule)");
+    assert!(matches!(
+        f.chain.mine(&burn, vec![tx.clone()]),
+        Err(anya_bitcoin::regtest::RegtestError::NotFinal { .. })
+    ));
+    while f.chain.height() < 130 {
+        f.mine(&burn, Vec::new(), &mut [&mut w]);
+    }
+    f.mine(&burn, vec![tx], &mut [&mut w]);
+    assert!(w.balance().confirmed < Amount::from_btc(50.0).expect("amount"));
+}
