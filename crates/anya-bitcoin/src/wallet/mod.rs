@@ -22,7 +22,10 @@ use std::sync::Arc;
 use anya_core_types::{Clock, Label};
 use anya_hsm::{HsmError, HsmProvider, KeyId};
 use anya_storage::{KvStore, Namespace, Scan, StoreError};
-use bdk_wallet::{AddressInfo, Balance, KeychainKind, PersistedWallet, SignOptions, Wallet};
+use bdk_wallet::{
+    AddressInfo, Balance, CreateWithPersistError, KeychainKind, LoadWithPersistError, PersistedWallet, SignOptions,
+    Wallet,
+};
 use bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint};
 use bitcoin::psbt::Psbt;
 use bitcoin::{Amount, Block, FeeRate, Network, NetworkKind, OutPoint, ScriptBuf, Transaction, TxOut, Txid, Weight};
@@ -254,7 +257,11 @@ impl AnyaWallet {
         let wallet = Wallet::create(external, internal)
             .network(network)
             .create_wallet(&mut persister)
-            .map_err(|e| WalletError::Descriptor(e.to_string().into()))?;
+            .map_err(|e| match e {
+                CreateWithPersistError::Persist(e) => WalletError::Persist(e),
+                CreateWithPersistError::DataAlreadyExists(_) => WalletError::AlreadyExists { name: name.clone() },
+                CreateWithPersistError::Descriptor(e) => WalletError::Descriptor(Box::new(e)),
+            })?;
         let meta = serde_json::to_vec(&roots.iter().map(Label::as_str).collect::<Vec<_>>())
             .map_err(|e| WalletError::Descriptor(Box::new(e)))?;
         store.put(&Namespace::new(REGISTRY_NS)?, name.as_str().as_bytes(), &meta)?;
@@ -297,7 +304,13 @@ impl AnyaWallet {
         let mut persister = KvPersister::new(Arc::clone(&store), wallet_ns(&name)?);
         let wallet = Wallet::load()
             .load_wallet(&mut persister)
-            .map_err(|e| WalletError::Descriptor(e.to_string().into()))?
+            .map_err(|e| match e {
+                LoadWithPersistError::Persist(e) => WalletError::Persist(e),
+                LoadWithPersistError::InvalidChangeSet(e) => WalletError::Persist(PersistError::Corrupt {
+                    key: format!("anya/wallet/{name}"),
+                    reason: e.to_string(),
+                }),
+            })?
             .ok_or_else(|| WalletError::NotFound { name: name.clone() })?;
         let policy = PolicyEngine::new(Arc::clone(&store), policy_ns(&name)?, clock);
         Ok(Self {
