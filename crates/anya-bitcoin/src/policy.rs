@@ -335,6 +335,10 @@ impl PolicyEngine {
     /// Checks `summary` against every rule, records the decision in `hsm`'s audit chain under
     /// `key`, and on approval adds the spend to the history (once per txid: approving the same
     /// transaction again, to re-sign it, does not count it twice).
+    ///
+    /// The spend is counted when it is approved, before any signature exists: if signing then
+    /// fails, or the transaction is never broadcast, it still counts for 24 hours. The limit can
+    /// be under-used that way, never exceeded.
     pub fn approve(&self, summary: &SpendSummary, hsm: &dyn HsmProvider, key: &KeyId) -> Result<(), PolicyError> {
         let rules = self.rules()?;
         let subject = summary.txid.to_byte_array();
