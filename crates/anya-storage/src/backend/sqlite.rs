@@ -225,7 +225,18 @@ impl std::fmt::Debug for SqliteStore {
 struct SqliteWriter {
     conn: Connection,
     ns_ids: Arc<NsIds>,
+    /// Versions this writer has reserved and not yet handed out: `next..=limit` (empty while
+    /// `next > limit`). See [`VERSION_BLOCK`].
+    next: u64,
+    limit: u64,
 }
+
+/// Versions a writer reserves at a time. `anya_meta.last_version` is the highest version any
+/// writer may hand out; a writer raises it by a block, inside a write transaction, only when
+/// its reserved range runs out. Ranges of two processes on one file are disjoint, so versions
+/// stay unique (the only promise, ADR 0002) while most commits leave the meta page alone and
+/// write one page fewer. Versions skipped when a process exits are never handed out.
+const VERSION_BLOCK: u64 = 1024;
 
 fn map_err(err: rusqlite::Error) -> StoreError {
     match err.sqlite_error_code() {
@@ -299,6 +310,8 @@ impl SqliteStore {
             writer: GroupCommit::new(SqliteWriter {
                 conn,
                 ns_ids: Arc::clone(&ns_ids),
+                next: 1,
+                limit: 0,
             }),
             readers: Mutex::new(Vec::new()),
             ns_ids,
@@ -424,6 +437,13 @@ enum BatchOutcome {
     Conflict(StoreError),
 }
 
+/// What a committed transaction leaves the writer: its version range and new namespaces.
+struct Reserved {
+    next: u64,
+    limit: u64,
+    created: Vec<(String, u32)>,
+}
+
 impl SqliteWriter {
     /// The ids of every namespace `batches` touch, creating those never written before. New
     /// ids are returned apart: they exist only if this transaction commits.
@@ -492,12 +512,33 @@ impl SqliteWriter {
     fn commit_in_tx(
         &mut self,
         batches: &[WriteBatch],
-    ) -> Result<(Vec<Result<Version, StoreError>>, Vec<(String, u32)>), StoreError> {
-        let mut last: i64 = self
-            .conn
-            .prepare_cached("SELECT value FROM anya_meta WHERE name = 'last_version'")
-            .and_then(|mut s| s.query_row([], |r| r.get(0)))
-            .map_err(map_err)?;
+    ) -> Result<(Vec<Result<Version, StoreError>>, Reserved), StoreError> {
+        let needed = batches.len() as u64;
+        let (first, limit) = if self.next.saturating_add(needed.saturating_sub(1)) <= self.limit {
+            (self.next, self.limit)
+        } else {
+            // Reserve a new range above everything any writer may have handed out.
+            let persisted: i64 = self
+                .conn
+                .prepare_cached("SELECT value FROM anya_meta WHERE name = 'last_version'")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(map_err)?;
+            let exhausted = || StoreError::Backend {
+                backend: "sqlite",
+                source: "version counter exhausted".into(),
+            };
+            let base = u64::try_from(persisted).map_err(|_| exhausted())?;
+            let limit = base
+                .checked_add(VERSION_BLOCK.max(needed))
+                .filter(|l| i64::try_from(*l).is_ok())
+                .ok_or_else(exhausted)?;
+            self.conn
+                .prepare_cached("UPDATE anya_meta SET value = ?1 WHERE name = 'last_version'")
+                .and_then(|mut s| s.execute([limit as i64]))
+                .map_err(map_err)?;
+            (base + 1, limit)
+        };
+        let mut last = first as i64 - 1;
         let (ids, created) = self.namespace_ids(batches)?;
         let grouped = batches.len() > 1;
         let mut results = Vec::with_capacity(batches.len());
@@ -531,18 +572,21 @@ impl SqliteWriter {
                 }
             }
         }
-        self.conn
-            .prepare_cached("UPDATE anya_meta SET value = ?1 WHERE name = 'last_version'")
-            .and_then(|mut s| s.execute([last]))
-            .map_err(map_err)?;
-        Ok((results, created))
+        Ok((
+            results,
+            Reserved {
+                next: last as u64 + 1,
+                limit,
+                created,
+            },
+        ))
     }
 }
 
 impl GroupWriter for SqliteWriter {
     fn commit_group(&mut self, batches: Vec<WriteBatch>) -> Result<Vec<Result<Version, StoreError>>, StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
-        let (results, created) = match self.commit_in_tx(&batches) {
+        let (results, reserved) = match self.commit_in_tx(&batches) {
             Ok(done) => done,
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -558,7 +602,10 @@ impl GroupWriter for SqliteWriter {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(map_err(e));
         }
-        for (ns, id) in created {
+        // Only now, with the transaction durable, do its reservation and namespaces count.
+        self.next = reserved.next;
+        self.limit = reserved.limit;
+        for (ns, id) in reserved.created {
             self.ns_ids.insert(&ns, id)?;
         }
         Ok(results)
