@@ -12,7 +12,7 @@
 //! It is the chain source for tests and the quickstart where no bitcoind runs; the blocks it
 //! makes are ordinary [`Block`]s that any regtest node would accept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bitcoin::block::{Header, Version as BlockVersion};
 use bitcoin::blockdata::constants::genesis_block;
@@ -97,6 +97,28 @@ struct Coin {
     coinbase: bool,
 }
 
+/// What the block being built has done to the UTXO set so far, on top of the chain's.
+#[derive(Debug, Default)]
+struct Pending {
+    spent: HashSet<OutPoint>,
+    created: HashMap<OutPoint, Coin>,
+}
+
+impl Pending {
+    fn coin<'a>(&'a self, base: &'a HashMap<OutPoint, Coin>, outpoint: &OutPoint) -> Option<&'a Coin> {
+        if self.spent.contains(outpoint) {
+            return None;
+        }
+        self.created.get(outpoint).or_else(|| base.get(outpoint))
+    }
+
+    fn spend(&mut self, outpoint: OutPoint) {
+        if self.created.remove(&outpoint).is_none() {
+            self.spent.insert(outpoint);
+        }
+    }
+}
+
 /// A regtest chain held in memory: blocks from genesis and the UTXO set at the tip.
 #[derive(Debug, Clone)]
 pub struct RegtestChain {
@@ -151,10 +173,10 @@ impl RegtestChain {
 
     /// The outputs `tx` spends, from the UTXO set, checked as the next block would check them.
     pub fn spent_outputs(&self, tx: &Transaction) -> Result<Vec<TxOut>, RegtestError> {
-        self.spent_from(&self.utxos, tx)
+        self.spent_from(&Pending::default(), tx)
     }
 
-    fn spent_from(&self, utxos: &HashMap<OutPoint, Coin>, tx: &Transaction) -> Result<Vec<TxOut>, RegtestError> {
+    fn spent_from(&self, pending: &Pending, tx: &Transaction) -> Result<Vec<TxOut>, RegtestError> {
         let txid = tx.compute_txid();
         if tx.is_coinbase() {
             return Err(RegtestError::Coinbase { txid });
@@ -162,11 +184,13 @@ impl RegtestChain {
         let next = self.height() + 1;
         let mut out = Vec::with_capacity(tx.input.len());
         for (index, input) in tx.input.iter().enumerate() {
-            let coin = utxos.get(&input.previous_output).ok_or(RegtestError::MissingInput {
-                txid,
-                index,
-                outpoint: input.previous_output,
-            })?;
+            let coin = pending
+                .coin(&self.utxos, &input.previous_output)
+                .ok_or(RegtestError::MissingInput {
+                    txid,
+                    index,
+                    outpoint: input.previous_output,
+                })?;
             if coin.coinbase && next - coin.height < COINBASE_MATURITY {
                 return Err(RegtestError::ImmatureCoinbase { txid, index });
             }
@@ -214,12 +238,12 @@ impl RegtestChain {
     /// against the UTXO set and by Core's script interpreter; on any error nothing changes.
     pub fn mine(&mut self, coinbase_to: &ScriptBuf, txs: Vec<Transaction>) -> Result<&Block, RegtestError> {
         let height = self.height() + 1;
-        let mut utxos = self.utxos.clone();
+        let mut pending = Pending::default();
         let mut fees = Amount::ZERO;
         for tx in &txs {
             let txid = tx.compute_txid();
             // Checked against the UTXO set after the block's earlier transactions.
-            let spent = self.spent_from(&utxos, tx)?;
+            let spent = self.spent_from(&pending, tx)?;
             verify_transaction(tx, &spent, VerifyFlags::consensus())
                 .map_err(|source| RegtestError::Script { txid, source })?;
             let inputs = spent.iter().map(|o| o.value).sum::<Amount>();
@@ -229,18 +253,21 @@ impl RegtestChain {
                 .ok_or(RegtestError::ValueCreated { txid, inputs, outputs })?;
             fees += fee;
             for input in &tx.input {
-                utxos.remove(&input.previous_output);
+                pending.spend(input.previous_output);
             }
-            add_outputs(&mut utxos, tx, height, false);
+            add_outputs(&mut pending.created, tx, height, false);
         }
         let coinbase = self.coinbase(height, coinbase_to, Self::subsidy(height) + fees, &txs);
-        add_outputs(&mut utxos, &coinbase, height, true);
+        add_outputs(&mut pending.created, &coinbase, height, true);
         let mut txdata = Vec::with_capacity(txs.len() + 1);
         txdata.push(coinbase);
         txdata.extend(txs);
         let block = self.seal(txdata);
         self.blocks.push(block);
-        self.utxos = utxos;
+        for outpoint in &pending.spent {
+            self.utxos.remove(outpoint);
+        }
+        self.utxos.extend(pending.created);
         Ok(self.tip())
     }
 

@@ -34,8 +34,9 @@ pub use bdk_wallet::descriptor::policy::Condition;
 pub use persist::{KvPersister, PersistError};
 
 use crate::policy::{OutputRole, PolicyEngine, PolicyError, SpendOutput, SpendSummary};
+use crate::psbt::{extract_verified, PsbtError};
 use crate::signer::{prevout, HsmSigner, SignError, SignReport};
-use crate::verify::{verify_transaction, VerifyError, VerifyFlags};
+use crate::verify::VerifyError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -189,6 +190,11 @@ impl Template {
     }
 }
 
+/// The output each input of `psbt` spends.
+fn prevouts(psbt: &Psbt) -> Result<Vec<TxOut>, SignError> {
+    (0..psbt.inputs.len()).map(|index| prevout(psbt, index)).collect()
+}
+
 /// Refuses a descriptor that holds private keys: keys belong in the HSM, never in the wallet.
 /// (This also keeps away `xprv…/*h` hardened wildcards, on which rust-miniscript 12.3 panics
 /// when deriving.)
@@ -287,17 +293,15 @@ impl AnyaWallet {
         let meta = store
             .get(&Namespace::new(REGISTRY_NS)?, name.as_str().as_bytes())?
             .ok_or_else(|| WalletError::NotFound { name: name.clone() })?;
-        let roots: Vec<String> = serde_json::from_slice(&meta.value).map_err(|e| PersistError::Corrupt {
+        let corrupt = |reason: String| PersistError::Corrupt {
             key: format!("{REGISTRY_NS}/{name}"),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let roots: Vec<String> = serde_json::from_slice(&meta.value).map_err(|e| corrupt(e.to_string()))?;
         let signers = roots
             .iter()
             .map(|r| {
-                let root = Label::new(r.as_str()).map_err(|e| PersistError::Corrupt {
-                    key: format!("{REGISTRY_NS}/{name}"),
-                    reason: e.to_string(),
-                })?;
+                let root = Label::new(r.as_str()).map_err(|e| corrupt(e.to_string()))?;
                 Ok(HsmSigner::new(Arc::clone(&hsm), root)?)
             })
             .collect::<Result<Vec<_>, WalletError>>()?;
@@ -527,12 +531,16 @@ impl AnyaWallet {
     /// input, the most a satisfaction of the wallet's descriptor can weigh (P2WPKH and P2TR
     /// key-path sizes for inputs the wallet does not own).
     pub fn signed_weight(&self, psbt: &Psbt) -> Result<Weight, WalletError> {
+        self.signed_weight_of(psbt, &prevouts(psbt)?)
+    }
+
+    /// [`signed_weight`](Self::signed_weight) with the spent outputs already read.
+    fn signed_weight_of(&self, psbt: &Psbt, spent: &[TxOut]) -> Result<Weight, WalletError> {
         let mut weight = psbt.unsigned_tx.weight();
         let mut segwit = false;
         // One satisfaction weight per keychain, computed when first needed.
         let mut per_keychain: [Option<Weight>; 2] = [None, None];
-        for index in 0..psbt.inputs.len() {
-            let out = prevout(psbt, index)?;
+        for (index, out) in spent.iter().enumerate() {
             let satisfaction = match self.wallet.derivation_of_spk(out.script_pubkey.clone()) {
                 Some((keychain, _)) => {
                     let slot = &mut per_keychain[keychain as usize];
@@ -566,10 +574,8 @@ impl AnyaWallet {
     /// What `psbt` does, as the spending policy sees it: value in, each output's role, fee and
     /// fee rate on the signed size.
     pub fn summarize(&self, psbt: &Psbt) -> Result<SpendSummary, WalletError> {
-        let mut input_value = Amount::ZERO;
-        for index in 0..psbt.inputs.len() {
-            input_value += prevout(psbt, index)?.value;
-        }
+        let spent = prevouts(psbt)?;
+        let input_value: Amount = spent.iter().map(|o| o.value).sum();
         let fingerprints: Vec<Fingerprint> = self.signers.iter().map(HsmSigner::fingerprint).collect();
         let ours = |fp: &Fingerprint| fingerprints.contains(fp);
         let mut outputs = Vec::with_capacity(psbt.unsigned_tx.output.len());
@@ -595,7 +601,7 @@ impl AnyaWallet {
         let fee = input_value
             .checked_sub(output_value)
             .ok_or_else(|| WalletError::Psbt(format!("outputs {output_value} exceed inputs {input_value}")))?;
-        let weight = self.signed_weight(psbt)?;
+        let weight = self.signed_weight_of(psbt, &spent)?;
         Ok(SpendSummary {
             txid: psbt.unsigned_tx.compute_txid(),
             input_value,
@@ -628,9 +634,6 @@ impl AnyaWallet {
     /// Finalizes `psbt` (miniscript satisfaction of each input), extracts the transaction and
     /// verifies every input with Bitcoin Core's script interpreter before returning it.
     pub fn finalize(&self, psbt: &mut Psbt) -> Result<Transaction, WalletError> {
-        let spent: Vec<TxOut> = (0..psbt.inputs.len())
-            .map(|i| prevout(psbt, i))
-            .collect::<Result<_, _>>()?;
         let options = SignOptions {
             trust_witness_utxo: true,
             ..SignOptions::default()
@@ -649,12 +652,12 @@ impl AnyaWallet {
                 .collect();
             return Err(WalletError::NotFinalized { inputs });
         }
-        let tx = psbt
-            .clone()
-            .extract_tx()
-            .map_err(|e| WalletError::Psbt(e.to_string()))?;
-        verify_transaction(&tx, &spent, VerifyFlags::consensus())?;
-        Ok(tx)
+        // BDK's finalizer keeps the UTXO fields, so the spent outputs are still there.
+        extract_verified(psbt).map_err(|e| match e {
+            PsbtError::Verify(e) => WalletError::Verify(e),
+            PsbtError::MissingPrevout { index } => WalletError::Sign(SignError::MissingPrevout { index }),
+            other => WalletError::Psbt(other.to_string()),
+        })
     }
 
     /// Builds, policy-checks, signs, finalizes and verifies a payment; the wallet records the
