@@ -8,13 +8,7 @@
 //! signs the same sighash: its low-S RFC 6979 signature verifies with bare `secp256k1`, and is
 //! compared byte for byte with the file's where the BIP's signer produced the same one.
 
-use std::sync::Arc;
-
-use anya_hsm::{
-    HsmProvider, KdfParams, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, PublicKey, SecretBytes, SecretString,
-    SoftwareHsm, SoftwareOptions,
-};
-use anya_storage::{KvStore, SqliteOptions, SqliteStore};
+use anya_hsm::{HsmProvider, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, PublicKey, SecretBytes};
 use bitcoin::consensus::{deserialize, serialize};
 use bitcoin::hashes::{sha256d, Hash};
 use bitcoin::hex::{DisplayHex, FromHex};
@@ -40,17 +34,6 @@ fn hex(v: &Value) -> Vec<u8> {
     Vec::from_hex(s).unwrap_or_else(|e| panic!("hex {s}: {e}"))
 }
 
-fn software_hsm(dir: &tempfile::TempDir) -> SoftwareHsm {
-    let store = SqliteStore::open(dir.path().join("hsm.db"), SqliteOptions::default()).expect("sqlite store");
-    let options = SoftwareOptions::default().with_kdf(KdfParams::insecure_for_tests());
-    SoftwareHsm::create(
-        Arc::new(store) as Arc<dyn KvStore>,
-        &SecretString::from("bip143 vectors"),
-        options,
-    )
-    .expect("create keystore")
-}
-
 /// The script codes a P2WSH input can sign: the whole witness script, and what follows each
 /// `OP_CODESEPARATOR` (the one last executed before the `CHECKSIG` decides which applies).
 fn script_codes(witness_script: &Script) -> Vec<ScriptBuf> {
@@ -67,8 +50,7 @@ fn script_codes(witness_script: &Script) -> Vec<ScriptBuf> {
 #[test]
 fn segwit_v0_sighashes_and_signatures_match() {
     let secp = Secp256k1::new();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let hsm = software_hsm(&dir);
+    let hsm = anya_hsm::conformance::software_fixture();
     let examples = json()["examples"].as_array().expect("examples").clone();
     let (mut cases, mut p2wpkh, mut after_separator, mut variants) = (0, 0, 0, 0);
     let (mut file_sigs_verified, mut hsm_signed, mut hsm_byte_equal) = (0, 0, 0);

@@ -11,13 +11,8 @@
 //! and the transaction with our witnesses must serialize to the file's `fullySignedTx`.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
-use anya_hsm::{
-    AuxRand, HsmProvider, KdfParams, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, SecretBytes, SecretString,
-    SoftwareHsm, SoftwareOptions,
-};
-use anya_storage::{KvStore, SqliteOptions, SqliteStore};
+use anya_hsm::{AuxRand, HsmProvider, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, SecretBytes};
 use bitcoin::consensus::{deserialize, serialize};
 use bitcoin::hashes::Hash;
 use bitcoin::hex::{DisplayHex, FromHex};
@@ -169,22 +164,10 @@ fn script_pub_key_section_matches() {
     );
 }
 
-fn software_hsm(dir: &tempfile::TempDir) -> SoftwareHsm {
-    let store = SqliteStore::open(dir.path().join("hsm.db"), SqliteOptions::default()).expect("sqlite store");
-    let options = SoftwareOptions::default().with_kdf(KdfParams::insecure_for_tests());
-    SoftwareHsm::create(
-        Arc::new(store) as Arc<dyn KvStore>,
-        &SecretString::from("bip341 vectors"),
-        options,
-    )
-    .expect("create keystore")
-}
-
 #[test]
 fn key_path_spending_sighashes_and_hsm_signatures_match() {
     let secp = Secp256k1::new();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let hsm = software_hsm(&dir);
+    let hsm = anya_hsm::conformance::software_fixture();
     let sections = json()["keyPathSpending"].as_array().expect("keyPathSpending").clone();
     let mut inputs = 0;
     for section in &sections {

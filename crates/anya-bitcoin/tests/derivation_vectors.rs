@@ -10,13 +10,9 @@
 //! bytes SLIP-132 assigns.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
-use anya_hsm::{
-    HsmProvider, KdfParams, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, PublicKey, SecretString, SoftwareHsm,
-    SoftwareOptions,
-};
-use anya_storage::{KvStore, SqliteOptions, SqliteStore};
+use anya_hsm::conformance::TempHsm;
+use anya_hsm::{HsmProvider, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, PublicKey, SecretString, SoftwareHsm};
 use bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
 use bitcoin::hashes::{hash160, Hash};
 use bitcoin::hex::{DisplayHex, FromHex};
@@ -49,17 +45,6 @@ fn hex(s: &str) -> Vec<u8> {
     Vec::from_hex(s).unwrap_or_else(|e| panic!("hex {s}: {e}"))
 }
 
-fn software_hsm(dir: &tempfile::TempDir) -> SoftwareHsm {
-    let store = SqliteStore::open(dir.path().join("hsm.db"), SqliteOptions::default()).expect("sqlite store");
-    let options = SoftwareOptions::default().with_kdf(KdfParams::insecure_for_tests());
-    SoftwareHsm::create(
-        Arc::new(store) as Arc<dyn KvStore>,
-        &SecretString::from("derivation vectors"),
-        options,
-    )
-    .expect("create keystore")
-}
-
 /// Compares a 78-byte BIP32 serialisation with an extended key string in any version.
 /// `version` is the SLIP-132 version the string must carry, or `None` for `xprv`/`xpub`/`tprv`/
 /// `tpub`, which are compared as strings by the caller.
@@ -78,17 +63,15 @@ fn assert_extended(ours: [u8; 78], want: &str, version: Option<[u8; 4]>, what: &
 
 /// One mnemonic imported into a fresh HSM, with its root exported for the xprv comparisons.
 struct Run {
-    hsm: SoftwareHsm,
+    hsm: TempHsm<SoftwareHsm>,
     root: Label,
     root_xpriv: Xpriv,
     secp: Secp256k1<secp256k1::All>,
-    _dir: tempfile::TempDir,
 }
 
 impl Run {
     fn import(mnemonic: &str, network: NetworkKind) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let hsm = software_hsm(&dir);
+        let hsm = anya_hsm::conformance::software_fixture();
         let root = Label::new("root").expect("label");
         hsm.import_key(
             &root,
@@ -107,7 +90,6 @@ impl Run {
             root,
             root_xpriv,
             secp: Secp256k1::new(),
-            _dir: dir,
         }
     }
 

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anya_bitcoin::rpc::{BitcoindChain, FeeSource, RpcAuth, RpcConfig, RpcError};
 use anya_bitcoin::wallet::{AnyaWallet, Template};
 use anya_core_types::{Label, SystemClock};
-use anya_hsm::{
-    HsmProvider, KdfParams, KeyPolicy, KeySpec, MnemonicLength, SecretString, SoftwareHsm, SoftwareOptions,
-};
+use anya_hsm::{HsmProvider, KeyPolicy, KeySpec, MnemonicLength, SecretString};
 use anya_storage::{KvStore, SqliteOptions, SqliteStore};
 use bitcoin::{absolute, transaction, Address, Amount, BlockHash, FeeRate, Network, Transaction};
 use serde_json::{json, Value};
@@ -397,8 +395,7 @@ fn label(s: &str) -> Label {
 fn wallet(dir: &tempfile::TempDir) -> AnyaWallet {
     let store: Arc<dyn KvStore> =
         Arc::new(SqliteStore::open(dir.path().join("anya.db"), SqliteOptions::default()).expect("store"));
-    let options = SoftwareOptions::default().with_kdf(KdfParams::insecure_for_tests());
-    let hsm = SoftwareHsm::create(Arc::clone(&store), &SecretString::from("rpc tests"), options).expect("keystore");
+    let hsm = anya_hsm::conformance::software_on(Arc::clone(&store));
     hsm.generate_mnemonic(
         &label("root"),
         MnemonicLength::Words12,

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use anya_bitcoin::policy::{PolicyEngine, PolicyError};
 use anya_bitcoin::wallet::{AnyaWallet, PersistError, Template, WalletError};
 use anya_core_types::{Label, SystemClock};
-use anya_hsm::{
-    HsmProvider, KdfParams, KeyPolicy, KeySpec, MnemonicLength, SecretString, SoftwareHsm, SoftwareOptions,
-};
+use anya_hsm::{HsmProvider, KeyPolicy, KeySpec, MnemonicLength, SecretString};
 use anya_storage::{KvStore, Namespace, Scan, SqliteOptions, SqliteStore};
 use bitcoin::Network;
 use proptest::prelude::*;
@@ -28,8 +26,7 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("dir");
     let store: Arc<dyn KvStore> =
         Arc::new(SqliteStore::open(dir.path().join("s.db"), SqliteOptions::default()).expect("store"));
-    let options = SoftwareOptions::default().with_kdf(KdfParams::insecure_for_tests());
-    let hsm = SoftwareHsm::create(Arc::clone(&store), &SecretString::from("p"), options).expect("hsm");
+    let hsm = anya_hsm::conformance::software_on(Arc::clone(&store));
     hsm.generate_mnemonic(
         &label("root"),
         MnemonicLength::Words12,

@@ -10,9 +10,7 @@ use anya_bitcoin::policy::{PolicyError, SpendPolicy, Violation};
 use anya_bitcoin::regtest::RegtestChain;
 use anya_bitcoin::wallet::{account_path, descriptor_key, AnyaWallet, Condition, Template, WalletError};
 use anya_core_types::{Clock, Label, UnixTime};
-use anya_hsm::{
-    HsmProvider, KdfParams, KeyPolicy, KeySpec, MnemonicLength, Operation, SecretString, SoftwareHsm, SoftwareOptions,
-};
+use anya_hsm::{HsmProvider, KeyPolicy, KeySpec, MnemonicLength, Operation, SecretString};
 use anya_storage::{KvStore, SqliteOptions, SqliteStore};
 use bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf, Sequence};
 
@@ -48,8 +46,7 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn KvStore> =
         Arc::new(SqliteStore::open(dir.path().join("anya.db"), SqliteOptions::default()).expect("store"));
-    let options = SoftwareOptions::default().with_kdf(KdfParams::insecure_for_tests());
-    let hsm = SoftwareHsm::create(Arc::clone(&store), &SecretString::from("wallet tests"), options).expect("keystore");
+    let hsm = anya_hsm::conformance::software_on(Arc::clone(&store));
     hsm.generate_mnemonic(
         &label("root"),
         MnemonicLength::Words12,

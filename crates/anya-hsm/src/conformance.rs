@@ -53,11 +53,21 @@ pub fn software_fixture() -> TempHsm<crate::SoftwareHsm> {
     let dir = tempfile::tempdir().expect("temp dir for the fixture");
     let store = anya_storage::SqliteStore::open(dir.path().join("hsm.db"), anya_storage::SqliteOptions::default())
         .expect("fresh sqlite store");
-    let options = crate::SoftwareOptions::default().with_kdf(crate::KdfParams::insecure_for_tests());
-    let provider = crate::SoftwareHsm::create(Arc::new(store), &SecretString::from("conformance"), options)
-        .expect("fresh keystore");
+    let provider = software_on(Arc::new(store));
     TempHsm { provider, dir }
 }
+
+/// A fresh, unlocked [`SoftwareHsm`](crate::SoftwareHsm) in `store` (which it may share with
+/// other state, as a wallet's does), with cheap Argon2id parameters, durable audit and the
+/// passphrase [`FIXTURE_PASSPHRASE`].
+#[cfg(feature = "software")]
+pub fn software_on(store: std::sync::Arc<dyn anya_storage::KvStore>) -> crate::SoftwareHsm {
+    let options = crate::SoftwareOptions::default().with_kdf(crate::KdfParams::insecure_for_tests());
+    crate::SoftwareHsm::create(store, &SecretString::from(FIXTURE_PASSPHRASE), options).expect("fresh keystore")
+}
+
+/// The passphrase of the keystores [`software_on`] and [`software_fixture`] create.
+pub const FIXTURE_PASSPHRASE: &str = "conformance";
 
 /// Generates one `#[test]` per conformance case for the provider built by `$make`.
 #[macro_export]
