@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anya_bitcoin::regtest::RegtestChain;
 use anya_bitcoin::wallet::{AnyaWallet, Template, WalletError};
 use anya_core_types::{Label, SystemClock};
+use anya_hsm::conformance::{software_on, FIXTURE_PASSPHRASE};
 use anya_hsm::{
     HsmProvider, KdfParams, KeyPolicy, KeySpec, MnemonicLength, SecretString, SoftwareHsm, SoftwareOptions,
 };
@@ -26,14 +27,10 @@ fn burn() -> ScriptBuf {
         .script_pubkey()
 }
 
-fn passphrase() -> SecretString {
-    SecretString::from("backend tests")
-}
-
 fn open_hsm(store: Arc<dyn KvStore>) -> Arc<dyn HsmProvider> {
     let options = SoftwareOptions::default().with_kdf(KdfParams::insecure_for_tests());
     let hsm = SoftwareHsm::open(store, options).expect("keystore opens");
-    hsm.unlock(&passphrase()).expect("unlocks");
+    hsm.unlock(&SecretString::from(FIXTURE_PASSPHRASE)).expect("unlocks");
     Arc::new(hsm)
 }
 
@@ -41,8 +38,7 @@ fn open_hsm(store: Arc<dyn KvStore>) -> Arc<dyn HsmProvider> {
 /// checks the wallet comes back identical and keeps working.
 fn round_trip(open: &dyn Fn() -> Arc<dyn KvStore>) {
     let store = open();
-    let options = SoftwareOptions::default().with_kdf(KdfParams::insecure_for_tests());
-    let hsm = SoftwareHsm::create(Arc::clone(&store), &passphrase(), options).expect("keystore");
+    let hsm = software_on(Arc::clone(&store));
     hsm.generate_mnemonic(
         &label("root"),
         MnemonicLength::Words12,
