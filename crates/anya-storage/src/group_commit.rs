@@ -50,7 +50,7 @@ const GATHER_MAX: Duration = Duration::from_micros(150);
 
 pub(crate) struct GroupCommit<W> {
     queue: Mutex<Vec<(WriteBatch, Arc<Slot>)>>,
-    /// Signalled when a batch is queued or a writer leaves, for a leader gathering a round.
+    /// Signalled when the round a leader is gathering is complete.
     arrived: Condvar,
     /// Writers inside [`write`](Self::write): queued, waiting, or handed their result but not
     /// yet returned.
@@ -58,6 +58,8 @@ pub(crate) struct GroupCommit<W> {
     /// Whether a leader holds the writer; a waiting writer that sees `false` looks again
     /// instead of sleeping, so a hand-off cannot slip past it.
     leading: AtomicBool,
+    /// Whether a leader waits in [`gather`](Self::gather) for its round to fill.
+    gathering: AtomicBool,
     writer: Mutex<W>,
 }
 
@@ -68,21 +70,22 @@ impl<W: GroupWriter> GroupCommit<W> {
             arrived: Condvar::new(),
             in_flight: AtomicUsize::new(0),
             leading: AtomicBool::new(false),
+            gathering: AtomicBool::new(false),
             writer: Mutex::new(writer),
         }
     }
 
     pub(crate) fn write(&self, batch: WriteBatch) -> Result<Version, StoreError> {
         /// Counts the writer out (and wakes a gathering leader) however `write` returns.
-        struct InFlight<'a>(&'a AtomicUsize, &'a Condvar);
-        impl Drop for InFlight<'_> {
+        struct InFlight<'a, W: GroupWriter>(&'a GroupCommit<W>);
+        impl<W: GroupWriter> Drop for InFlight<'_, W> {
             fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::AcqRel);
-                self.1.notify_one();
+                self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+                self.0.wake_gatherer();
             }
         }
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _counted = InFlight(&self.in_flight, &self.arrived);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _counted = InFlight(self);
         let slot = Arc::new(Slot {
             result: Mutex::new(None),
             ready: Condvar::new(),
@@ -91,7 +94,7 @@ impl<W: GroupWriter> GroupCommit<W> {
             .lock()
             .map_err(|_| StoreError::Poisoned)?
             .push((batch, Arc::clone(&slot)));
-        self.arrived.notify_one();
+        self.wake_gatherer();
         loop {
             // Lead if nobody is committing: commit rounds until our own batch is done, then
             // hand the lead to the next queued writer. A leader that stayed on would hold its
@@ -146,18 +149,40 @@ impl<W: GroupWriter> GroupCommit<W> {
         Ok(())
     }
 
+    /// Wakes a leader waiting in [`gather`](Self::gather) once its round is complete, and not
+    /// before: each early wake-up is a context switch on the commit's critical path, and
+    /// writers coming back from a round would otherwise wake the leader once each.
+    fn wake_gatherer(&self) {
+        if !self.gathering.load(Ordering::SeqCst) {
+            return;
+        }
+        let complete = match self.queue.lock() {
+            Ok(queue) => queue.len() >= self.in_flight.load(Ordering::SeqCst),
+            // Let the leader see the poisoned lock itself.
+            Err(_) => true,
+        };
+        if complete {
+            self.arrived.notify_one();
+        }
+    }
+
     /// Takes the next round's batches. Writers whose round just finished come back with their
     /// next batch while the leader starts the next commit; taken at once, the round would hold
     /// only the writers that were not in the last one, and writers would settle into small
     /// alternating groups, each paying its own fsync. So while batches are waiting but fewer
-    /// than the writers still inside `write` (less the leader), the leader waits, at most
-    /// [`GATHER_MAX`], for the rest to queue or leave. A lone writer never waits.
+    /// than the writers still inside `write`, the leader waits, at most [`GATHER_MAX`], for the
+    /// rest to queue or leave. The leader's own batch is in the queue and counts among them.
+    /// A lone writer never waits.
     fn gather(&self) -> Result<Vec<(WriteBatch, Arc<Slot>)>, StoreError> {
         let mut queue = self.queue.lock().map_err(|_| StoreError::Poisoned)?;
-        let others = || self.in_flight.load(Ordering::Acquire).saturating_sub(1);
-        if !queue.is_empty() && queue.len() < others() {
+        let writers = || self.in_flight.load(Ordering::SeqCst);
+        if !queue.is_empty() && queue.len() < writers() {
             let deadline = Instant::now() + GATHER_MAX;
-            while queue.len() < others() {
+            // Set before the count is read again below, all `SeqCst`: a writer that queues (under
+            // this lock) or leaves (decrementing `in_flight`) either is counted by that read or
+            // sees the flag and wakes us once the round is complete.
+            self.gathering.store(true, Ordering::SeqCst);
+            while queue.len() < writers() {
                 let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                     break;
                 };
@@ -167,6 +192,7 @@ impl<W: GroupWriter> GroupCommit<W> {
                     .map_err(|_| StoreError::Poisoned)?
                     .0;
             }
+            self.gathering.store(false, Ordering::SeqCst);
         }
         let n = queue.len().min(MAX_GROUP);
         Ok(queue.drain(..n).collect())
@@ -283,7 +309,7 @@ mod tests {
         // Without grouping there would be 320 rounds; with the hand-off and gathering, rounds
         // hold most of the writers (the bound leaves room for a loaded machine).
         assert!(
-            rounds.len() <= THREADS * WRITES / 3,
+            rounds.len() <= THREADS * WRITES / 4,
             "{} rounds: {rounds:?}",
             rounds.len()
         );
