@@ -15,8 +15,11 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 const KEYS: u32 = 20_000;
 const SCAN_KEYS: u32 = 10_000;
 
-fn ns() -> Namespace {
-    Namespace::new("bench").expect("valid")
+/// The benches' namespace, built once as a user would hold it: validating a name is not work
+/// the raw side does.
+fn ns() -> &'static Namespace {
+    static NS: std::sync::OnceLock<Namespace> = std::sync::OnceLock::new();
+    NS.get_or_init(|| Namespace::new("bench").expect("valid"))
 }
 
 fn key(i: u32) -> Vec<u8> {
@@ -46,7 +49,7 @@ fn fill(store: &dyn KvStore) {
     for chunk in (0..KEYS).collect::<Vec<_>>().chunks(5_000) {
         let mut batch = WriteBatch::new();
         for &i in chunk {
-            batch.put(&ns(), key(i), value(i)).expect("op");
+            batch.put(ns(), key(i), value(i)).expect("op");
         }
         store.write(batch).expect("fill");
     }
@@ -88,7 +91,7 @@ fn sqlite_benches(c: &mut Criterion) {
     g.bench_function("anya", |b| {
         b.iter(|| {
             i = (i + 7919) % KEYS;
-            black_box(anya.get(&ns(), &key(i)).expect("get"))
+            black_box(anya.get(ns(), &key(i)).expect("get"))
         })
     });
     g.bench_function("raw", |b| {
@@ -107,7 +110,7 @@ fn sqlite_benches(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("anya", |b| {
         b.iter(|| {
-            let entries = anya.scan(&ns(), Scan::prefix(b"a")).expect("scan");
+            let entries = anya.scan(ns(), Scan::prefix(b"a")).expect("scan");
             assert_eq!(entries.len(), SCAN_KEYS as usize);
             black_box(entries)
         })
@@ -134,7 +137,7 @@ fn sqlite_benches(c: &mut Criterion) {
     g.bench_function("anya", |b| {
         b.iter(|| {
             n = n.wrapping_add(1);
-            anya.put(&ns(), &n.to_be_bytes(), &fresh_value(n)).expect("put")
+            anya.put(ns(), &n.to_be_bytes(), &fresh_value(n)).expect("put")
         })
     });
     g.bench_function("raw", |b| {
@@ -155,7 +158,7 @@ fn sqlite_benches(c: &mut Criterion) {
         b.iter(|| {
             let mut batch = WriteBatch::new();
             for i in 0..1000u32 {
-                batch.put(&ns(), key(i), fresh_value(i)).expect("op");
+                batch.put(ns(), key(i), fresh_value(i)).expect("op");
             }
             anya.write(batch).expect("batch")
         })
@@ -214,7 +217,7 @@ fn group_commit(c: &mut Criterion, dir: &Path) {
         b.iter_custom(|iters| {
             run(
                 &|t, i| {
-                    anya.put(&ns(), &[t.to_be_bytes(), i.to_be_bytes()].concat(), &fresh_value(i))
+                    anya.put(ns(), &[t.to_be_bytes(), i.to_be_bytes()].concat(), &fresh_value(i))
                         .expect("put");
                 },
                 iters,
@@ -272,7 +275,7 @@ fn rocksdb_benches(c: &mut Criterion) {
     g.bench_function("anya", |b| {
         b.iter(|| {
             i = (i + 7919) % KEYS;
-            black_box(anya.get(&ns(), &key(i)).expect("get"))
+            black_box(anya.get(ns(), &key(i)).expect("get"))
         })
     });
     g.bench_function("raw", |b| {
@@ -288,7 +291,7 @@ fn rocksdb_benches(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("anya", |b| {
         b.iter(|| {
-            let entries = anya.scan(&ns(), Scan::prefix(b"a")).expect("scan");
+            let entries = anya.scan(ns(), Scan::prefix(b"a")).expect("scan");
             assert_eq!(entries.len(), SCAN_KEYS as usize);
             black_box(entries)
         })
@@ -314,7 +317,7 @@ fn rocksdb_benches(c: &mut Criterion) {
     g.bench_function("anya", |b| {
         b.iter(|| {
             n = n.wrapping_add(1);
-            anya.put(&ns(), &n.to_be_bytes(), &fresh_value(n)).expect("put")
+            anya.put(ns(), &n.to_be_bytes(), &fresh_value(n)).expect("put")
         })
     });
     g.bench_function("raw", |b| {
@@ -332,7 +335,7 @@ fn rocksdb_benches(c: &mut Criterion) {
         b.iter(|| {
             let mut batch = WriteBatch::new();
             for i in 0..1000u32 {
-                batch.put(&ns(), key(i), fresh_value(i)).expect("op");
+                batch.put(ns(), key(i), fresh_value(i)).expect("op");
             }
             anya.write(batch).expect("batch")
         })
@@ -391,7 +394,7 @@ fn postgres_benches(c: &mut Criterion) {
     g.bench_function("anya", |b| {
         b.iter(|| {
             i = (i + 7919) % KEYS;
-            black_box(anya.get(&ns(), &key(i)).expect("get"))
+            black_box(anya.get(ns(), &key(i)).expect("get"))
         })
     });
     g.bench_function("raw", |b| {
@@ -405,7 +408,7 @@ fn postgres_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("postgres/prefix_scan_10k");
     g.sample_size(10);
     g.bench_function("anya", |b| {
-        b.iter(|| black_box(anya.scan(&ns(), Scan::prefix(b"a")).expect("scan")))
+        b.iter(|| black_box(anya.scan(ns(), Scan::prefix(b"a")).expect("scan")))
     });
     g.bench_function("raw", |b| {
         b.iter(|| black_box(raw.query(&scan, &[&&b"a"[..], &&b"b"[..]]).expect("scan")))
@@ -418,7 +421,7 @@ fn postgres_benches(c: &mut Criterion) {
     g.bench_function("anya", |b| {
         b.iter(|| {
             n = n.wrapping_add(1);
-            anya.put(&ns(), &n.to_be_bytes(), &fresh_value(n)).expect("put")
+            anya.put(ns(), &n.to_be_bytes(), &fresh_value(n)).expect("put")
         })
     });
     g.bench_function("raw", |b| {

@@ -35,6 +35,15 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The namespace the operation is in.
+    pub fn namespace(&self) -> &Namespace {
+        match self {
+            Op::Put { ns, .. } | Op::Delete { ns, .. } | Op::Check { ns, .. } => ns,
+        }
+    }
+}
+
 /// Operations applied all together or not at all.
 ///
 /// Operations apply in the order they were added; a [`Check`](Op::Check) sees the effect of the

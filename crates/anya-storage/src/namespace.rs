@@ -1,6 +1,7 @@
 //! Namespaces and the limits on keys and values.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::StoreError;
 
@@ -17,8 +18,11 @@ pub const MAX_VALUE_LEN: usize = 64 * 1024 * 1024;
 /// One to [`MAX_NAMESPACE_LEN`] bytes of ASCII letters, digits and `_ - . / :`. The character
 /// set excludes NUL, which the RocksDB backend uses as the namespace terminator, so that no
 /// namespace is a byte prefix of another one's keys.
+///
+/// Cheap to clone: the name is shared, so a [`WriteBatch`](crate::WriteBatch) of many
+/// operations on one namespace holds one copy of it.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Namespace(String);
+pub struct Namespace(Arc<str>);
 
 impl Namespace {
     /// Validates `name` as a namespace.
@@ -33,12 +37,18 @@ impl Namespace {
         if !ok {
             return Err(StoreError::InvalidNamespace { len: name.len() });
         }
-        Ok(Self(name))
+        Ok(Self(name.into()))
     }
 
     /// The namespace as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether `self` and `other` are clones of one value: a cheap first test before comparing
+    /// names.
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 

@@ -136,8 +136,52 @@ fn ns_id_from_sql(id: i64) -> Result<u32, StoreError> {
         })
 }
 
-/// Namespace names to ids.
-type NsMap = HashMap<String, u32>;
+/// The namespace ids of one group commit. Operations mostly come in runs on one namespace, so
+/// the last hit is tried first, by pointer and then by name, before the map.
+#[derive(Default)]
+struct NsMap<'a> {
+    last: Option<(&'a Namespace, u32)>,
+    map: HashMap<&'a str, u32>,
+}
+
+impl<'a> NsMap<'a> {
+    fn get(&self, ns: &Namespace) -> Option<u32> {
+        match self.last {
+            Some((last, id)) if last.same_as(ns) || last == ns => Some(id),
+            _ => self.map.get(ns.as_str()).copied(),
+        }
+    }
+
+    fn insert(&mut self, ns: &'a Namespace, id: u32) {
+        self.last = Some((ns, id));
+        self.map.insert(ns.as_str(), id);
+    }
+}
+
+/// Upsert of one record. `OR REPLACE` finds the row once; `ON CONFLICT DO UPDATE` looks it up
+/// for the conflict and again to write it. Both leave the same row: the table has no other
+/// column, index or trigger.
+const PUT_SQL: &str = "INSERT OR REPLACE INTO anya_kv (k, v) VALUES (?1, ?2)";
+const DELETE_SQL: &str = "DELETE FROM anya_kv WHERE k = ?1";
+
+/// What applying operations reuses from one to the next inside a commit: the prepared
+/// statements, taken from the cache once instead of per operation, and the row buffers.
+#[derive(Default)]
+struct OpWriter<'c> {
+    put: Option<rusqlite::CachedStatement<'c>>,
+    delete: Option<rusqlite::CachedStatement<'c>>,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl OpWriter<'_> {
+    /// Fills the key buffer with the row key of `key` in namespace `id`.
+    fn key(&mut self, id: u32, key: &[u8]) {
+        self.key.clear();
+        self.key.extend_from_slice(&id.to_be_bytes());
+        self.key.extend_from_slice(key);
+    }
+}
 
 /// Namespace ids known to be committed; ids are never reused, so entries never go stale.
 #[derive(Debug, Default)]
@@ -447,12 +491,12 @@ struct Reserved {
 impl SqliteWriter {
     /// The ids of every namespace `batches` touch, creating those never written before. New
     /// ids are returned apart: they exist only if this transaction commits.
-    fn namespace_ids(&self, batches: &[WriteBatch]) -> Result<(NsMap, Vec<(String, u32)>), StoreError> {
-        let mut ids = HashMap::new();
+    fn namespace_ids<'b>(&self, batches: &'b [WriteBatch]) -> Result<(NsMap<'b>, Vec<(String, u32)>), StoreError> {
+        let mut ids = NsMap::default();
         let mut created = Vec::new();
         for op in batches.iter().flat_map(WriteBatch::ops) {
-            let (Op::Put { ns, .. } | Op::Delete { ns, .. } | Op::Check { ns, .. }) = op;
-            if ids.contains_key(ns.as_str()) {
+            let ns = op.namespace();
+            if ids.get(ns).is_some() {
                 continue;
             }
             let id = match self.ns_ids.lookup(&self.conn, ns)? {
@@ -467,34 +511,51 @@ impl SqliteWriter {
                     id
                 }
             };
-            ids.insert(ns.as_str().to_owned(), id);
+            ids.insert(ns, id);
         }
         Ok((ids, created))
     }
 
-    fn apply(&self, ops: &[Op], ids: &NsMap, version: Version) -> Result<BatchOutcome, StoreError> {
-        let id = |ns: &Namespace| ids[ns.as_str()];
+    fn apply<'c>(
+        &'c self,
+        ops: &[Op],
+        ids: &NsMap<'_>,
+        version: Version,
+        w: &mut OpWriter<'c>,
+    ) -> Result<BatchOutcome, StoreError> {
+        let id = |ns: &Namespace| {
+            ids.get(ns).ok_or_else(|| StoreError::Backend {
+                backend: "sqlite",
+                source: format!("no id was looked up for namespace {ns}").into(),
+            })
+        };
         for op in ops {
             match op {
                 Op::Put { ns, key, value } => {
-                    self.conn
-                        .prepare_cached(
-                            "INSERT INTO anya_kv (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-                        )
-                        .and_then(|mut s| s.execute(params![row_key(id(ns), key), row_value(version, value)]))
-                        .map_err(map_err)?;
+                    w.key(id(ns)?, key);
+                    w.value.clear();
+                    w.value.extend_from_slice(&version.get().to_be_bytes());
+                    w.value.extend_from_slice(value);
+                    let stmt = match &mut w.put {
+                        Some(stmt) => stmt,
+                        put => put.insert(self.conn.prepare_cached(PUT_SQL).map_err(map_err)?),
+                    };
+                    stmt.execute(params![&w.key[..], &w.value[..]]).map_err(map_err)?;
                 }
                 Op::Delete { ns, key } => {
-                    self.conn
-                        .prepare_cached("DELETE FROM anya_kv WHERE k = ?1")
-                        .and_then(|mut s| s.execute([row_key(id(ns), key)]))
-                        .map_err(map_err)?;
+                    w.key(id(ns)?, key);
+                    let stmt = match &mut w.delete {
+                        Some(stmt) => stmt,
+                        delete => delete.insert(self.conn.prepare_cached(DELETE_SQL).map_err(map_err)?),
+                    };
+                    stmt.execute([&w.key[..]]).map_err(map_err)?;
                 }
                 Op::Check { ns, key, expected } => {
+                    w.key(id(ns)?, key);
                     let head: Option<Vec<u8>> = self
                         .conn
                         .prepare_cached("SELECT substr(v, 1, 8) FROM anya_kv WHERE k = ?1")
-                        .and_then(|mut s| s.query_row([row_key(id(ns), key)], |r| r.get(0)).optional())
+                        .and_then(|mut s| s.query_row([&w.key[..]], |r| r.get(0)).optional())
                         .map_err(map_err)?;
                     let found = head.map(|h| split_value(&h).map(|(v, _)| v)).transpose()?;
                     if found != *expected {
@@ -542,6 +603,7 @@ impl SqliteWriter {
         let (ids, created) = self.namespace_ids(batches)?;
         let grouped = batches.len() > 1;
         let mut results = Vec::with_capacity(batches.len());
+        let mut writer = OpWriter::default();
         for batch in batches {
             // Only a check can fail one batch alone; any other error fails the whole group,
             // so batches without checks need no savepoint of their own.
@@ -554,7 +616,7 @@ impl SqliteWriter {
             if isolate {
                 self.conn.execute_batch("SAVEPOINT anya_batch").map_err(map_err)?;
             }
-            match self.apply(batch.ops(), &ids, version)? {
+            match self.apply(batch.ops(), &ids, version, &mut writer)? {
                 BatchOutcome::Applied => {
                     if isolate {
                         self.conn.execute_batch("RELEASE anya_batch").map_err(map_err)?;
