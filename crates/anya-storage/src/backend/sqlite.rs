@@ -489,6 +489,16 @@ struct Reserved {
 }
 
 impl SqliteWriter {
+    /// Runs one statement without parameters, prepared once: the group commit's `BEGIN`,
+    /// `COMMIT` and `ROLLBACK` run for every round.
+    fn exec(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(map_err)
+    }
+
     /// The ids of every namespace `batches` touch, creating those never written before. New
     /// ids are returned apart: they exist only if this transaction commits.
     fn namespace_ids<'b>(&self, batches: &'b [WriteBatch]) -> Result<(NsMap<'b>, Vec<(String, u32)>), StoreError> {
@@ -614,21 +624,20 @@ impl SqliteWriter {
             })?;
             let version = version_from_sql(next)?;
             if isolate {
-                self.conn.execute_batch("SAVEPOINT anya_batch").map_err(map_err)?;
+                self.exec("SAVEPOINT anya_batch")?;
             }
             match self.apply(batch.ops(), &ids, version, &mut writer)? {
                 BatchOutcome::Applied => {
                     if isolate {
-                        self.conn.execute_batch("RELEASE anya_batch").map_err(map_err)?;
+                        self.exec("RELEASE anya_batch")?;
                     }
                     last = next;
                     results.push(Ok(version));
                 }
                 BatchOutcome::Conflict(err) => {
                     if isolate {
-                        self.conn
-                            .execute_batch("ROLLBACK TO anya_batch; RELEASE anya_batch")
-                            .map_err(map_err)?;
+                        self.exec("ROLLBACK TO anya_batch")?;
+                        self.exec("RELEASE anya_batch")?;
                     }
                     results.push(Err(err));
                 }
@@ -647,22 +656,22 @@ impl SqliteWriter {
 
 impl GroupWriter for SqliteWriter {
     fn commit_group(&mut self, batches: Vec<WriteBatch>) -> Result<Vec<Result<Version, StoreError>>, StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
+        self.exec("BEGIN IMMEDIATE")?;
         let (results, reserved) = match self.commit_in_tx(&batches) {
             Ok(done) => done,
             Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = self.exec("ROLLBACK");
                 return Err(e);
             }
         };
         if results.iter().all(Result::is_err) {
             // Nothing to make durable: skip the fsync.
-            self.conn.execute_batch("ROLLBACK").map_err(map_err)?;
+            self.exec("ROLLBACK")?;
             return Ok(results);
         }
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
-            let _ = self.conn.execute_batch("ROLLBACK");
-            return Err(map_err(e));
+        if let Err(e) = self.exec("COMMIT") {
+            let _ = self.exec("ROLLBACK");
+            return Err(e);
         }
         // Only now, with the transaction durable, do its reservation and namespaces count.
         self.next = reserved.next;
