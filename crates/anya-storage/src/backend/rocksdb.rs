@@ -94,6 +94,14 @@ fn map_err(err: rocksdb::Error) -> StoreError {
     }
 }
 
+/// [`physical_key`] into a reused buffer.
+fn physical_key_into(out: &mut Vec<u8>, ns: &Namespace, key: &[u8]) {
+    out.clear();
+    out.extend_from_slice(ns.as_str().as_bytes());
+    out.push(0);
+    out.extend_from_slice(key);
+}
+
 fn physical_key(ns: &Namespace, key: &[u8]) -> Vec<u8> {
     let ns = ns.as_str().as_bytes();
     let mut out = Vec::with_capacity(ns.len() + 1 + key.len());
@@ -337,8 +345,12 @@ impl RocksDbWriter {
         ops: Vec<Op>,
         version: Version,
         group: &mut Overlay,
+        track: bool,
         out: &mut rocksdb::WriteBatch,
     ) -> Result<(), StoreError> {
+        if !ops.iter().any(|op| matches!(op, Op::Check { .. })) {
+            return self.stage_unchecked(ops, version, track.then_some(group), out);
+        }
         let mut local = Overlay::new();
         let mut staged: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(ops.len());
         for op in ops {
@@ -376,6 +388,42 @@ impl RocksDbWriter {
         group.extend(local);
         Ok(())
     }
+
+    /// Stages a batch without checks, which cannot fail: straight into `out`, with no staging
+    /// list. `group` records the writes only when a later batch of the group checks keys.
+    fn stage_unchecked(
+        &self,
+        ops: Vec<Op>,
+        version: Version,
+        mut group: Option<&mut Overlay>,
+        out: &mut rocksdb::WriteBatch,
+    ) -> Result<(), StoreError> {
+        let mut pk = Vec::new();
+        let mut record = Vec::new();
+        for op in ops {
+            match op {
+                Op::Put { ns, key, value } => {
+                    physical_key_into(&mut pk, &ns, &key);
+                    record.clear();
+                    record.extend_from_slice(&version.get().to_be_bytes());
+                    record.extend_from_slice(&value);
+                    out.put(&pk, &record);
+                    if let Some(group) = group.as_deref_mut() {
+                        group.insert(pk.clone(), Some(version));
+                    }
+                }
+                Op::Delete { ns, key } => {
+                    physical_key_into(&mut pk, &ns, &key);
+                    out.delete(&pk);
+                    if let Some(group) = group.as_deref_mut() {
+                        group.insert(pk.clone(), None);
+                    }
+                }
+                Op::Check { .. } => unreachable!("stage_unchecked is only called for batches without checks"),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl GroupWriter for RocksDbWriter {
@@ -384,13 +432,24 @@ impl GroupWriter for RocksDbWriter {
         let mut group = Overlay::new();
         let mut last = self.last_version;
         let mut results = Vec::with_capacity(batches.len());
-        for batch in batches {
+        // Staged writes need tracking only for the checks of later batches in the group.
+        let mut checks_after: Vec<bool> = batches
+            .iter()
+            .rev()
+            .scan(false, |seen, b| {
+                let later = *seen;
+                *seen |= b.has_checks();
+                Some(later)
+            })
+            .collect();
+        checks_after.reverse();
+        for (batch, track) in batches.into_iter().zip(checks_after) {
             let version = last
                 .checked_add(1)
                 .and_then(Version::new)
                 .ok_or_else(|| corrupt("version counter exhausted"))?;
             // A failed batch (conflict, unreadable record) fails alone and stages nothing.
-            let result = self.stage(batch.into_ops(), version, &mut group, &mut out);
+            let result = self.stage(batch.into_ops(), version, &mut group, track, &mut out);
             if result.is_ok() {
                 last = version.get();
             }
@@ -402,5 +461,60 @@ impl GroupWriter for RocksDbWriter {
             self.last_version = last;
         }
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One group mixing batches with and without checks: a check sees the writes of the batches
+    /// before it in the group, whether or not those batches had checks of their own, and a
+    /// failed check leaves out its whole batch and consumes no version.
+    #[test]
+    fn checks_in_a_group_see_earlier_unchecked_batches() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = RocksDbStore::open(dir.path().join("db"), RocksDbOptions::default()).expect("open");
+        let ns = Namespace::new("group").expect("ns");
+        // "k" exists before the group, so only the group's own writes can satisfy its checks.
+        store.put(&ns, b"k", b"old").expect("put");
+        let base = read_or_init_meta(&store.db).expect("meta");
+        let mut writer = RocksDbWriter {
+            db: Arc::clone(&store.db),
+            last_version: base,
+        };
+        let v = |n: u64| Version::new(base + n).expect("nonzero");
+        let batch = |f: &dyn Fn(&mut WriteBatch) -> Result<&mut WriteBatch, StoreError>| {
+            let mut b = WriteBatch::new();
+            f(&mut b).expect("op");
+            b
+        };
+        let results = writer
+            .commit_group(vec![
+                batch(&|b| b.put(&ns, "k", "a")),
+                batch(&|b| b.check(&ns, "k", Some(v(1)))?.put(&ns, "k", "b")),
+                batch(&|b| b.check(&ns, "k", None)?.put(&ns, "x", "never")),
+                batch(&|b| b.delete(&ns, "k")),
+                batch(&|b| b.check(&ns, "k", None)?.put(&ns, "y", "1")),
+                batch(&|b| b.put(&ns, "z", "tail")),
+            ])
+            .expect("group committed");
+        let versions: Vec<_> = results.iter().map(|r| r.as_ref().ok().copied()).collect();
+        assert_eq!(
+            versions,
+            [Some(v(1)), Some(v(2)), None, Some(v(3)), Some(v(4)), Some(v(5))]
+        );
+        assert!(
+            matches!(results[2], Err(StoreError::Conflict { .. })),
+            "{:?}",
+            results[2]
+        );
+        assert_eq!(store.get(&ns, b"k").expect("get"), None);
+        assert_eq!(store.get(&ns, b"x").expect("get"), None);
+        let y = store.get(&ns, b"y").expect("get").expect("y written");
+        assert_eq!((y.value.as_slice(), y.version), (&b"1"[..], v(4)));
+        let z = store.get(&ns, b"z").expect("get").expect("z written");
+        assert_eq!((z.value.as_slice(), z.version), (&b"tail"[..], v(5)));
+        assert_eq!(read_or_init_meta(&store.db).expect("meta"), base + 5);
     }
 }
