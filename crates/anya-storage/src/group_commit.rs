@@ -1,11 +1,14 @@
 //! Group commit: concurrent durable writers share one transaction and one `fsync`.
 //!
-//! Each writer queues its batch. If nobody is committing, it becomes the leader: it takes every
-//! queued batch, commits them together, hands each writer its own result through that writer's
-//! slot, and repeats while batches keep arriving. Everyone else sleeps on its own slot until the
-//! result is there, so finished followers never queue up for the writer lock. One writer alone pays one commit, as without grouping; eight writers pay about one
-//! commit per round instead of eight. A batch that fails its checks fails alone: the backend
-//! isolates batches inside the group (savepoints, an overlay of earlier writes).
+//! Each writer queues its batch. If nobody is committing, it becomes the leader: it waits
+//! briefly for every writer to queue (see [`GroupCommit::gather`]), takes every queued batch and
+//! commits them together. It then frees the writer and hands each writer its own result
+//! through that writer's slot. Everyone else sleeps on its own slot until the result is there,
+//! so finished followers never queue up for the writer lock, and the first one back with its
+//! next batch leads the next round. One writer alone pays one commit, as without grouping;
+//! eight writers pay about one commit per round instead of eight. A batch that fails its checks
+//! fails alone: the backend isolates batches inside the group (savepoints, an overlay of
+//! earlier writes).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, TryLockError};
@@ -102,13 +105,25 @@ impl<W: GroupWriter> GroupCommit<W> {
             match self.writer.try_lock() {
                 Ok(mut writer) => {
                     self.leading.store(true, Ordering::SeqCst);
+                    let mut own_round = None;
                     while slot.result.lock().map_err(|_| StoreError::Poisoned)?.is_none() {
-                        if !self.commit_round(&mut writer)? {
+                        let Some(round) = self.commit_round(&mut writer)? else {
+                            break;
+                        };
+                        if round.slots.iter().any(|s| Arc::ptr_eq(s, &slot)) {
+                            own_round = Some(round);
                             break;
                         }
+                        round.deliver();
                     }
                     self.leading.store(false, Ordering::SeqCst);
                     drop(writer);
+                    // The round with our own batch is delivered after the writer is free: the
+                    // first writer it wakes comes back to a free lock and leads the next round
+                    // at once, instead of waiting to be handed it.
+                    if let Some(round) = own_round {
+                        round.deliver();
+                    }
                     self.wake_next()?;
                 }
                 Err(TryLockError::WouldBlock) => {}
@@ -198,29 +213,39 @@ impl<W: GroupWriter> GroupCommit<W> {
         Ok(queue.drain(..n).collect())
     }
 
-    /// Commits one group of queued batches; `false` when the queue was empty.
-    fn commit_round(&self, writer: &mut W) -> Result<bool, StoreError> {
+    /// Commits one group of queued batches; `None` when the queue was empty.
+    fn commit_round(&self, writer: &mut W) -> Result<Option<Round>, StoreError> {
         let group = self.gather()?;
         if group.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         let (batches, slots): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         let n = batches.len();
-        match writer.commit_group(batches) {
+        let results = match writer.commit_group(batches) {
             Ok(results) => {
                 debug_assert_eq!(results.len(), n);
-                for (slot, result) in slots.iter().zip(results) {
-                    slot.fill(result);
-                }
+                results
             }
             Err(err) => {
                 let shared = Arc::new(err);
-                for slot in &slots {
-                    slot.fill(Err(share(&shared)));
-                }
+                slots.iter().map(|_| Err(share(&shared))).collect()
             }
+        };
+        Ok(Some(Round { slots, results }))
+    }
+}
+
+/// A committed round whose results are not yet handed to its writers.
+struct Round {
+    slots: Vec<Arc<Slot>>,
+    results: Vec<Result<Version, StoreError>>,
+}
+
+impl Round {
+    fn deliver(self) {
+        for (slot, result) in self.slots.iter().zip(self.results) {
+            slot.fill(result);
         }
-        Ok(true)
     }
 }
 
