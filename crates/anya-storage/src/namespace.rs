@@ -44,12 +44,6 @@ impl Namespace {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// Whether `self` and `other` are clones of one value: a cheap first test before comparing
-    /// names.
-    pub(crate) fn same_as(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
 }
 
 impl fmt::Debug for Namespace {

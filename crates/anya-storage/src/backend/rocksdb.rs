@@ -94,6 +94,14 @@ fn map_err(err: rocksdb::Error) -> StoreError {
     }
 }
 
+/// The stored record of `value` written at `version` (what [`decode`] reads), into a reused
+/// buffer.
+fn encode_into(out: &mut Vec<u8>, version: Version, value: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&version.get().to_be_bytes());
+    out.extend_from_slice(value);
+}
+
 /// [`physical_key`] into a reused buffer.
 fn physical_key_into(out: &mut Vec<u8>, ns: &Namespace, key: &[u8]) {
     out.clear();
@@ -103,11 +111,8 @@ fn physical_key_into(out: &mut Vec<u8>, ns: &Namespace, key: &[u8]) {
 }
 
 fn physical_key(ns: &Namespace, key: &[u8]) -> Vec<u8> {
-    let ns = ns.as_str().as_bytes();
-    let mut out = Vec::with_capacity(ns.len() + 1 + key.len());
-    out.extend_from_slice(ns);
-    out.push(0);
-    out.extend_from_slice(key);
+    let mut out = Vec::with_capacity(ns.as_str().len() + 1 + key.len());
+    physical_key_into(&mut out, ns, key);
     out
 }
 
@@ -377,9 +382,7 @@ impl RocksDbWriter {
         for (pk, value) in staged {
             match value {
                 Some(value) => {
-                    record.clear();
-                    record.extend_from_slice(&version.get().to_be_bytes());
-                    record.extend_from_slice(&value);
+                    encode_into(&mut record, version, &value);
                     out.put(&pk, &record);
                 }
                 None => out.delete(&pk),
@@ -404,9 +407,7 @@ impl RocksDbWriter {
             match op {
                 Op::Put { ns, key, value } => {
                     physical_key_into(&mut pk, &ns, &key);
-                    record.clear();
-                    record.extend_from_slice(&version.get().to_be_bytes());
-                    record.extend_from_slice(&value);
+                    encode_into(&mut record, version, &value);
                     out.put(&pk, &record);
                     if let Some(group) = group.as_deref_mut() {
                         group.insert(pk.clone(), Some(version));
@@ -433,17 +434,9 @@ impl GroupWriter for RocksDbWriter {
         let mut last = self.last_version;
         let mut results = Vec::with_capacity(batches.len());
         // Staged writes need tracking only for the checks of later batches in the group.
-        let mut checks_after: Vec<bool> = batches
-            .iter()
-            .rev()
-            .scan(false, |seen, b| {
-                let later = *seen;
-                *seen |= b.has_checks();
-                Some(later)
-            })
-            .collect();
-        checks_after.reverse();
-        for (batch, track) in batches.into_iter().zip(checks_after) {
+        let last_checked = batches.iter().rposition(WriteBatch::has_checks);
+        for (i, batch) in batches.into_iter().enumerate() {
+            let track = last_checked.is_some_and(|last| i < last);
             let version = last
                 .checked_add(1)
                 .and_then(Version::new)

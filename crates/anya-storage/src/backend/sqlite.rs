@@ -96,9 +96,15 @@ fn migrate_1_to_2(conn: &Connection) -> Result<(), StoreError> {
 /// The row key of `key` in namespace `id`.
 fn row_key(id: u32, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + key.len());
-    k.extend_from_slice(&id.to_be_bytes());
-    k.extend_from_slice(key);
+    row_key_into(&mut k, id, key);
     k
+}
+
+/// [`row_key`] into a reused buffer.
+fn row_key_into(out: &mut Vec<u8>, id: u32, key: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(key);
 }
 
 /// The first row key after every key of namespace `id`.
@@ -110,9 +116,15 @@ fn ns_end(id: u32) -> [u8; 4] {
 /// The row value of `value` written at `version`.
 fn row_value(version: Version, value: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + value.len());
-    v.extend_from_slice(&version.get().to_be_bytes());
-    v.extend_from_slice(value);
+    row_value_into(&mut v, version, value);
     v
+}
+
+/// [`row_value`] into a reused buffer.
+fn row_value_into(out: &mut Vec<u8>, version: Version, value: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&version.get().to_be_bytes());
+    out.extend_from_slice(value);
 }
 
 /// Splits a row value into its version and value bytes.
@@ -137,7 +149,8 @@ fn ns_id_from_sql(id: i64) -> Result<u32, StoreError> {
 }
 
 /// The namespace ids of one group commit. Operations mostly come in runs on one namespace, so
-/// the last hit is tried first, by pointer and then by name, before the map.
+/// the last hit is tried first, before the map (comparing clones of one `Namespace` compares
+/// pointers first).
 #[derive(Default)]
 struct NsMap<'a> {
     last: Option<(&'a Namespace, u32)>,
@@ -147,7 +160,7 @@ struct NsMap<'a> {
 impl<'a> NsMap<'a> {
     fn get(&self, ns: &Namespace) -> Option<u32> {
         match self.last {
-            Some((last, id)) if last.same_as(ns) || last == ns => Some(id),
+            Some((last, id)) if last == ns => Some(id),
             _ => self.map.get(ns.as_str()).copied(),
         }
     }
@@ -172,15 +185,6 @@ struct OpWriter<'c> {
     delete: Option<rusqlite::CachedStatement<'c>>,
     key: Vec<u8>,
     value: Vec<u8>,
-}
-
-impl OpWriter<'_> {
-    /// Fills the key buffer with the row key of `key` in namespace `id`.
-    fn key(&mut self, id: u32, key: &[u8]) {
-        self.key.clear();
-        self.key.extend_from_slice(&id.to_be_bytes());
-        self.key.extend_from_slice(key);
-    }
 }
 
 /// Namespace ids known to be committed; ids are never reused, so entries never go stale.
@@ -542,10 +546,8 @@ impl SqliteWriter {
         for op in ops {
             match op {
                 Op::Put { ns, key, value } => {
-                    w.key(id(ns)?, key);
-                    w.value.clear();
-                    w.value.extend_from_slice(&version.get().to_be_bytes());
-                    w.value.extend_from_slice(value);
+                    row_key_into(&mut w.key, id(ns)?, key);
+                    row_value_into(&mut w.value, version, value);
                     let stmt = match &mut w.put {
                         Some(stmt) => stmt,
                         put => put.insert(self.conn.prepare_cached(PUT_SQL).map_err(map_err)?),
@@ -553,7 +555,7 @@ impl SqliteWriter {
                     stmt.execute(params![&w.key[..], &w.value[..]]).map_err(map_err)?;
                 }
                 Op::Delete { ns, key } => {
-                    w.key(id(ns)?, key);
+                    row_key_into(&mut w.key, id(ns)?, key);
                     let stmt = match &mut w.delete {
                         Some(stmt) => stmt,
                         delete => delete.insert(self.conn.prepare_cached(DELETE_SQL).map_err(map_err)?),
@@ -561,7 +563,7 @@ impl SqliteWriter {
                     stmt.execute([&w.key[..]]).map_err(map_err)?;
                 }
                 Op::Check { ns, key, expected } => {
-                    w.key(id(ns)?, key);
+                    row_key_into(&mut w.key, id(ns)?, key);
                     let head: Option<Vec<u8>> = self
                         .conn
                         .prepare_cached("SELECT substr(v, 1, 8) FROM anya_kv WHERE k = ?1")
