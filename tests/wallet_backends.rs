@@ -9,9 +9,7 @@ use anya_bitcoin::regtest::RegtestChain;
 use anya_bitcoin::wallet::{AnyaWallet, Template, WalletError};
 use anya_core_types::{Label, SystemClock};
 use anya_hsm::conformance::{software_on, FIXTURE_PASSPHRASE};
-use anya_hsm::{
-    HsmProvider, KdfParams, KeyPolicy, KeySpec, MnemonicLength, SecretString, SoftwareHsm, SoftwareOptions,
-};
+use anya_hsm::{HsmProvider, KdfParams, SecretString, SoftwareHsm, SoftwareOptions};
 use anya_storage::{KvStore, PostgresOptions, PostgresStore, RocksDbOptions, RocksDbStore, SqliteOptions, SqliteStore};
 use bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf};
 
@@ -39,13 +37,7 @@ fn open_hsm(store: Arc<dyn KvStore>) -> Arc<dyn HsmProvider> {
 fn round_trip(open: &dyn Fn() -> Arc<dyn KvStore>) {
     let store = open();
     let hsm = software_on(Arc::clone(&store));
-    hsm.generate_mnemonic(
-        &label("root"),
-        MnemonicLength::Words12,
-        &SecretString::from(""),
-        KeyPolicy::default_for(KeySpec::Bip32Root),
-    )
-    .expect("root");
+    anya_hsm::conformance::generate_test_root(&hsm, &label("root"));
     let hsm: Arc<dyn HsmProvider> = Arc::new(hsm);
     let template = Template::Bip86 {
         root: label("root"),

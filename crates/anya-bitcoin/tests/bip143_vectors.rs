@@ -11,7 +11,7 @@
 use anya_hsm::{HsmProvider, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, PublicKey, SecretBytes};
 use bitcoin::consensus::{deserialize, serialize};
 use bitcoin::hashes::{sha256d, Hash};
-use bitcoin::hex::{DisplayHex, FromHex};
+use bitcoin::hex::DisplayHex;
 use bitcoin::opcodes::all::OP_CODESEPARATOR;
 use bitcoin::script::Instruction;
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
@@ -19,19 +19,11 @@ use bitcoin::{Amount, Denomination, Script, ScriptBuf, Transaction};
 use secp256k1::{ecdsa, Message, Secp256k1};
 use serde_json::Value;
 
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/vectors/sighash/bip143_examples.json"
-);
+mod common;
+use common::hex_of as hex;
 
 fn json() -> Value {
-    let text = std::fs::read_to_string(VECTORS).unwrap_or_else(|e| panic!("reading {VECTORS}: {e}"));
-    serde_json::from_str(&text).expect("vector file is JSON")
-}
-
-fn hex(v: &Value) -> Vec<u8> {
-    let s = v.as_str().unwrap_or_else(|| panic!("expected a hex string, got {v}"));
-    Vec::from_hex(s).unwrap_or_else(|e| panic!("hex {s}: {e}"))
+    common::json("sighash/bip143_examples.json")
 }
 
 /// The script codes a P2WSH input can sign: the whole witness script, and what follows each

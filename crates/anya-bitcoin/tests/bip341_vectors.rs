@@ -15,7 +15,7 @@ use std::str::FromStr;
 use anya_hsm::{AuxRand, HsmProvider, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, SecretBytes};
 use bitcoin::consensus::{deserialize, serialize};
 use bitcoin::hashes::Hash;
-use bitcoin::hex::{DisplayHex, FromHex};
+use bitcoin::hex::DisplayHex;
 use bitcoin::key::{Keypair, TapTweak, UntweakedPublicKey};
 use bitcoin::secp256k1::{Secp256k1, SecretKey, XOnlyPublicKey};
 use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
@@ -23,19 +23,11 @@ use bitcoin::taproot::{LeafVersion, TapLeafHash, TapNodeHash, TaprootBuilder};
 use bitcoin::{Address, Amount, Network, ScriptBuf, Transaction, TxOut, Witness};
 use serde_json::Value;
 
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/vectors/bip341/wallet-test-vectors.json"
-);
+mod common;
+use common::hex_of as hex;
 
 fn json() -> Value {
-    let text = std::fs::read_to_string(VECTORS).unwrap_or_else(|e| panic!("reading {VECTORS}: {e}"));
-    serde_json::from_str(&text).expect("vector file is JSON")
-}
-
-fn hex(v: &Value) -> Vec<u8> {
-    let s = v.as_str().unwrap_or_else(|| panic!("expected a hex string, got {v}"));
-    Vec::from_hex(s).unwrap_or_else(|e| panic!("hex {s}: {e}"))
+    common::json("bip341/wallet-test-vectors.json")
 }
 
 fn hex32(v: &Value) -> [u8; 32] {

@@ -15,13 +15,14 @@ use anya_hsm::conformance::TempHsm;
 use anya_hsm::{HsmProvider, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, PublicKey, SecretString, SoftwareHsm};
 use bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
 use bitcoin::hashes::{hash160, Hash};
-use bitcoin::hex::{DisplayHex, FromHex};
+use bitcoin::hex::DisplayHex;
 use bitcoin::key::TapTweak;
 use bitcoin::secp256k1::{Message, Secp256k1};
 use bitcoin::{Address, CompressedPublicKey, KnownHrp, Network, NetworkKind, PrivateKey, ScriptBuf};
 use serde_json::Value;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/vectors/derivation/");
+mod common;
+use common::str_of;
 
 /// SLIP-132 version bytes of the extended keys the BIPs print.
 const ZPRV: [u8; 4] = [0x04, 0xb2, 0x43, 0x0c];
@@ -30,19 +31,12 @@ const UPRV: [u8; 4] = [0x04, 0x4a, 0x4e, 0x28];
 const UPUB: [u8; 4] = [0x04, 0x4a, 0x52, 0x62];
 
 fn json(file: &str) -> Value {
-    let path = format!("{DIR}{file}");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    serde_json::from_str(&text).expect("vector file is JSON")
-}
-
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_else(|| panic!("{key} in {v}"))
+    common::json(&format!("derivation/{file}"))
 }
 
 /// Hex with or without the BIP text's `0x` prefix.
 fn hex(s: &str) -> Vec<u8> {
-    let s = s.strip_prefix("0x").unwrap_or(s);
-    Vec::from_hex(s).unwrap_or_else(|e| panic!("hex {s}: {e}"))
+    common::hex(s.strip_prefix("0x").unwrap_or(s))
 }
 
 /// Compares a 78-byte BIP32 serialisation with an extended key string in any version.

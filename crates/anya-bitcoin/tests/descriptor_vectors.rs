@@ -18,16 +18,11 @@ use miniscript::Descriptor;
 use secp256k1::Secp256k1;
 use serde_json::Value;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/vectors/descriptors/");
+mod common;
+use common::str_of;
 
 fn json(file: &str) -> Value {
-    let path = format!("{DIR}{file}");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    serde_json::from_str(&text).expect("vector file is JSON")
-}
-
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_else(|| panic!("{key} in {v}"))
+    common::json(&format!("descriptors/{file}"))
 }
 
 fn parse(s: &str) -> Result<Descriptor<DescriptorPublicKey>, String> {

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use anya_bitcoin::psbt::{decode, encode_base64, PsbtError};
 use bitcoin::consensus::{deserialize, serialize};
-use bitcoin::hex::{DisplayHex, FromHex};
+use bitcoin::hex::DisplayHex;
 use bitcoin::psbt::Psbt;
 use bitcoin::{
     absolute, transaction, Amount, Denomination, OutPoint, PrivateKey, ScriptBuf, Sequence, Transaction, TxIn, TxOut,
@@ -21,20 +21,11 @@ use miniscript::psbt::PsbtExt;
 use secp256k1::Secp256k1;
 use serde_json::Value;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/vectors/psbt/");
+mod common;
+use common::{hex, str_of};
 
 fn json(file: &str) -> Value {
-    let path = format!("{DIR}{file}");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    serde_json::from_str(&text).expect("vector file is JSON")
-}
-
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_else(|| panic!("{key} in {v}"))
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    Vec::from_hex(s).unwrap_or_else(|e| panic!("hex {s}: {e}"))
+    common::json(&format!("psbt/{file}"))
 }
 
 /// Decodes a case's PSBT from all three spellings; they must agree.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anya_bitcoin::rpc::{BitcoindChain, FeeSource, RpcAuth, RpcConfig, RpcError};
 use anya_bitcoin::wallet::{AnyaWallet, Template};
 use anya_core_types::{Label, SystemClock};
-use anya_hsm::{HsmProvider, KeyPolicy, KeySpec, MnemonicLength, SecretString};
+use anya_hsm::{HsmProvider, SecretString};
 use anya_storage::{KvStore, SqliteOptions, SqliteStore};
 use bitcoin::{absolute, transaction, Address, Amount, BlockHash, FeeRate, Network, Transaction};
 use serde_json::{json, Value};
@@ -396,13 +396,7 @@ fn wallet(dir: &tempfile::TempDir) -> AnyaWallet {
     let store: Arc<dyn KvStore> =
         Arc::new(SqliteStore::open(dir.path().join("anya.db"), SqliteOptions::default()).expect("store"));
     let hsm = anya_hsm::conformance::software_on(Arc::clone(&store));
-    hsm.generate_mnemonic(
-        &label("root"),
-        MnemonicLength::Words12,
-        &SecretString::from(""),
-        KeyPolicy::default_for(KeySpec::Bip32Root),
-    )
-    .expect("root");
+    anya_hsm::conformance::generate_test_root(&hsm, &label("root"));
     let hsm: Arc<dyn HsmProvider> = Arc::new(hsm);
     let template = Template::Bip86 {
         root: label("root"),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anya_bitcoin::policy::{PolicyEngine, PolicyError};
 use anya_bitcoin::wallet::{AnyaWallet, PersistError, Template, WalletError};
 use anya_core_types::{Label, SystemClock};
-use anya_hsm::{HsmProvider, KeyPolicy, KeySpec, MnemonicLength, SecretString};
+use anya_hsm::HsmProvider;
 use anya_storage::{KvStore, Namespace, Scan, SqliteOptions, SqliteStore};
 use bitcoin::Network;
 use proptest::prelude::*;
@@ -27,13 +27,7 @@ fn fixture() -> Fixture {
     let store: Arc<dyn KvStore> =
         Arc::new(SqliteStore::open(dir.path().join("s.db"), SqliteOptions::default()).expect("store"));
     let hsm = anya_hsm::conformance::software_on(Arc::clone(&store));
-    hsm.generate_mnemonic(
-        &label("root"),
-        MnemonicLength::Words12,
-        &SecretString::from(""),
-        KeyPolicy::default_for(KeySpec::Bip32Root),
-    )
-    .expect("root");
+    anya_hsm::conformance::generate_test_root(&hsm, &label("root"));
     Fixture {
         _dir: dir,
         store,

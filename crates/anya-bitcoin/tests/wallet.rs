@@ -10,7 +10,7 @@ use anya_bitcoin::policy::{PolicyError, SpendPolicy, Violation};
 use anya_bitcoin::regtest::RegtestChain;
 use anya_bitcoin::wallet::{account_path, descriptor_key, AnyaWallet, Condition, Template, WalletError};
 use anya_core_types::{Clock, Label, UnixTime};
-use anya_hsm::{HsmProvider, KeyPolicy, KeySpec, MnemonicLength, Operation, SecretString};
+use anya_hsm::{HsmProvider, Operation};
 use anya_storage::{KvStore, SqliteOptions, SqliteStore};
 use bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf, Sequence};
 
@@ -47,13 +47,7 @@ fn fixture() -> Fixture {
     let store: Arc<dyn KvStore> =
         Arc::new(SqliteStore::open(dir.path().join("anya.db"), SqliteOptions::default()).expect("store"));
     let hsm = anya_hsm::conformance::software_on(Arc::clone(&store));
-    hsm.generate_mnemonic(
-        &label("root"),
-        MnemonicLength::Words12,
-        &SecretString::from(""),
-        KeyPolicy::default_for(KeySpec::Bip32Root),
-    )
-    .expect("root");
+    anya_hsm::conformance::generate_test_root(&hsm, &label("root"));
     Fixture {
         _dir: dir,
         store,
@@ -289,14 +283,7 @@ fn rbf_bump_and_cpfp_child_verify_and_mine() {
 fn multisig_and_taproot_script_path_sign_through_the_hsm() {
     let mut f = fixture();
     for name in ["cosigner-b", "cosigner-c"] {
-        f.hsm
-            .generate_mnemonic(
-                &label(name),
-                MnemonicLength::Words12,
-                &SecretString::from(""),
-                KeyPolicy::default_for(KeySpec::Bip32Root),
-            )
-            .expect("root");
+        anya_hsm::conformance::generate_test_root(&*f.hsm, &label(name));
     }
     let key = |root: &str, purpose: u32| {
         descriptor_key(

@@ -69,6 +69,18 @@ pub fn software_on(store: std::sync::Arc<dyn anya_storage::KvStore>) -> crate::S
 /// The passphrase of the keystores [`software_on`] and [`software_fixture`] create.
 pub const FIXTURE_PASSPHRASE: &str = "conformance";
 
+/// Generates a BIP32 root `id` in `hsm` from a fresh 12-word mnemonic with an empty BIP39
+/// passphrase and the default root policy: the wallet tests' signing root.
+pub fn generate_test_root(hsm: &dyn HsmProvider, id: &Label) {
+    hsm.generate_mnemonic(
+        id,
+        MnemonicLength::Words12,
+        &SecretString::from(""),
+        KeyPolicy::default_for(KeySpec::Bip32Root),
+    )
+    .expect("a fresh BIP32 root");
+}
+
 /// Generates one `#[test]` per conformance case for the provider built by `$make`.
 #[macro_export]
 macro_rules! hsm_conformance_suite {
