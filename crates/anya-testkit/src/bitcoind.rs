@@ -30,7 +30,7 @@ pub struct BitcoindOptions {
 #[derive(Debug)]
 pub struct Bitcoind {
     // Fields drop in order: the process stops before its data directory is removed.
-    process: Process,
+    _process: Process,
     client: bitcoincore_rpc::Client,
     rpc_port: u16,
     p2p_port: u16,
@@ -66,7 +66,7 @@ pub(crate) fn bitcoind_exe() -> Option<PathBuf> {
 }
 
 impl Bitcoind {
-    /// Starts a node with the default settings (`-txindex`, no listening for peers); `None`
+    /// Starts a node with the default settings (`-txindex`, peers only from loopback); `None`
     /// outside CI when `BITCOIND_EXE` is unset. Panics when the node cannot be started.
     pub fn start() -> Option<Self> {
         Self::start_with(BitcoindOptions::default())
@@ -100,7 +100,9 @@ impl Bitcoind {
                 .arg(format!("-port={p2p_port}"))
                 .arg(format!("-bind=127.0.0.1:{p2p_port}"))
                 .args([
-                    "-listen=0",
+                    "-listen=1",
+                    "-dnsseed=0",
+                    "-fixedseeds=0",
                     "-server=1",
                     "-txindex=1",
                     "-rpcbind=127.0.0.1",
@@ -137,7 +139,7 @@ impl Bitcoind {
                     // -28 (warming up) and refused connections both mean "not yet".
                     if client.get_block_count().is_ok() {
                         return Ok(Self {
-                            process,
+                            _process: process,
                             client,
                             rpc_port,
                             p2p_port,
@@ -161,7 +163,8 @@ impl Bitcoind {
         self.rpc_port
     }
 
-    /// The peer-to-peer port (bound on loopback; the node makes no outbound connections).
+    /// The peer-to-peer port, bound on loopback (another test node can `addnode` it; with no
+    /// seeds the node makes no other connection).
     pub fn p2p_port(&self) -> u16 {
         self.p2p_port
     }
