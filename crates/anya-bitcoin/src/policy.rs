@@ -10,7 +10,18 @@
 //! the history survives restarts. Every decision, approval or refusal, is appended to the
 //! HSM's audit chain ([`HsmProvider::record_decision`]) with the txid as its subject and the
 //! bitmask of broken rules ([`Violation::code`]) as its outcome.
+//!
+//! # Replacements and releases
+//!
+//! Each recorded spend remembers the outpoints it consumes. A later spend that consumes any of
+//! them (a BIP125 fee bump, or any other double spend of the same coins) cannot confirm beside
+//! it, so [`PolicyEngine::approve`] lets it *take the place* of the spends it conflicts with:
+//! they stop counting, the replacement counts instead, and it keeps the earliest of their times
+//! so that bumping never stretches the window. The replaced spends are kept, marked with their
+//! replacement, so that [`PolicyEngine::release`] of a replacement that never reached the
+//! network puts them back: the original may still be in mempools.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -18,7 +29,7 @@ use anya_core_types::Clock;
 use anya_hsm::{HsmError, HsmProvider, KeyId};
 use anya_storage::{KvStore, Namespace, Scan, StoreError, WriteBatch};
 use bitcoin::hashes::Hash;
-use bitcoin::{Amount, FeeRate, ScriptBuf, Txid};
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Txid};
 use serde::{Deserialize, Serialize};
 
 /// The length of the velocity window, in seconds.
@@ -29,6 +40,18 @@ const HEAD_KEY: &[u8] = b"head";
 const SPEND_PREFIX: &[u8] = b"s/";
 const TXID_PREFIX: &[u8] = b"t/";
 const MAX_RETRIES: usize = 64;
+/// Format byte of a `t/` record that carries the spend's inputs (the first version held only the
+/// 8-byte time).
+const TXID_FORMAT_INPUTS: u8 = 1;
+/// Length of a `t/` record before its inputs: time, format, replaced flag, replacement txid.
+const TXID_RECORD_HEAD: usize = 8 + 1 + 1 + 32;
+/// Length of one encoded outpoint: txid and big-endian vout.
+const OUTPOINT_LEN: usize = 32 + 4;
+
+/// The audit outcome recorded when a reservation is released (a spend that never reached the
+/// network stops counting). Rule bits ([`Violation::code`]) use the low bits; this one is
+/// never set by a refusal.
+pub const RELEASE_OUTCOME: u16 = 1 << 15;
 
 /// A wallet's spending rules. `None` means no limit of that kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +123,9 @@ pub struct SpendSummary {
     pub fee: Amount,
     /// The fee over the estimated signed size.
     pub fee_rate: FeeRate,
+    /// The outpoints it spends, in input order. An approved spend that shares any of them with
+    /// a recorded one replaces it in the velocity window.
+    pub inputs: Vec<OutPoint>,
 }
 
 impl SpendSummary {
@@ -270,11 +296,37 @@ pub enum PolicyError {
     Contended,
 }
 
-/// The approved spends of the current window.
+/// One recorded spend.
+#[derive(Debug, Clone)]
+struct Spend {
+    /// Its `s/` key.
+    key: Vec<u8>,
+    /// When it was approved (a replacement inherits the earliest time of what it replaced).
+    time: u64,
+    /// What it counts.
+    amount: Amount,
+    txid: Txid,
+    /// The outpoints it consumes (empty for records written before inputs were kept).
+    inputs: Vec<OutPoint>,
+    /// The spend that took its place; it does not count while this is set.
+    replaced_by: Option<Txid>,
+}
+
+impl Spend {
+    fn in_window(&self, now: u64) -> bool {
+        self.time.saturating_add(VELOCITY_WINDOW_SECS) > now
+    }
+
+    /// Whether it counts against the velocity limit at `now`.
+    fn counts(&self, now: u64) -> bool {
+        self.replaced_by.is_none() && self.in_window(now)
+    }
+}
+
+/// The recorded spends.
 #[derive(Debug, Clone, Default)]
 struct History {
-    /// `(key, time, amount, txid)` of every recorded spend.
-    spends: Vec<(Vec<u8>, u64, Amount, Txid)>,
+    spends: Vec<Spend>,
 }
 
 /// A wallet's rules and spend history in a [`KvStore`] namespace.
@@ -323,22 +375,30 @@ impl PolicyEngine {
     /// Value spent by approved transactions in the last 24 hours.
     pub fn spent_last_24h(&self) -> Result<Amount, PolicyError> {
         let now = self.clock.now().as_secs();
-        Ok(window_sum(&self.history()?, now, None))
+        Ok(window_sum(&self.history()?, now, &[]))
     }
 
     /// Every rule `summary` breaks under the current rules and history; empty if none.
     pub fn evaluate(&self, summary: &SpendSummary) -> Result<Vec<Violation>, PolicyError> {
         let now = self.clock.now().as_secs();
-        Ok(check(&self.rules()?, &self.history()?, now, summary))
+        let history = self.history()?;
+        let mut except: Vec<Txid> = conflicts(&history, now, summary).map(|s| s.txid).collect();
+        except.push(summary.txid);
+        Ok(check(&self.rules()?, &history, now, summary, &except))
     }
 
     /// Checks `summary` against every rule, records the decision in `hsm`'s audit chain under
     /// `key`, and on approval adds the spend to the history (once per txid: approving the same
     /// transaction again, to re-sign it, does not count it twice).
     ///
+    /// A spend that consumes an input of a recorded spend still in the window replaces it (see
+    /// the [module docs](self)): the velocity rule judges it without its predecessors, and it
+    /// is recorded at their earliest time. The engine does not know whether a predecessor has
+    /// confirmed; if it has, the replacement is invalid and can never move coins.
+    ///
     /// The spend is counted when it is approved, before any signature exists: if signing then
-    /// fails, or the transaction is never broadcast, it still counts for 24 hours. The limit can
-    /// be under-used that way, never exceeded.
+    /// fails, or the transaction is never broadcast, it still counts for 24 hours unless it is
+    /// [released](Self::release). The limit can be under-used that way, never exceeded.
     pub fn approve(&self, summary: &SpendSummary, hsm: &dyn HsmProvider, key: &KeyId) -> Result<(), PolicyError> {
         let rules = self.rules()?;
         let subject = summary.txid.to_byte_array();
@@ -346,7 +406,16 @@ impl PolicyEngine {
             let head = self.store.get(&self.ns, HEAD_KEY)?.map(|v| v.version);
             let history = self.history()?;
             let now = self.clock.now().as_secs();
-            let violations = check(&rules, &history, now, summary);
+            // A record that left the window is pruned below; approving the same transaction
+            // again then counts it afresh.
+            let existing = history
+                .spends
+                .iter()
+                .find(|s| s.txid == summary.txid && s.in_window(now));
+            let replaced: Vec<&Spend> = conflicts(&history, now, summary).collect();
+            let mut excluded: Vec<Txid> = replaced.iter().map(|s| s.txid).collect();
+            excluded.push(summary.txid);
+            let violations = check(&rules, &history, now, summary, &excluded);
             if !violations.is_empty() {
                 let refusal = PolicyViolation {
                     txid: summary.txid,
@@ -359,19 +428,48 @@ impl PolicyEngine {
             batch.check(&self.ns, HEAD_KEY, head)?;
             batch.put(&self.ns, HEAD_KEY, now.to_be_bytes())?;
             // Spends that left the window are pruned as the history is written.
-            for (k, time, _, txid) in &history.spends {
-                if time.saturating_add(VELOCITY_WINDOW_SECS) <= now {
-                    batch.delete(&self.ns, k.clone())?;
-                    batch.delete(&self.ns, txid_key(txid))?;
+            for spend in &history.spends {
+                if !spend.in_window(now) {
+                    batch.delete(&self.ns, spend.key.clone())?;
+                    // This spend's own `t/` record is rewritten below.
+                    if spend.txid != summary.txid {
+                        batch.delete(&self.ns, txid_key(&spend.txid))?;
+                    }
                 }
             }
-            let already = history.spends.iter().any(|(_, _, _, t)| *t == summary.txid);
-            if !already {
-                let mut k = SPEND_PREFIX.to_vec();
-                k.extend_from_slice(&now.to_be_bytes());
-                k.extend_from_slice(&subject);
-                batch.put(&self.ns, k, summary.spent().to_sat().to_be_bytes())?;
-                batch.put(&self.ns, txid_key(&summary.txid), now.to_be_bytes())?;
+            match existing {
+                // Approved before and still counting: nothing changes.
+                Some(spend) if spend.replaced_by.is_none() && replaced.is_empty() => {}
+                // Approved before, then replaced (or now displacing a later conflict): it
+                // counts again, at its own time.
+                Some(spend) => {
+                    batch.put(
+                        &self.ns,
+                        txid_key(&spend.txid),
+                        encode_txid_record(spend.time, None, &summary.inputs),
+                    )?;
+                }
+                None => {
+                    // The replacement keeps the earliest time of what it replaces, so bumping
+                    // a fee never pushes a payment's end of window later.
+                    let time = replaced.iter().map(|s| s.time).fold(now, u64::min);
+                    let mut k = SPEND_PREFIX.to_vec();
+                    k.extend_from_slice(&time.to_be_bytes());
+                    k.extend_from_slice(&subject);
+                    batch.put(&self.ns, k, summary.spent().to_sat().to_be_bytes())?;
+                    batch.put(
+                        &self.ns,
+                        txid_key(&summary.txid),
+                        encode_txid_record(time, None, &summary.inputs),
+                    )?;
+                }
+            }
+            for spend in &replaced {
+                batch.put(
+                    &self.ns,
+                    txid_key(&spend.txid),
+                    encode_txid_record(spend.time, Some(summary.txid), &spend.inputs),
+                )?;
             }
             match self.store.write(batch) {
                 Ok(_) => {
@@ -385,16 +483,55 @@ impl PolicyEngine {
         Err(PolicyError::Contended)
     }
 
+    /// Removes the reservation of `txid`, a spend that never reached the network (the node
+    /// rejected it, or it was never broadcast), and returns what it counted: `None` when no
+    /// spend of that txid counts (none was approved, it was replaced, or it left the window).
+    ///
+    /// The spends it had replaced count again, at their own times, since they may still be in
+    /// mempools. Releasing a spend that did reach the network lets the wallet spend past its
+    /// limit; callers release only on a definite refusal. This does not write to the audit
+    /// chain (the engine holds no HSM): [`AnyaWallet::release`](crate::wallet::AnyaWallet::release)
+    /// records [`RELEASE_OUTCOME`] there.
+    pub fn release(&self, txid: Txid) -> Result<Option<Amount>, PolicyError> {
+        for _ in 0..MAX_RETRIES {
+            let head = self.store.get(&self.ns, HEAD_KEY)?.map(|v| v.version);
+            let history = self.history()?;
+            let now = self.clock.now().as_secs();
+            let Some(target) = history.spends.iter().find(|s| s.txid == txid) else {
+                return Ok(None);
+            };
+            let mut batch = WriteBatch::new();
+            batch.check(&self.ns, HEAD_KEY, head)?;
+            batch.put(&self.ns, HEAD_KEY, now.to_be_bytes())?;
+            batch.delete(&self.ns, target.key.clone())?;
+            batch.delete(&self.ns, txid_key(&txid))?;
+            // What it replaced goes back to where it was before: counting if the released
+            // spend counted, replaced by its replacement if it had one.
+            for spend in history.spends.iter().filter(|s| s.replaced_by == Some(txid)) {
+                batch.put(
+                    &self.ns,
+                    txid_key(&spend.txid),
+                    encode_txid_record(spend.time, target.replaced_by, &spend.inputs),
+                )?;
+            }
+            match self.store.write(batch) {
+                Ok(_) => return Ok(target.counts(now).then_some(target.amount)),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PolicyError::Contended)
+    }
+
     fn history(&self) -> Result<History, PolicyError> {
+        let mut details = HashMap::new();
+        for entry in self.store.scan(&self.ns, Scan::prefix(TXID_PREFIX))? {
+            let (txid, detail) = decode_txid_record(&entry.key, &entry.value)?;
+            details.insert(txid, detail);
+        }
         let mut history = History::default();
         for entry in self.store.scan(&self.ns, Scan::prefix(SPEND_PREFIX))? {
-            let corrupt = || PolicyError::Corrupt {
-                key: format!(
-                    "spend {}",
-                    bitcoin::hex::DisplayHex::to_lower_hex_string(&entry.key[..])
-                ),
-                reason: "not a spend record".to_owned(),
-            };
+            let corrupt = || corrupt_record("spend", &entry.key, "not a spend record");
             let rest = &entry.key[SPEND_PREFIX.len()..];
             if rest.len() != 8 + 32 || entry.value.len() != 8 {
                 return Err(corrupt());
@@ -402,10 +539,89 @@ impl PolicyEngine {
             let time = u64::from_be_bytes(rest[..8].try_into().map_err(|_| corrupt())?);
             let txid = Txid::from_slice(&rest[8..]).map_err(|_| corrupt())?;
             let sats = u64::from_be_bytes(entry.value[..].try_into().map_err(|_| corrupt())?);
-            history.spends.push((entry.key, time, Amount::from_sat(sats), txid));
+            // A spend without a `t/` record (it was never written apart from the spend, but a
+            // damaged store may lack it) counts, with no inputs to be replaced through.
+            let (inputs, replaced_by) = details.remove(&txid).unwrap_or_default();
+            history.spends.push(Spend {
+                key: entry.key,
+                time,
+                amount: Amount::from_sat(sats),
+                txid,
+                inputs,
+                replaced_by,
+            });
         }
         Ok(history)
     }
+}
+
+fn corrupt_record(kind: &str, key: &[u8], reason: &str) -> PolicyError {
+    PolicyError::Corrupt {
+        key: format!("{kind} {}", bitcoin::hex::DisplayHex::to_lower_hex_string(key)),
+        reason: reason.to_owned(),
+    }
+}
+
+/// A `t/` record: the time, then (format 1) whether and by what the spend was replaced, and the
+/// outpoints it consumes.
+fn encode_txid_record(time: u64, replaced_by: Option<Txid>, inputs: &[OutPoint]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(TXID_RECORD_HEAD + inputs.len() * OUTPOINT_LEN);
+    v.extend_from_slice(&time.to_be_bytes());
+    v.push(TXID_FORMAT_INPUTS);
+    match replaced_by {
+        Some(txid) => {
+            v.push(1);
+            v.extend_from_slice(&txid.to_byte_array());
+        }
+        None => {
+            v.push(0);
+            v.extend_from_slice(&[0; 32]);
+        }
+    }
+    for outpoint in inputs {
+        v.extend_from_slice(&outpoint.txid.to_byte_array());
+        v.extend_from_slice(&outpoint.vout.to_be_bytes());
+    }
+    v
+}
+
+type TxidDetail = (Vec<OutPoint>, Option<Txid>);
+
+fn decode_txid_record(key: &[u8], value: &[u8]) -> Result<(Txid, TxidDetail), PolicyError> {
+    let corrupt = |reason| corrupt_record("txid", key, reason);
+    let txid = key
+        .strip_prefix(TXID_PREFIX)
+        .and_then(|k| Txid::from_slice(k).ok())
+        .ok_or_else(|| corrupt("key is not a txid"))?;
+    // Records written before inputs were kept hold only the time.
+    if value.len() == 8 {
+        return Ok((txid, (Vec::new(), None)));
+    }
+    let (head, tail) = value
+        .split_at_checked(TXID_RECORD_HEAD)
+        .ok_or_else(|| corrupt("too short"))?;
+    if head[8] != TXID_FORMAT_INPUTS {
+        return Err(corrupt("unknown record format"));
+    }
+    let replaced_by = match head[9] {
+        0 => None,
+        1 => Some(Txid::from_slice(&head[10..]).map_err(|_| corrupt("bad replacement txid"))?),
+        _ => return Err(corrupt("bad replaced flag")),
+    };
+    if tail.len() % OUTPOINT_LEN != 0 {
+        return Err(corrupt("inputs are not whole outpoints"));
+    }
+    let inputs = tail
+        .chunks_exact(OUTPOINT_LEN)
+        .map(|c| {
+            let (id, vout) = c.split_at(32);
+            Ok(OutPoint {
+                txid: Txid::from_slice(id).map_err(|_| corrupt("bad input txid"))?,
+                vout: u32::from_be_bytes(vout.try_into().map_err(|_| corrupt("bad input vout"))?),
+            })
+        })
+        .collect::<Result<Vec<_>, PolicyError>>()?;
+    Ok((txid, (inputs, replaced_by)))
 }
 
 fn txid_key(txid: &Txid) -> Vec<u8> {
@@ -414,16 +630,28 @@ fn txid_key(txid: &Txid) -> Vec<u8> {
     k
 }
 
-fn window_sum(history: &History, now: u64, except: Option<Txid>) -> Amount {
+/// The counting spends, other than `summary` itself, that consume an input of `summary`: it
+/// replaces them.
+fn conflicts<'a>(history: &'a History, now: u64, summary: &'a SpendSummary) -> impl Iterator<Item = &'a Spend> {
     history
         .spends
         .iter()
-        .filter(|(_, time, _, txid)| time.saturating_add(VELOCITY_WINDOW_SECS) > now && Some(*txid) != except)
-        .map(|(_, _, amount, _)| *amount)
+        .filter(move |s| s.txid != summary.txid && s.counts(now) && s.inputs.iter().any(|o| summary.inputs.contains(o)))
+}
+
+/// What the spends counting at `now` add up to, leaving out `except`.
+fn window_sum(history: &History, now: u64, except: &[Txid]) -> Amount {
+    history
+        .spends
+        .iter()
+        .filter(|s| s.counts(now) && !except.contains(&s.txid))
+        .map(|s| s.amount)
         .fold(Amount::ZERO, |a, b| a.checked_add(b).unwrap_or(Amount::MAX_MONEY))
 }
 
-fn check(rules: &SpendPolicy, history: &History, now: u64, summary: &SpendSummary) -> Vec<Violation> {
+/// Every rule `summary` breaks; `except` are the spends it would take the place of (itself and
+/// what it replaces), which the velocity rule leaves out.
+fn check(rules: &SpendPolicy, history: &History, now: u64, summary: &SpendSummary, except: &[Txid]) -> Vec<Violation> {
     let mut out = Vec::new();
     let amount = summary.spent();
     if let Some(limit) = rules.max_per_tx {
@@ -432,7 +660,7 @@ fn check(rules: &SpendPolicy, history: &History, now: u64, summary: &SpendSummar
         }
     }
     if let Some(limit) = rules.max_per_24h {
-        let spent_24h = window_sum(history, now, Some(summary.txid));
+        let spent_24h = window_sum(history, now, except);
         if spent_24h.checked_add(amount).is_none_or(|total| total > limit) {
             out.push(Violation::VelocityOverLimit {
                 spent_24h,

@@ -18,17 +18,25 @@
 //!
 //! Broadcasting is safe to retry: Core answers `sendrawtransaction` with the txid when the
 //! transaction is already in its mempool.
+//!
+//! # Rejected broadcasts
+//!
+//! [`BitcoindChain::broadcast_for`] broadcasts a wallet's transaction and, when the node
+//! answers that it refuses it (so the transaction certainly did not reach the network through
+//! it), releases what the wallet's spending policy reserved for it ([`AnyaWallet::release`]).
+//! A transport failure releases nothing: the node may have relayed the transaction before the
+//! reply was lost.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anya_hsm::SecretString;
 use bdk_bitcoind_rpc::Emitter;
-use bitcoin::{Block, BlockHash, FeeRate, Transaction, Txid};
+use bitcoin::{Amount, Block, BlockHash, FeeRate, Network, Transaction, Txid};
 use bitcoincore_rpc::RpcApi;
 use jsonrpc::simple_http::{self, SimpleHttpTransport};
 use serde::de::DeserializeOwned;
@@ -40,6 +48,11 @@ use crate::wallet::{AnyaWallet, WalletError};
 const RPC_IN_WARMUP: i32 = -28;
 /// Bitcoin Core's `RPC_INVALID_ADDRESS_OR_KEY`, which it also uses for "no such transaction".
 const RPC_INVALID_ADDRESS_OR_KEY: i32 = -5;
+/// The codes with which `sendrawtransaction` refuses a transaction it could read or not:
+/// `RPC_VERIFY_ERROR` (-25: missing or spent inputs, fee over the maximum),
+/// `RPC_VERIFY_REJECTED` (-26: policy or consensus), `RPC_DESERIALIZATION_ERROR` (-22). Not
+/// `RPC_VERIFY_ALREADY_IN_CHAIN` (-27): that transaction did reach the network.
+const BROADCAST_REJECTED: [i32; 3] = [-25, -26, -22];
 
 /// How the client proves itself to `bitcoind`.
 #[derive(Debug)]
@@ -159,6 +172,38 @@ pub enum RpcError {
     /// Applying what the node sent to the wallet failed.
     #[error("cannot apply chain data to the wallet")]
     Wallet(#[from] WalletError),
+    /// The node refused to accept the transaction ([`BitcoindChain::broadcast_for`]): it did
+    /// not reach the network through this node, and the wallet's reservation was released.
+    #[error("bitcoind rejected {txid} (error {code}: {message}); {}", released_note(released))]
+    Rejected {
+        /// The rejected transaction.
+        txid: Txid,
+        /// Bitcoin Core's error code (-26 for policy or consensus, -25 for missing inputs).
+        code: i32,
+        /// Bitcoin Core's reason (`min relay fee not met`, …).
+        message: String,
+        /// What the spending policy had counted for it and no longer counts; `None` when it
+        /// counted nothing (or the wallet is watch-only and cannot release).
+        released: Option<Amount>,
+    },
+    /// The node's chain is not the wallet's network: its genesis block differs.
+    #[error("the node is not on {wallet} (its genesis block is {node_genesis})")]
+    NetworkMismatch {
+        /// The wallet's network.
+        wallet: Network,
+        /// The node's block at height 0.
+        node_genesis: BlockHash,
+    },
+}
+
+fn released_note(released: &Option<Amount>) -> String {
+    match released {
+        Some(amount) => format!(
+            "its spending-policy reservation of {} sat was released",
+            amount.to_sat()
+        ),
+        None => "no spending-policy reservation was released".to_owned(),
+    }
 }
 
 /// What to do with a failed call.
@@ -206,6 +251,12 @@ fn into_error(error: bitcoincore_rpc::Error, attempts: u32) -> RpcError {
         },
         e => RpcError::Reply(Box::new(e)),
     }
+}
+
+/// Whether a `sendrawtransaction` failure is the node refusing the transaction (so it did not
+/// reach the network through this node), as opposed to a failure where delivery is unknown.
+fn is_rejection(error: &RpcError) -> bool {
+    matches!(error, RpcError::Rpc { code, .. } if BROADCAST_REJECTED.contains(code))
 }
 
 fn backoff(base: Duration, attempt: u32) -> Duration {
@@ -308,7 +359,7 @@ struct TxInfo {
 #[derive(Deserialize)]
 struct SmartFee {
     #[serde(default, rename = "feerate", with = "bitcoin::amount::serde::as_btc::opt")]
-    fee_rate: Option<bitcoin::Amount>,
+    fee_rate: Option<Amount>,
     #[serde(default)]
     blocks: Option<u32>,
 }
@@ -317,6 +368,8 @@ struct SmartFee {
 pub struct BitcoindChain {
     client: Arc<RetryingClient>,
     fallback_fee_rate: FeeRate,
+    /// The node's genesis hash, read once: a node does not change chains while running.
+    genesis: OnceLock<BlockHash>,
 }
 
 impl fmt::Debug for BitcoindChain {
@@ -364,6 +417,7 @@ impl BitcoindChain {
                 last_attempts: AtomicU32::new(0),
             }),
             fallback_fee_rate: config.fallback_fee_rate,
+            genesis: OnceLock::new(),
         })
     }
 
@@ -415,6 +469,69 @@ impl BitcoindChain {
             "sendrawtransaction",
             &[bitcoin::consensus::encode::serialize_hex(tx).into()],
         )
+    }
+
+    /// [`broadcast`](Self::broadcast)s `wallet`'s transaction `tx`. When the node refuses it
+    /// (codes -25, -26, -22: it answered, and the transaction did not reach the network
+    /// through it), the wallet releases what its spending policy reserved for `tx` and stops
+    /// counting it as pending ([`AnyaWallet::release`]), and the result is
+    /// [`RpcError::Rejected`] saying what was released. Transport errors, where delivery is
+    /// unknown, and -27 (already in a block) release nothing and are returned as they are.
+    pub fn broadcast_for(&self, wallet: &mut AnyaWallet, tx: &Transaction) -> Result<Txid, RpcError> {
+        let txid = tx.compute_txid();
+        let (code, message) = match self.broadcast(tx) {
+            Err(e) if is_rejection(&e) => match e {
+                RpcError::Rpc { code, message } => (code, message),
+                other => return Err(other),
+            },
+            other => return other,
+        };
+        if wallet.is_watch_only() {
+            // Nothing a watch-only handle signed can be reserved; the signing side releases.
+            return Err(RpcError::Rejected {
+                txid,
+                code,
+                message,
+                released: None,
+            });
+        }
+        match wallet.release(txid) {
+            Ok(released) => Err(RpcError::Rejected {
+                txid,
+                code,
+                message,
+                released,
+            }),
+            // -25 also answers a confirmed transaction whose outputs are all spent: the
+            // wallet's view says it did reach the chain, so nothing is released.
+            Err(WalletError::AlreadyConfirmed { .. }) => Err(RpcError::Rpc { code, message }),
+            Err(e) => {
+                tracing::warn!(%txid, code, %message, "bitcoind rejected the transaction; releasing its reservation failed");
+                Err(RpcError::Wallet(e))
+            }
+        }
+    }
+
+    /// The node's genesis block hash (`getblockhash 0`), fetched once per chain source.
+    pub fn genesis_hash(&self) -> Result<BlockHash, RpcError> {
+        if let Some(hash) = self.genesis.get() {
+            return Ok(*hash);
+        }
+        let hash = self.block_hash(0)?;
+        Ok(*self.genesis.get_or_init(|| hash))
+    }
+
+    /// [`RpcError::NetworkMismatch`] unless the node's genesis block is `network`'s.
+    pub fn check_network(&self, network: Network) -> Result<(), RpcError> {
+        let node_genesis = self.genesis_hash()?;
+        if node_genesis == bitcoin::constants::genesis_block(network).block_hash() {
+            Ok(())
+        } else {
+            Err(RpcError::NetworkMismatch {
+                wallet: network,
+                node_genesis,
+            })
+        }
     }
 
     /// How many blocks confirm `txid`: `Some(0)` in the mempool, `None` when the node cannot
@@ -469,20 +586,32 @@ impl BitcoindChain {
     /// Brings `wallet` to the node's tip: applies every block after the point where the
     /// wallet's checkpoints and the node's best chain agree (so a reorg replaces the stale
     /// blocks), then the node's mempool, seen now. Each block is stored as it is applied, so an
-    /// interrupted sync resumes where it stopped.
+    /// interrupted sync resumes where it stopped. A wallet whose chain is still below its
+    /// [birthday](AnyaWallet::birthday) starts at the birthday instead of at genesis.
+    ///
+    /// The node must be on the wallet's network ([`RpcError::NetworkMismatch`] otherwise).
     pub fn sync_wallet(&self, wallet: &mut AnyaWallet) -> Result<SyncReport, RpcError> {
+        self.check_network(wallet.network())?;
         let emitter_error = |e| into_error(e, self.client.last_attempts.load(Ordering::Relaxed));
         let checkpoint = wallet.bdk().latest_checkpoint();
+        let start_height = match wallet.birthday() {
+            // The emitter asks for the block at its start height: past the node's tip, that
+            // is an error rather than "nothing yet".
+            Some(birthday) if birthday > checkpoint.height() => birthday.min(self.height()?),
+            _ => 0,
+        };
         let unconfirmed: Vec<Arc<Transaction>> = wallet
             .bdk()
             .transactions()
             .filter(|tx| !tx.chain_position.is_confirmed())
             .map(|tx| Arc::clone(&tx.tx_node.tx))
             .collect();
-        let mut emitter = Emitter::new(&*self.client, checkpoint, 0, unconfirmed);
+        let mut emitter = Emitter::new(&*self.client, checkpoint, start_height, unconfirmed);
         let mut blocks = 0u32;
         while let Some(event) = emitter.next_block().map_err(emitter_error)? {
-            wallet.apply_block(&event.block, event.block_height())?;
+            // After a skip to the birthday the block's parent is not in the wallet's chain;
+            // the emitter says which block it connects through.
+            wallet.apply_block_connected_to(&event.block, event.block_height(), event.connected_to())?;
             blocks += 1;
         }
         let mempool = emitter.mempool().map_err(emitter_error)?;
@@ -513,6 +642,7 @@ impl BitcoindChain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bitcoin::hashes::Hash;
 
     fn transport(e: simple_http::Error) -> bitcoincore_rpc::Error {
         bitcoincore_rpc::Error::JsonRpc(e.into())
@@ -565,6 +695,44 @@ mod tests {
             RpcError::Auth { status: 401 }
         ));
         assert!(matches!(into_error(rpc(-26), 1), RpcError::Rpc { code: -26, .. }));
+    }
+
+    #[test]
+    fn only_a_refusal_is_a_rejection() {
+        for code in [-25, -26, -22] {
+            assert!(is_rejection(&into_error(rpc(code), 1)), "code {code}");
+        }
+        // Already in a block, warming up, or not reached: delivery is known or unknown, never
+        // refused.
+        assert!(!is_rejection(&into_error(rpc(-27), 1)));
+        assert!(!is_rejection(&into_error(rpc(RPC_IN_WARMUP), 4)));
+        let refused = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(!is_rejection(&into_error(
+            transport(simple_http::Error::SocketError(refused)),
+            4
+        )));
+        assert!(!is_rejection(&into_error(
+            transport(simple_http::Error::HttpErrorCode(401)),
+            1
+        )));
+    }
+
+    #[test]
+    fn rejection_says_what_was_released() {
+        let txid = Txid::from_byte_array([1; 32]);
+        let rejected = |released| RpcError::Rejected {
+            txid,
+            code: -26,
+            message: "min relay fee not met, 1 < 110".to_owned(),
+            released,
+        };
+        assert_eq!(
+            rejected(Some(Amount::from_sat(100_000_141))).to_string(),
+            format!("bitcoind rejected {txid} (error -26: min relay fee not met, 1 < 110); its spending-policy reservation of 100000141 sat was released")
+        );
+        assert!(rejected(None)
+            .to_string()
+            .ends_with("; no spending-policy reservation was released"));
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //!
 //! Several wallets (accounts) share one keystore and one store; each has its own name and
 //! namespace (`anya/wallet/<name>`).
+//!
+//! [`AnyaWallet::load_watch_only`] opens a wallet without any HSM, for what needs no key
+//! (balance, addresses, history, sync); signing on it is [`WalletError::WatchOnly`].
 
 pub mod persist;
 
@@ -22,18 +25,21 @@ use std::sync::Arc;
 use anya_core_types::{Clock, Label};
 use anya_hsm::{HsmError, HsmProvider, KeyId};
 use anya_storage::{KvStore, Namespace, Scan, StoreError};
+use bdk_wallet::chain::BlockId;
+use bdk_wallet::error::{BuildFeeBumpError, CreateTxError};
 use bdk_wallet::{
     AddressInfo, Balance, CreateWithPersistError, KeychainKind, LoadWithPersistError, PersistedWallet, SignOptions,
     Wallet,
 };
 use bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint};
+use bitcoin::hashes::Hash;
 use bitcoin::psbt::Psbt;
 use bitcoin::{Amount, Block, FeeRate, Network, NetworkKind, OutPoint, ScriptBuf, Transaction, TxOut, Txid, Weight};
 
 pub use bdk_wallet::descriptor::policy::Condition;
 pub use persist::{KvPersister, PersistError};
 
-use crate::policy::{OutputRole, PolicyEngine, PolicyError, SpendOutput, SpendSummary};
+use crate::policy::{OutputRole, PolicyEngine, PolicyError, SpendOutput, SpendSummary, RELEASE_OUTCOME};
 use crate::psbt::{extract_verified, PsbtError};
 use crate::signer::{prevout, HsmSigner, SignError, SignReport};
 use crate::verify::VerifyError;
@@ -41,6 +47,9 @@ use crate::verify::VerifyError;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const REGISTRY_NS: &str = "anya/wallets";
+/// Key of the birthday height in the wallet's namespace (beside the persister's `cs/` records,
+/// which it never scans).
+const BIRTHDAY_KEY: &[u8] = b"birthday";
 
 /// Why a wallet operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +107,46 @@ pub enum WalletError {
     #[error("unknown transaction {txid}")]
     UnknownTransaction {
         /// The txid asked for.
+        txid: Txid,
+    },
+    /// The wallet was opened without its HSM ([`AnyaWallet::load_watch_only`]); it cannot sign.
+    #[error("wallet {name} is open watch-only; load it with its HSM to sign")]
+    WatchOnly {
+        /// The wallet.
+        name: Label,
+    },
+    /// A payment is too small to relay: Bitcoin Core treats an output worth less than what
+    /// spending it costs as dust.
+    #[error(
+        "output {index} pays {} sat, below the dust limit of {} sat for its script",
+        value.to_sat(),
+        min.to_sat()
+    )]
+    BelowDust {
+        /// The payment's position among the recipients given to [`AnyaWallet::build`].
+        index: usize,
+        /// What it pays.
+        value: Amount,
+        /// The smallest value its script may carry ([`ScriptBuf::minimal_non_dust`]).
+        min: Amount,
+    },
+    /// Another transaction of the wallet spends the same inputs and took this one's place.
+    #[error("transaction {txid} was already replaced by another; bump its replacement instead")]
+    AlreadyReplaced {
+        /// The replaced transaction.
+        txid: Txid,
+    },
+    /// The transaction is in a block: it can no longer be replaced or released.
+    #[error("transaction {txid} is already confirmed")]
+    AlreadyConfirmed {
+        /// The transaction.
+        txid: Txid,
+    },
+    /// The wallet knows the transaction but no longer sees it in the mempool (it was evicted
+    /// or released, or never reached the network); there is nothing to bump.
+    #[error("transaction {txid} is not in the mempool; build a new payment instead")]
+    NotInMempool {
+        /// The transaction.
         txid: Txid,
     },
 }
@@ -219,8 +268,11 @@ pub struct AnyaWallet {
     wallet: PersistedWallet<KvPersister>,
     persister: KvPersister,
     signers: Vec<HsmSigner>,
-    hsm: Arc<dyn HsmProvider>,
+    /// `None` when opened watch-only.
+    hsm: Option<Arc<dyn HsmProvider>>,
     policy: PolicyEngine,
+    clock: Arc<dyn Clock>,
+    birthday: Option<u32>,
 }
 
 impl std::fmt::Debug for AnyaWallet {
@@ -229,6 +281,7 @@ impl std::fmt::Debug for AnyaWallet {
             .field("name", &self.name)
             .field("network", &self.wallet.network())
             .field("signers", &self.signers)
+            .field("watch_only", &self.hsm.is_none())
             .finish_non_exhaustive()
     }
 }
@@ -271,15 +324,17 @@ impl AnyaWallet {
         let meta = serde_json::to_vec(&roots.iter().map(Label::as_str).collect::<Vec<_>>())
             .map_err(|e| WalletError::Descriptor(Box::new(e)))?;
         store.put(&Namespace::new(REGISTRY_NS)?, name.as_str().as_bytes(), &meta)?;
-        let policy = PolicyEngine::new(Arc::clone(&store), policy_ns(&name)?, clock);
+        let policy = PolicyEngine::new(Arc::clone(&store), policy_ns(&name)?, Arc::clone(&clock));
         Ok(Self {
             name,
             store,
             wallet,
             persister,
             signers,
-            hsm,
+            hsm: Some(hsm),
             policy,
+            clock,
+            birthday: None,
         })
     }
 
@@ -287,6 +342,23 @@ impl AnyaWallet {
     pub fn load(
         store: Arc<dyn KvStore>,
         hsm: Arc<dyn HsmProvider>,
+        clock: Arc<dyn Clock>,
+        name: Label,
+    ) -> Result<Self, WalletError> {
+        Self::open(store, Some(hsm), clock, name)
+    }
+
+    /// Loads the wallet `name` from `store` without an HSM (no passphrase or token needed):
+    /// balance, addresses, history and sync work; [`sign`](Self::sign),
+    /// [`send`](Self::send) and [`release`](Self::release) return [`WalletError::WatchOnly`].
+    /// Unsigned PSBTs can still be built, for signing elsewhere.
+    pub fn load_watch_only(store: Arc<dyn KvStore>, clock: Arc<dyn Clock>, name: Label) -> Result<Self, WalletError> {
+        Self::open(store, None, clock, name)
+    }
+
+    fn open(
+        store: Arc<dyn KvStore>,
+        hsm: Option<Arc<dyn HsmProvider>>,
         clock: Arc<dyn Clock>,
         name: Label,
     ) -> Result<Self, WalletError> {
@@ -298,14 +370,28 @@ impl AnyaWallet {
             reason,
         };
         let roots: Vec<String> = serde_json::from_slice(&meta.value).map_err(|e| corrupt(e.to_string()))?;
-        let signers = roots
+        let roots = roots
             .iter()
-            .map(|r| {
-                let root = Label::new(r.as_str()).map_err(|e| corrupt(e.to_string()))?;
-                Ok(HsmSigner::new(Arc::clone(&hsm), root)?)
-            })
-            .collect::<Result<Vec<_>, WalletError>>()?;
-        let mut persister = KvPersister::new(Arc::clone(&store), wallet_ns(&name)?);
+            .map(|r| Label::new(r.as_str()).map_err(|e| corrupt(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let signers = match &hsm {
+            Some(hsm) => roots
+                .into_iter()
+                .map(|root| HsmSigner::new(Arc::clone(hsm), root))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        let ns = wallet_ns(&name)?;
+        let birthday = match store.get(&ns, BIRTHDAY_KEY)? {
+            None => None,
+            Some(v) => Some(u32::from_be_bytes(v.value[..].try_into().map_err(|_| {
+                PersistError::Corrupt {
+                    key: format!("anya/wallet/{name}/birthday"),
+                    reason: "not a 4-byte height".to_owned(),
+                }
+            })?)),
+        };
+        let mut persister = KvPersister::new(Arc::clone(&store), ns);
         let wallet = Wallet::load()
             .load_wallet(&mut persister)
             .map_err(|e| match e {
@@ -316,7 +402,7 @@ impl AnyaWallet {
                 }),
             })?
             .ok_or_else(|| WalletError::NotFound { name: name.clone() })?;
-        let policy = PolicyEngine::new(Arc::clone(&store), policy_ns(&name)?, clock);
+        let policy = PolicyEngine::new(Arc::clone(&store), policy_ns(&name)?, Arc::clone(&clock));
         Ok(Self {
             name,
             store,
@@ -325,6 +411,8 @@ impl AnyaWallet {
             signers,
             hsm,
             policy,
+            clock,
+            birthday,
         })
     }
 
@@ -378,6 +466,42 @@ impl AnyaWallet {
         &self.store
     }
 
+    /// Whether the wallet was opened without its HSM ([`load_watch_only`](Self::load_watch_only)).
+    pub fn is_watch_only(&self) -> bool {
+        self.hsm.is_none()
+    }
+
+    /// The HSM and the key its policy decisions are audited under, or
+    /// [`WalletError::WatchOnly`].
+    fn signing(&self) -> Result<(&dyn HsmProvider, &KeyId), WalletError> {
+        let hsm = self.hsm.as_deref().ok_or_else(|| WalletError::WatchOnly {
+            name: self.name.clone(),
+        })?;
+        let key = self
+            .signers
+            .first()
+            .map(HsmSigner::root)
+            .ok_or_else(|| WalletError::Psbt("the wallet has no HSM signer".to_owned()))?;
+        Ok((hsm, key))
+    }
+
+    /// The height below which the wallet holds no transactions, if one was set: a chain source
+    /// starts a new wallet's scan there instead of at genesis.
+    pub fn birthday(&self) -> Option<u32> {
+        self.birthday
+    }
+
+    /// Stores `height` as the wallet's birthday (durably, beside its records). Blocks below it
+    /// are never scanned while the wallet's chain is below it, so payments confirmed there
+    /// stay invisible: set it to a height at or before the wallet's first address was handed
+    /// out. It has no effect once the wallet has synced past it.
+    pub fn set_birthday(&mut self, height: u32) -> Result<(), WalletError> {
+        self.store
+            .put(&wallet_ns(&self.name)?, BIRTHDAY_KEY, &height.to_be_bytes())?;
+        self.birthday = Some(height);
+        Ok(())
+    }
+
     fn persist(&mut self) -> Result<(), WalletError> {
         self.wallet.persist(&mut self.persister)?;
         Ok(())
@@ -405,6 +529,21 @@ impl AnyaWallet {
     pub fn apply_block(&mut self, block: &Block, height: u32) -> Result<(), WalletError> {
         self.wallet
             .apply_block(block, height)
+            .map_err(|e| WalletError::Chain(Box::new(e)))?;
+        self.persist()
+    }
+
+    /// Applies a block at `height` that connects to the wallet's chain at `connected_to` (a
+    /// chain source that skipped heights, as a scan from a birthday does, names the block it
+    /// connects through), and stores the result.
+    pub(crate) fn apply_block_connected_to(
+        &mut self,
+        block: &Block,
+        height: u32,
+        connected_to: BlockId,
+    ) -> Result<(), WalletError> {
+        self.wallet
+            .apply_block_connected_to(block, height, connected_to)
             .map_err(|e| WalletError::Chain(Box::new(e)))?;
         self.persist()
     }
@@ -449,22 +588,54 @@ impl AnyaWallet {
         for (script, amount) in recipients {
             builder.add_recipient(script.clone(), *amount);
         }
-        let psbt = builder.finish().map_err(|e| WalletError::Build(Box::new(e)))?;
+        let psbt = builder.finish().map_err(|e| build_error(e, recipients))?;
         self.persist()?;
         Ok(psbt)
     }
 
     /// Builds a replacement of the wallet's unconfirmed transaction `txid` paying `fee_rate`
     /// (BIP125: it spends the same inputs and pays more, taking the difference from change).
+    ///
+    /// A transaction that is confirmed, was replaced, or left the mempool cannot be bumped:
+    /// [`WalletError::AlreadyConfirmed`], [`WalletError::AlreadyReplaced`],
+    /// [`WalletError::NotInMempool`]; one the wallet never saw is
+    /// [`WalletError::UnknownTransaction`].
     pub fn bump_fee(&mut self, txid: Txid, fee_rate: FeeRate) -> Result<Psbt, WalletError> {
-        let mut builder = self
-            .wallet
-            .build_fee_bump(txid)
-            .map_err(|e| WalletError::Build(Box::new(e)))?;
+        let mut builder = match self.wallet.build_fee_bump(txid) {
+            Ok(builder) => builder,
+            Err(e) => return Err(self.bump_error(e)),
+        };
         builder.fee_rate(fee_rate);
         let psbt = builder.finish().map_err(|e| WalletError::Build(Box::new(e)))?;
         self.persist()?;
         Ok(psbt)
+    }
+
+    /// Says why BDK would not bump: it reports every transaction that is not in the wallet's
+    /// current view as "not found", including those it knows were replaced or evicted.
+    fn bump_error(&self, error: BuildFeeBumpError) -> WalletError {
+        match error {
+            BuildFeeBumpError::TransactionConfirmed(txid) => WalletError::AlreadyConfirmed { txid },
+            BuildFeeBumpError::TransactionNotFound(txid) => match self.wallet.tx_graph().get_tx(txid) {
+                None => WalletError::UnknownTransaction { txid },
+                Some(tx) => {
+                    let replaced = self.wallet.transactions().any(|c| {
+                        c.tx_node.txid != txid
+                            && c.tx_node
+                                .tx
+                                .input
+                                .iter()
+                                .any(|i| tx.input.iter().any(|o| o.previous_output == i.previous_output))
+                    });
+                    if replaced {
+                        WalletError::AlreadyReplaced { txid }
+                    } else {
+                        WalletError::NotInMempool { txid }
+                    }
+                }
+            },
+            other => WalletError::Build(Box::new(other)),
+        }
     }
 
     /// Builds a child that spends the wallet's output(s) of the unconfirmed `parent` back to the
@@ -608,19 +779,19 @@ impl AnyaWallet {
             outputs,
             fee,
             fee_rate: fee / weight,
+            inputs: psbt.unsigned_tx.input.iter().map(|i| i.previous_output).collect(),
         })
     }
 
     /// Checks `psbt` against the spending policy (recording the decision in the HSM's audit
     /// chain), then signs every input the wallet's HSM roots can sign. A refusal is
     /// [`WalletError::Policy`] naming every broken rule, and no signature is made.
+    ///
+    /// A watch-only wallet returns [`WalletError::WatchOnly`].
     pub fn sign(&self, psbt: &mut Psbt) -> Result<SignReport, WalletError> {
+        let (hsm, key) = self.signing()?;
         let summary = self.summarize(psbt)?;
-        let audit_key = self.signers.first().map(|s| s.root().clone());
-        match &audit_key {
-            Some(key) => self.policy.approve(&summary, &*self.hsm, key)?,
-            None => return Err(WalletError::Psbt("the wallet has no HSM signer".to_owned())),
-        }
+        self.policy.approve(&summary, hsm, key)?;
         let mut report = SignReport::default();
         for signer in &self.signers {
             let r = signer.sign(psbt)?;
@@ -668,10 +839,58 @@ impl AnyaWallet {
         fee_rate: FeeRate,
         seen_at: u64,
     ) -> Result<Transaction, WalletError> {
+        // Before building: a build reveals a change address and stores it.
+        self.signing()?;
         let mut psbt = self.build(recipients, fee_rate)?;
         self.sign(&mut psbt)?;
         let tx = self.finalize(&mut psbt)?;
         self.apply_unconfirmed(vec![tx.clone()], seen_at)?;
         Ok(tx)
+    }
+
+    /// Releases the spend `txid` that never reached the network (the node rejected it, or it
+    /// was never broadcast): its spending-policy reservation is removed
+    /// ([`PolicyEngine::release`]), the release is recorded in the HSM's audit chain
+    /// ([`RELEASE_OUTCOME`]), and the wallet marks the transaction evicted now so that it
+    /// stops counting as pending. Returns what the reservation counted (`None` if it counted
+    /// nothing).
+    ///
+    /// Release only what certainly did not reach the network: a released transaction that
+    /// confirms after all was never counted. A confirmed transaction is
+    /// [`WalletError::AlreadyConfirmed`]; a watch-only wallet, [`WalletError::WatchOnly`]
+    /// (the policy belongs to the signing side, and the release must reach its audit chain).
+    pub fn release(&mut self, txid: Txid) -> Result<Option<Amount>, WalletError> {
+        let (hsm, key) = self.signing()?;
+        let last_seen = match self.wallet.get_tx(txid) {
+            Some(tx) if tx.chain_position.is_confirmed() => return Err(WalletError::AlreadyConfirmed { txid }),
+            Some(tx) => Some(tx.tx_node.last_seen.unwrap_or(0)),
+            None => None,
+        };
+        let released = self.policy.release(txid)?;
+        if released.is_some() {
+            hsm.record_decision(Some(key), &txid.to_byte_array(), RELEASE_OUTCOME)?;
+        }
+        if let Some(last_seen) = last_seen {
+            // BDK drops a transaction from its view only when evicted at or after it was last
+            // seen, so a clock behind the seen-at time must not keep it pending.
+            let now = self.clock.now().as_secs().max(last_seen);
+            self.apply_evicted(vec![(txid, now)])?;
+        }
+        Ok(released)
+    }
+}
+
+/// A builder error with what made it: BDK names a dust output only by its index.
+fn build_error(error: CreateTxError, recipients: &[(ScriptBuf, Amount)]) -> WalletError {
+    match error {
+        CreateTxError::OutputBelowDustLimit(index) => match recipients.get(index) {
+            Some((script, value)) => WalletError::BelowDust {
+                index,
+                value: *value,
+                min: script.minimal_non_dust(),
+            },
+            None => WalletError::Build(Box::new(error)),
+        },
+        other => WalletError::Build(Box::new(other)),
     }
 }
