@@ -27,6 +27,7 @@
 //! A transport failure releases nothing: the node may have relayed the transaction before the
 //! reply was lost.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -354,6 +355,10 @@ struct HeaderInfo {
 struct TxInfo {
     #[serde(default)]
     confirmations: Option<u32>,
+    /// Present when Core found the transaction in a block (with `-txindex`, possibly a block
+    /// that a reorg took out of the best chain); absent for a mempool transaction.
+    #[serde(default)]
+    blockhash: Option<BlockHash>,
 }
 
 #[derive(Deserialize)]
@@ -535,11 +540,22 @@ impl BitcoindChain {
     }
 
     /// How many blocks confirm `txid`: `Some(0)` in the mempool, `None` when the node cannot
-    /// find it. Without `-txindex`, Core finds a confirmed transaction only while one of its
-    /// outputs is unspent in a wallet loaded on the node; use
-    /// [`confirmations_in`](Self::confirmations_in) when the block is known.
+    /// find it in its mempool or best chain (a transaction whose block a reorg took away, and
+    /// which did not return to the mempool, is `None` even though `-txindex` still holds it).
+    /// Without `-txindex`, Core finds a confirmed transaction only while one of its outputs is
+    /// unspent in a wallet loaded on the node; use [`confirmations_in`](Self::confirmations_in)
+    /// when the block is known.
     pub fn confirmations(&self, txid: &Txid) -> Result<Option<u32>, RpcError> {
-        self.tx_confirmations(&[serde_json::json!(txid), true.into()])
+        match self.call::<TxInfo>("getrawtransaction", &[serde_json::json!(txid), true.into()]) {
+            // Core reports 0 confirmations for a block outside the best chain.
+            Ok(TxInfo {
+                confirmations: None | Some(0),
+                blockhash: Some(_),
+            }) => Ok(None),
+            Ok(info) => Ok(Some(info.confirmations.unwrap_or(0))),
+            Err(RpcError::Rpc { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// How many blocks confirm `txid`, looked up in the block `block` (no `-txindex` needed):
@@ -615,9 +631,11 @@ impl BitcoindChain {
             blocks += 1;
         }
         let mempool = emitter.mempool().map_err(emitter_error)?;
-        let seen_at = mempool.update.first().map(|(_, at)| *at);
+        let synced_at = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_secs());
+        let seen_at = mempool.update.first().map_or(synced_at, |(_, at)| *at);
         let mempool_txs = mempool.update.len();
-        if let Some(seen_at) = seen_at {
+        let in_mempool: HashSet<Txid> = mempool.update.iter().map(|(tx, _)| tx.compute_txid()).collect();
+        if !mempool.update.is_empty() {
             let txs = mempool
                 .update
                 .into_iter()
@@ -625,16 +643,32 @@ impl BitcoindChain {
                 .collect();
             wallet.apply_unconfirmed(txs, seen_at)?;
         }
-        let evicted: Vec<Txid> = mempool.evicted.iter().map(|(txid, _)| *txid).collect();
-        if !mempool.evicted.is_empty() {
-            wallet.apply_evicted(mempool.evicted.into_iter().collect())?;
+        let mut evicted = mempool.evicted;
+        // The emitter reports only evictions of transactions that were unconfirmed when the
+        // sync began. A transaction confirmed then, whose block a reorg took away and which
+        // did not come back to the mempool (it spent a coinbase that no longer exists, or its
+        // inputs were spent again in the new chain), is now unconfirmed in the wallet and in no
+        // mempool: without this it would count as pending forever. A transaction that was mined
+        // after the mempool snapshot is marked too, harmlessly: its block, applied on the next
+        // sync, outranks the eviction.
+        let stale: Vec<Txid> = wallet
+            .bdk()
+            .transactions()
+            .filter(|tx| !tx.chain_position.is_confirmed())
+            .map(|tx| tx.tx_node.txid)
+            .filter(|txid| !in_mempool.contains(txid) && !evicted.iter().any(|(e, _)| e == txid))
+            .collect();
+        evicted.extend(stale.into_iter().map(|txid| (txid, seen_at.max(synced_at))));
+        let evicted_txids: Vec<Txid> = evicted.iter().map(|(txid, _)| *txid).collect();
+        if !evicted.is_empty() {
+            wallet.apply_evicted(evicted)?;
         }
         let tip = wallet.bdk().latest_checkpoint();
         Ok(SyncReport {
             blocks,
             tip: (tip.height(), tip.hash()),
             mempool_txs,
-            evicted,
+            evicted: evicted_txids,
         })
     }
 }

@@ -1,23 +1,21 @@
 //! The bitcoind chain source. Retries, timeouts, authentication and reply handling are checked
-//! against a real HTTP server in the test that answers from a script; the chain operations run
-//! against a real `bitcoind` on regtest when `BITCOIND_EXE` names one.
-#![allow(clippy::print_stderr, reason = "a skipped test says so on stderr")]
+//! against a real HTTP server in the test that answers from a script, then against a real
+//! regtest `bitcoind` (`anya_testkit::Bitcoind`; `BITCOIND_EXE`, which `.ci/run` sets). Wallet
+//! sync against the real node is in `bitcoind_sync.rs`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anya_bitcoin::rpc::{BitcoindChain, FeeSource, RpcAuth, RpcConfig, RpcError};
-use anya_bitcoin::wallet::{AnyaWallet, Template};
-use anya_core_types::{Label, SystemClock};
-use anya_hsm::{HsmProvider, SecretString};
-use anya_storage::{KvStore, SqliteOptions, SqliteStore};
-use bitcoin::{absolute, transaction, Address, Amount, BlockHash, FeeRate, Network, Transaction};
+use anya_hsm::SecretString;
+use anya_testkit::{Bitcoind, BitcoindOptions};
+use bitcoin::hashes::{hmac, sha256, Hash, HashEngine};
+use bitcoin::hex::DisplayHex;
+use bitcoin::{absolute, transaction, BlockHash, FeeRate, Transaction};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------
@@ -307,208 +305,104 @@ fn confirmations_from_getrawtransaction() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A real bitcoind, when BITCOIND_EXE names one.
+// The same client against a real regtest bitcoind.
 
-/// Kills the process when dropped, also when the test panics.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn cookie_chain(node: &Bitcoind) -> BitcoindChain {
+    chain(RpcConfig::new(node.rpc_url(), RpcAuth::Cookie(node.cookie_file())))
 }
 
-struct Bitcoind {
-    // Fields drop in order: the process stops before its data directory is removed.
-    _process: Process,
-    _dir: tempfile::TempDir,
-    url: String,
-    chain: BitcoindChain,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// Starts `$BITCOIND_EXE` on regtest in a temp dir on loopback ports, or says the test is skipped.
-fn bitcoind() -> Option<Bitcoind> {
-    let Some(exe) = std::env::var_os("BITCOIND_EXE") else {
-        eprintln!("skipped: BITCOIND_EXE unset");
-        return None;
-    };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let rpc_port = free_port();
-    let mut process = Process(
-        Command::new(PathBuf::from(exe))
-            .arg("-regtest")
-            .arg(format!("-datadir={}", dir.path().display()))
-            .arg(format!("-rpcport={rpc_port}"))
-            .arg(format!("-port={}", free_port()))
-            .args([
-                "-listen=0",
-                "-fallbackfee=0.0002",
-                "-txindex=1",
-                "-server=1",
-                "-rpcbind=127.0.0.1",
-                "-rpcallowip=127.0.0.1",
-                "-printtoconsole=0",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("bitcoind starts"),
-    );
-    let url = format!("http://127.0.0.1:{rpc_port}");
-    let cookie = dir.path().join("regtest").join(".cookie");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let chain = loop {
-        assert!(Instant::now() < deadline, "bitcoind did not come up");
-        if cookie.exists() {
-            if let Ok(chain) = BitcoindChain::connect(RpcConfig::new(url.clone(), RpcAuth::Cookie(cookie.clone()))) {
-                // The retries cover RPC_IN_WARMUP; loop on in case warmup outlasts them.
-                if chain.height().is_ok() {
-                    break chain;
-                }
-            }
-        }
-        if let Ok(Some(status)) = process.0.try_wait() {
-            panic!("bitcoind exited: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    Some(Bitcoind {
-        _process: process,
-        _dir: dir,
-        url,
-        chain,
-    })
-}
-
-fn label(s: &str) -> Label {
-    Label::new(s).expect("valid label")
-}
-
-fn wallet(dir: &tempfile::TempDir) -> AnyaWallet {
-    let store: Arc<dyn KvStore> =
-        Arc::new(SqliteStore::open(dir.path().join("anya.db"), SqliteOptions::default()).expect("store"));
-    let hsm = anya_hsm::conformance::software_on(Arc::clone(&store));
-    anya_hsm::conformance::generate_test_root(&hsm, &label("root"));
-    let hsm: Arc<dyn HsmProvider> = Arc::new(hsm);
-    let template = Template::Bip86 {
-        root: label("root"),
-        account: 0,
-    };
-    AnyaWallet::create(
-        store,
-        hsm,
-        Arc::new(SystemClock),
-        label("rpc"),
-        &template,
-        Network::Regtest,
-    )
-    .expect("wallet created")
-}
-
-fn burn() -> Address {
-    Address::from_str("bcrt1qq2yshcmzdlznnpxx258xswqlmqcxjs4dssfxt2")
-        .expect("address")
-        .require_network(Network::Regtest)
-        .expect("regtest")
-}
-
-fn mine(chain: &BitcoindChain, blocks: u32, to: &Address) -> Vec<BlockHash> {
-    chain
-        .call("generatetoaddress", &[blocks.into(), to.to_string().into()])
-        .expect("blocks mined")
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
+/// An `-rpcauth=user:salt$hmac` entry for `password`, as Core's `share/rpcauth/rpcauth.py`
+/// computes it (HMAC-SHA256 keyed with the salt's text).
+fn rpcauth(user: &str, password: &str) -> String {
+    let salt = "a6c1e0f2b3d4c5e6f708192a3b4c5d6e";
+    let mut engine = hmac::HmacEngine::<sha256::Hash>::new(salt.as_bytes());
+    engine.input(password.as_bytes());
+    let mac = hmac::Hmac::<sha256::Hash>::from_engine(engine);
+    format!("-rpcauth={user}:{salt}${}", mac.to_byte_array().to_lower_hex_string())
 }
 
 #[test]
-fn bitcoind_wallet_syncs_sends_and_survives_a_reorg() {
-    let Some(node) = bitcoind() else { return };
-    let chain = &node.chain;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut w = wallet(&dir);
+fn bitcoind_cookie_and_password_auth() {
+    let options = BitcoindOptions {
+        args: vec![rpcauth("anya", "hunter2")],
+    };
+    let Some(node) = Bitcoind::start_with(options) else { return };
+    let burn = node.new_burn_address();
+    node.mine(3, &burn);
 
-    let to = w.next_address().expect("address").address;
-    mine(chain, 101, &to);
-    let report = chain.sync_wallet(&mut w).expect("synced");
-    assert_eq!(report.blocks, 101);
-    assert_eq!(report.tip, chain.tip().expect("tip"));
-    assert_eq!(chain.block(report.tip.0).expect("block").block_hash(), report.tip.1);
-    assert_eq!(w.balance().confirmed, Amount::from_int_btc(50), "one mature coinbase");
+    assert_eq!(cookie_chain(&node).height().expect("cookie accepted"), 3);
+    let password = chain(RpcConfig::new(node.rpc_url(), user_pass()));
+    assert_eq!(password.height().expect("rpcauth user accepted"), 3);
+    let (height, hash) = password.tip().expect("tip");
+    assert_eq!(height, 3);
+    assert_eq!(password.block(3).expect("block").block_hash(), hash);
 
-    // A fresh regtest chain has no fee estimates.
-    let fee = chain.estimate_fee(6).expect("estimate");
-    assert_eq!(fee.source, FeeSource::Fallback);
-
-    let tx = w
-        .send(
-            &[(burn().script_pubkey(), Amount::from_int_btc(1))],
-            fee.fee_rate,
-            now(),
-        )
-        .expect("sent");
-    let txid = chain.broadcast(&tx).expect("accepted");
-    assert_eq!(txid, tx.compute_txid());
-    assert_eq!(chain.broadcast(&tx).expect("rebroadcast is harmless"), txid);
-    assert_eq!(chain.confirmations(&txid).expect("known"), Some(0));
-    let report = chain.sync_wallet(&mut w).expect("synced");
-    assert_eq!(report.blocks, 0);
-    assert!(report.mempool_txs >= 1);
-
-    let mined = mine(chain, 1, &burn());
-    let report = chain.sync_wallet(&mut w).expect("synced");
-    assert_eq!(report.blocks, 1);
-    assert_eq!(chain.confirmations(&txid).expect("known"), Some(1));
-    assert_eq!(chain.confirmations_in(&txid, &mined[0]).expect("known"), Some(1));
-
-    // Replace the tip: the transaction returns to the mempool and is mined again.
-    chain
-        .call::<Value>("invalidateblock", &[json!(mined[0])])
-        .expect("invalidated");
-    mine(chain, 2, &burn());
-    let report = chain.sync_wallet(&mut w).expect("synced across the reorg");
-    assert_eq!(report.tip, chain.tip().expect("tip"));
-    assert_eq!(w.bdk().latest_checkpoint().hash(), report.tip.1);
-    assert_eq!(chain.confirmations(&txid).expect("known"), Some(2));
-    let confirmed = w.bdk().get_tx(txid).expect("wallet tx").chain_position.is_confirmed();
-    assert!(confirmed);
-
-    let unknown = empty_tx().compute_txid();
-    assert_eq!(chain.confirmations(&unknown).expect("answer"), None);
-}
-
-#[test]
-fn bitcoind_rejections_are_typed() {
-    let Some(node) = bitcoind() else { return };
-    let chain = &node.chain;
-    mine(chain, 1, &burn());
-    // Core cannot even decode a transaction without inputs.
-    let err = chain.broadcast(&empty_tx()).expect_err("rejected");
-    assert!(matches!(err, RpcError::Rpc { .. }), "{err:?}");
-    let err = chain.block_hash(1_000).expect_err("above the tip");
-    assert!(matches!(err, RpcError::Rpc { code: -8, .. }), "{err:?}");
-
-    let (_, tip) = chain.tip().expect("tip");
-    let wrong = BitcoindChain::connect(RpcConfig::new(
-        node.url.clone(),
+    let wrong = chain(RpcConfig::new(
+        node.rpc_url(),
         RpcAuth::UserPass {
-            user: "nobody".into(),
+            user: "anya".into(),
             pass: SecretString::from("wrong"),
         },
-    ))
-    .expect("set up");
-    let err = wrong.block_by_hash(&tip).expect_err("refused");
+    ));
+    let started = Instant::now();
+    let err = wrong.block_by_hash(&hash).expect_err("refused");
     assert!(matches!(err, RpcError::Auth { status: 401 }), "{err:?}");
+    // Not retried: Core also delays each failed login by 250 ms, so four attempts would show.
+    assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+
+    // A cookie of an earlier run of the node holds an old password.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stale = dir.path().join(".cookie");
+    std::fs::write(&stale, "__cookie__:0123456789abcdef").expect("written");
+    let err = chain(RpcConfig::new(node.rpc_url(), RpcAuth::Cookie(stale)))
+        .height()
+        .expect_err("stale cookie");
+    assert!(matches!(err, RpcError::Auth { status: 401 }), "{err:?}");
+}
+
+#[test]
+fn bitcoind_down_is_retried_then_a_transport_error() {
+    let Some(node) = Bitcoind::start() else { return };
+    let mut config = RpcConfig::new(node.rpc_url(), RpcAuth::Cookie(node.cookie_file()));
+    config.backoff_base = Duration::from_millis(20);
+    let client = chain(config);
+    assert_eq!(client.height().expect("up"), 0);
+    drop(node);
+    let started = Instant::now();
+    let err = client.height().expect_err("node stopped");
+    assert!(matches!(err, RpcError::Transport { attempts: 4, .. }), "{err:?}");
+    // 20 + 40 + 80 ms of backoff between the four attempts.
+    assert!(started.elapsed() >= Duration::from_millis(140), "{:?}", started.elapsed());
+}
+
+#[test]
+fn bitcoind_broadcast_confirmations_and_fee_fallback() {
+    let Some(node) = Bitcoind::start() else { return };
+    let chain = cookie_chain(&node);
+    let miner = node.new_burn_address();
+    node.mine(1, &miner);
+    // A fresh regtest chain has no fee estimates: the fallback, said as such.
+    let fee = chain.estimate_fee(6).expect("estimate");
+    assert_eq!(fee.source, FeeSource::Fallback);
+    assert_eq!(fee.fee_rate, RpcConfig::DEFAULT_FALLBACK_FEE_RATE);
+    // Out-of-range targets are Core's -8, not a fallback.
+    let err = chain.estimate_fee(0).expect_err("target 0");
+    assert!(matches!(err, RpcError::Rpc { code: -8, .. }), "{err:?}");
+
+    // Core cannot even decode a transaction without inputs.
+    let err = chain.broadcast(&empty_tx()).expect_err("rejected");
+    assert!(matches!(err, RpcError::Rpc { code: -22, .. }), "{err:?}");
+    let err = chain.block_hash(1_000).expect_err("above the tip");
+    assert!(matches!(err, RpcError::Rpc { code: -8, .. }), "{err:?}");
+    let unknown = empty_tx().compute_txid();
+    assert_eq!(chain.confirmations(&unknown).expect("answer"), None);
+
+    // The coinbase of block 1 is confirmed once, then twice; `confirmations_in` finds it
+    // without -txindex by its block.
+    let tip = chain.tip().expect("tip");
+    let coinbase = chain.block_by_hash(&tip.1).expect("block").txdata[0].compute_txid();
+    assert_eq!(chain.confirmations(&coinbase).expect("known"), Some(1));
+    node.mine(1, &miner);
+    assert_eq!(chain.confirmations_in(&coinbase, &tip.1).expect("known"), Some(2));
+    assert_eq!(chain.confirmations_in(&unknown, &tip.1).expect("answer"), None);
 }
