@@ -282,7 +282,11 @@ fn replaced_and_evicted_mempool_transactions_are_reflected() {
     alice.wallet.sign(&mut psbt).expect("signed");
     let second = alice.wallet.finalize(&mut psbt).expect("finalized");
     let second_txid = chain.broadcast(&second).expect("replacement accepted");
-    assert_eq!(chain.confirmations(&first_txid).expect("answer"), None, "replaced in Core");
+    assert_eq!(
+        chain.confirmations(&first_txid).expect("answer"),
+        None,
+        "replaced in Core"
+    );
 
     // Bob counts the payment once: the replacement is pending, the original is gone.
     let report = chain.sync_wallet(&mut bob.wallet).expect("synced");

@@ -326,7 +326,9 @@ fn bitcoind_cookie_and_password_auth() {
     let options = BitcoindOptions {
         args: vec![rpcauth("anya", "hunter2")],
     };
-    let Some(node) = Bitcoind::start_with(options) else { return };
+    let Some(node) = Bitcoind::start_with(options) else {
+        return;
+    };
     let burn = node.new_burn_address();
     node.mine(3, &burn);
 
@@ -348,7 +350,11 @@ fn bitcoind_cookie_and_password_auth() {
     let err = wrong.block_by_hash(&hash).expect_err("refused");
     assert!(matches!(err, RpcError::Auth { status: 401 }), "{err:?}");
     // Not retried: Core also delays each failed login by 250 ms, so four attempts would show.
-    assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
 
     // A cookie of an earlier run of the node holds an old password.
     let dir = tempfile::tempdir().expect("temp dir");
@@ -372,7 +378,11 @@ fn bitcoind_down_is_retried_then_a_transport_error() {
     let err = client.height().expect_err("node stopped");
     assert!(matches!(err, RpcError::Transport { attempts: 4, .. }), "{err:?}");
     // 20 + 40 + 80 ms of backoff between the four attempts.
-    assert!(started.elapsed() >= Duration::from_millis(140), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(140),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
