@@ -20,6 +20,7 @@ use anya_hsm::{
 use anya_storage::{KvStore, SqliteOptions, SqliteStore};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod node;
 mod onchain;
 
 const LONG_ABOUT: &str = "\
@@ -42,7 +43,8 @@ Bitcoin (see `anya wallet --help` and `anya psbt --help`):
   anya key new root --type bip32                  # a BIP32 root for wallets
   anya wallet new savings --root root             # a BIP86 (Taproot) regtest wallet
   anya wallet address savings
-  anya wallet send savings --to ADDRESS --amount 25000 --fee-rate 2
+  anya wallet sync savings                        # bitcoind found as bitcoin-cli finds it
+  anya wallet send savings --to ADDRESS --amount 25000
   anya psbt inspect tx.psbt";
 
 const SIGN_ABOUT: &str = "\
@@ -196,6 +198,7 @@ impl From<anya_storage::StoreError> for CliError {
 }
 
 fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(panic_line));
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -204,6 +207,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A panic is one line on stderr, never a backtrace. The usual one is standard output closed
+/// early (`anya … | head -1`), which ends the process quietly with the exit status of a
+/// broken pipe, as shell tools do.
+fn panic_line(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    if message.contains("Broken pipe") {
+        std::process::exit(141);
+    }
+    let location = info
+        .location()
+        .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+    eprintln!("error: internal error, please report it: {message}{location}");
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {

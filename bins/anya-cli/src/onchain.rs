@@ -8,17 +8,18 @@ use std::sync::Arc;
 
 use anya_bitcoin::policy::SpendPolicy;
 use anya_bitcoin::psbt::{self, PsbtError};
-use anya_bitcoin::rpc::{BitcoindChain, RpcAuth, RpcConfig};
+use anya_bitcoin::rpc::RpcError;
 use anya_bitcoin::wallet::{AnyaWallet, Template};
 use anya_core_types::{Clock, SystemClock};
-use anya_hsm::{HsmProvider, Label, SecretString};
+use anya_hsm::{HsmProvider, Label};
 use anya_storage::KvStore;
 use bdk_wallet::KeychainKind;
 use bitcoin::consensus::encode::serialize_hex;
 use bitcoin::psbt::Psbt;
 use bitcoin::{Address, Amount, Denomination, FeeRate, Network, ScriptBuf, Transaction, Txid};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Subcommand, ValueEnum};
 
+use crate::node::{FeeArgs, Node, RpcArgs};
 use crate::{open_store, unlocked_in, CliError};
 
 pub(crate) const WALLET_ABOUT: &str = "\
@@ -27,20 +28,30 @@ Descriptor wallets whose private keys never leave the keystore.
 A wallet is a BIP86 (Taproot, the default) or BIP84 (native segwit) account below a BIP32 root \
 key of the keystore. Its state (addresses, coins, transactions) and its spending policy live in \
 the same store. Every signature is checked against the policy first and recorded in the audit \
-chain; every transaction is verified by Bitcoin Core's script interpreter before it is printed.
+chain; every transaction is verified by Bitcoin Core's script interpreter before it leaves.
+
+`list`, `address`, `balance`, `sync` and `policy` (without changes) need no passphrase. `send`, \
+`bump-fee` and `psbt finalize` check the node (reachable, credentials, same chain) and build the \
+transaction before the passphrase is asked for and anything is signed; they print the txid only \
+once bitcoind accepted the transaction. With --no-broadcast no node is needed: the signed \
+transaction is printed for `bitcoin-cli sendrawtransaction` and counts as spent.
 
 A new wallet has no coins. Pay to `anya wallet address`, then bring the wallet up to date with \
-`anya wallet sync --rpc-url … --rpc-cookie …` against a bitcoind.
+`anya wallet sync` against a bitcoind (found as bitcoin-cli finds it; see `anya wallet sync \
+--help`). Give a new wallet whose keys have never received coins a --birthday (the node's \
+current height, `bitcoin-cli getblockcount`) so that its first sync starts there instead of at \
+the genesis block.
 
-Example (regtest):
+Example (regtest, bitcoind -regtest with its cookie in ~/.bitcoin/regtest):
   anya key new root --type bip32
-  anya wallet new savings --root root --kind bip86 --network regtest
+  anya wallet new savings --root root --kind bip86 --network regtest --birthday 0
   anya wallet address savings
-  anya wallet sync savings --rpc-url http://127.0.0.1:18443 --rpc-cookie ~/.bitcoin/regtest/.cookie
+  anya wallet sync savings                       # or --datadir DIR, --rpcport, --rpcuser …
   anya wallet balance savings
   anya wallet policy savings --max-per-tx 0.01btc --max-fee-rate 50
-  anya wallet send savings --to bcrt1q… --amount 25000 --fee-rate 2
-  anya wallet bump-fee savings --txid <txid> --fee-rate 5";
+  anya wallet send savings --to bcrt1q… --amount 25000            # fee from estimatesmartfee
+  anya wallet bump-fee savings --txid <txid> --fee-rate 5
+  anya wallet send savings --to bcrt1q… --amount 25000 --fee-rate 2 --no-broadcast";
 
 pub(crate) const PSBT_ABOUT: &str = "\
 Partially signed transactions (BIP174/BIP370/BIP371) from this or any other wallet.
@@ -53,45 +64,8 @@ Example:
   anya psbt inspect tx.psbt --network testnet
   anya psbt sign tx.psbt --wallet savings -o signed.psbt
   anya psbt combine signed.psbt cosigner.psbt -o both.psbt
-  anya psbt finalize both.psbt";
-
-/// `bitcoind` to talk to.
-#[derive(Debug, Args)]
-pub(crate) struct RpcArgs {
-    /// Bitcoin Core's RPC address, e.g. http://127.0.0.1:18443; without it nothing is broadcast.
-    #[arg(long, env = "ANYA_RPC_URL")]
-    rpc_url: Option<String>,
-    /// Bitcoin Core's cookie file (`<datadir>/[regtest/].cookie`).
-    #[arg(long, env = "ANYA_RPC_COOKIE", conflicts_with = "rpc_user")]
-    rpc_cookie: Option<PathBuf>,
-    /// RPC user name (with the password from ANYA_RPC_PASSWORD), instead of a cookie.
-    #[arg(long, env = "ANYA_RPC_USER")]
-    rpc_user: Option<String>,
-}
-
-impl RpcArgs {
-    fn connect(&self) -> Result<Option<BitcoindChain>, CliError> {
-        let Some(url) = &self.rpc_url else { return Ok(None) };
-        let auth =
-            match (&self.rpc_cookie, &self.rpc_user) {
-                (Some(cookie), _) => RpcAuth::Cookie(cookie.clone()),
-                (None, Some(user)) => RpcAuth::UserPass {
-                    user: user.clone(),
-                    pass: SecretString::new(std::env::var("ANYA_RPC_PASSWORD").map_err(|_| {
-                        CliError::Usage("--rpc-user needs the password in ANYA_RPC_PASSWORD".to_owned())
-                    })?),
-                },
-                (None, None) => {
-                    return Err(CliError::Usage(
-                        "--rpc-url needs --rpc-cookie FILE or --rpc-user USER".to_owned(),
-                    ))
-                }
-            };
-        Ok(Some(
-            BitcoindChain::connect(RpcConfig::new(url.clone(), auth)).map_err(CliError::chain)?,
-        ))
-    }
-}
+  anya psbt finalize both.psbt --wallet savings     # broadcasts through bitcoind
+  anya psbt finalize both.psbt --no-broadcast       # prints the txid and raw hex";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum Kind {
@@ -105,6 +79,7 @@ pub(crate) enum Kind {
 pub(crate) enum NetworkArg {
     Regtest,
     Testnet,
+    Testnet4,
     Signet,
     Bitcoin,
 }
@@ -114,6 +89,7 @@ impl From<NetworkArg> for Network {
         match n {
             NetworkArg::Regtest => Network::Regtest,
             NetworkArg::Testnet => Network::Testnet,
+            NetworkArg::Testnet4 => Network::Testnet4,
             NetworkArg::Signet => Network::Signet,
             NetworkArg::Bitcoin => Network::Bitcoin,
         }
@@ -138,6 +114,11 @@ pub(crate) enum WalletCommand {
         /// The network (fixed for the wallet's life).
         #[arg(long, value_enum, default_value = "regtest")]
         network: NetworkArg,
+        /// The height of the first block that can hold a payment to the wallet; sync starts
+        /// there. For keys that never received anything, the node's current height
+        /// (`bitcoin-cli getblockcount`). Without it the first sync scans from the genesis block.
+        #[arg(long, value_name = "HEIGHT")]
+        birthday: Option<u32>,
     },
     /// List the wallets: name, network, receive descriptor.
     List,
@@ -146,23 +127,29 @@ pub(crate) enum WalletCommand {
         /// The wallet.
         name: String,
     },
-    /// Show the wallet's balance in satoshis.
+    /// Show the wallet's balance in satoshis, as of its last sync.
     Balance {
         /// The wallet.
         name: String,
     },
-    /// Bring the wallet up to bitcoind's tip and mempool.
+    /// Bring the wallet up to bitcoind's tip and mempool; prints what is spendable.
+    #[command(after_long_help = crate::node::CONNECTION_HELP)]
     Sync {
         /// The wallet.
         name: String,
         #[command(flatten)]
         rpc: RpcArgs,
     },
-    /// Pay an address: build, check the policy, sign in the keystore, finalize and verify.
+    /// Pay an address: check the node, build, check the policy, sign in the keystore, verify,
+    /// broadcast.
     ///
-    /// Prints the txid, then the raw transaction in hex. With --rpc-url it is broadcast;
-    /// otherwise broadcast the hex yourself (`bitcoin-cli sendrawtransaction HEX`). With
-    /// --psbt-out nothing is signed: the unsigned PSBT is written for review or other signers.
+    /// Prints the txid once bitcoind has accepted the transaction. If bitcoind rejects it, the
+    /// spend is released from the policy's limits and the error says why. With --no-broadcast
+    /// no node is contacted (unless for the fee estimate): the txid and the raw transaction in
+    /// hex are printed for `bitcoin-cli sendrawtransaction`, and the spend counts against the
+    /// limits. With --psbt-out nothing is signed: the unsigned PSBT is written for review or
+    /// other signers.
+    #[command(after_long_help = crate::node::CONNECTION_HELP)]
     Send {
         /// The wallet.
         name: String,
@@ -172,32 +159,43 @@ pub(crate) enum WalletCommand {
         /// The amount: satoshis (`25000`, `25000sat`) or bitcoin (`0.00025`, `0.00025btc`).
         #[arg(long, value_parser = parse_amount)]
         amount: Amount,
-        /// The fee rate in sat/vB (decimals allowed, e.g. 1.5).
-        #[arg(long, value_parser = parse_fee_rate)]
-        fee_rate: FeeRate,
+        #[command(flatten)]
+        fee: FeeArgs,
         /// Write the unsigned PSBT (base64) here (`-` for standard output) instead of signing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "no_broadcast")]
         psbt_out: Option<PathBuf>,
+        /// Sign without broadcasting and print the raw transaction; no node is needed when
+        /// --fee-rate is given.
+        #[arg(long)]
+        no_broadcast: bool,
         #[command(flatten)]
         rpc: RpcArgs,
     },
     /// Replace an unconfirmed transaction of the wallet with one paying a higher fee rate (BIP125).
+    ///
+    /// Checks the node first, like `send`, and prints the replacement's txid once bitcoind has
+    /// accepted it.
+    #[command(after_long_help = crate::node::CONNECTION_HELP)]
     BumpFee {
         /// The wallet.
         name: String,
         /// The transaction to replace.
         #[arg(long)]
         txid: Txid,
-        /// The new fee rate in sat/vB.
+        /// The new fee rate in sat/vB (higher than the replaced transaction's).
         #[arg(long, value_parser = parse_fee_rate)]
         fee_rate: FeeRate,
+        /// Sign without broadcasting and print the raw replacement.
+        #[arg(long)]
+        no_broadcast: bool,
         #[command(flatten)]
         rpc: RpcArgs,
     },
     /// Show the wallet's spending policy; with options, change it first.
     ///
     /// Amounts are satoshis or bitcoin (`0.01btc`); fee rates are sat/vB. Every signature the
-    /// wallet makes is checked against these rules first.
+    /// wallet makes is checked against these rules first. Showing needs no passphrase;
+    /// changing does.
     Policy {
         /// The wallet.
         name: String,
@@ -252,24 +250,36 @@ pub(crate) enum PsbtCommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Finalize a fully signed PSBT, verify it with Bitcoin Core's script interpreter, and
-    /// print the txid and the raw transaction in hex.
+    /// Finalize a fully signed PSBT, verify it with Bitcoin Core's script interpreter and
+    /// broadcast it; prints the txid once bitcoind accepted it.
+    ///
+    /// The node is checked before the PSBT is finalized. With --no-broadcast no node is
+    /// contacted and the txid and raw transaction in hex are printed. With --wallet (which then
+    /// needs the passphrase), a transaction bitcoind rejects is released from that wallet's
+    /// spending limits.
+    #[command(after_long_help = crate::node::CONNECTION_HELP)]
     Finalize {
         /// The PSBT file, or `-`.
         file: PathBuf,
         /// Finalize with this wallet's descriptors (needed for scripts miniscript cannot
-        /// infer from the PSBT alone).
+        /// infer from the PSBT alone); its network picks the node.
         #[arg(long)]
         wallet: Option<String>,
+        /// The network of the node to broadcast to, without --wallet [default: regtest].
+        #[arg(long, value_enum)]
+        network: Option<NetworkArg>,
         /// Also write the finalized PSBT (base64) here.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Print the raw transaction instead of broadcasting it.
+        #[arg(long)]
+        no_broadcast: bool,
         #[command(flatten)]
         rpc: RpcArgs,
     },
 }
 
-fn parse_amount(s: &str) -> Result<Amount, String> {
+pub(crate) fn parse_amount(s: &str) -> Result<Amount, String> {
     let t = s.trim().to_ascii_lowercase();
     let (number, denomination) = if let Some(n) = t.strip_suffix("btc") {
         (n, Denomination::Bitcoin)
@@ -286,7 +296,7 @@ fn parse_amount(s: &str) -> Result<Amount, String> {
 
 /// sat/vB with up to 8 decimals, read exactly (no floating point): as a "bitcoin" amount its
 /// satoshi count is the rate times 10^8, and 1 sat/vB is 250 sat/kwu.
-fn parse_fee_rate(s: &str) -> Result<FeeRate, String> {
+pub(crate) fn parse_fee_rate(s: &str) -> Result<FeeRate, String> {
     let bad = |why: &str| format!("{s:?} is not a fee rate in sat/vB: {why}");
     let scaled = Amount::from_str_in(s.trim(), Denomination::Bitcoin).map_err(|e| bad(&e.to_string()))?;
     let kwu = scaled.to_sat().saturating_mul(250) / 100_000_000;
@@ -296,7 +306,7 @@ fn parse_fee_rate(s: &str) -> Result<FeeRate, String> {
     Ok(FeeRate::from_sat_per_kwu(kwu))
 }
 
-fn show_rate(rate: FeeRate) -> String {
+pub(crate) fn show_rate(rate: FeeRate) -> String {
     let kwu = rate.to_sat_per_kwu();
     format!("{}.{:02} sat/vB", kwu / 250, (kwu % 250) * 100 / 250)
 }
@@ -329,6 +339,13 @@ fn now() -> u64 {
 
 fn load(ks: &Keystore, name: &str) -> Result<AnyaWallet, CliError> {
     AnyaWallet::load(Arc::clone(&ks.store), Arc::clone(&ks.hsm), clock(), label(name)?).map_err(CliError::chain)
+}
+
+/// The wallet without its keys: for what needs no signature, and for every check a signing
+/// command makes before the passphrase is asked for.
+fn watch_only(dir: &Path, name: &str) -> Result<AnyaWallet, CliError> {
+    let store: Arc<dyn KvStore> = open_store(dir, false)?;
+    AnyaWallet::load_watch_only(store, clock(), label(name)?).map_err(CliError::chain)
 }
 
 fn descriptor(wallet: &AnyaWallet) -> String {
@@ -370,18 +387,41 @@ fn write_psbt(psbt: &Psbt, output: Option<&Path>) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Prints the txid and hex, and broadcasts when bitcoind is configured.
-fn deliver(tx: &Transaction, rpc: &RpcArgs) -> Result<(), CliError> {
-    println!("{}", tx.compute_txid());
-    println!("{}", serialize_hex(tx));
-    match rpc.connect()? {
-        Some(node) => {
-            let txid = node.broadcast(tx).map_err(CliError::chain)?;
-            eprintln!("broadcast {txid}");
+/// Broadcasts `tx` through `node` and prints its txid once bitcoind accepted it; without a
+/// node, prints the txid and the raw transaction and says that it was not broadcast. With the
+/// `wallet` that signed it, a rejected transaction gives back its policy reservation.
+fn deliver(wallet: Option<&mut AnyaWallet>, tx: &Transaction, node: Option<&Node>) -> Result<(), CliError> {
+    let Some(node) = node else {
+        println!("{}", tx.compute_txid());
+        println!("{}", serialize_hex(tx));
+        eprintln!(
+            "signed but NOT broadcast (--no-broadcast): send the hex with `bitcoin-cli sendrawtransaction`; \
+             it counts as spent until then"
+        );
+        return Ok(());
+    };
+    let sent = match wallet {
+        Some(wallet) => node.chain.broadcast_for(wallet, tx),
+        None => node.chain.broadcast(tx),
+    };
+    match sent {
+        Ok(txid) => {
+            println!("{txid}");
+            eprintln!("broadcast through bitcoind at {}", node.url);
+            Ok(())
         }
-        None => eprintln!("not broadcast (no --rpc-url): send the hex with `bitcoin-cli sendrawtransaction`"),
+        // Refused by the node: it never left, and the wallet released its reservation.
+        Err(e @ RpcError::Rejected { .. }) => Err(CliError::Message(chain(&e))),
+        Err(e) => {
+            // Whether it reached the node is unknown: keep it counted, hand over the hex.
+            println!("{}", serialize_hex(tx));
+            Err(CliError::Message(format!(
+                "broadcasting {} failed, it may not have reached the network ({}); the raw transaction is on standard output for `bitcoin-cli sendrawtransaction`",
+                tx.compute_txid(),
+                node.error(&e)
+            )))
+        }
     }
-    Ok(())
 }
 
 /// The error's message followed by each source whose text it does not already contain.
@@ -407,6 +447,7 @@ pub(crate) fn wallet(dir: &Path, command: WalletCommand) -> Result<(), CliError>
             kind,
             account,
             network,
+            birthday,
         } => {
             let name = label(&name)?;
             let root = label(&root)?;
@@ -415,26 +456,32 @@ pub(crate) fn wallet(dir: &Path, command: WalletCommand) -> Result<(), CliError>
                 Kind::Bip86 => Template::Bip86 { root, account },
                 Kind::Bip84 => Template::Bip84 { root, account },
             };
-            let wallet = AnyaWallet::create(ks.store, ks.hsm, clock(), name, &template, network.into())
+            let mut wallet = AnyaWallet::create(ks.store, ks.hsm, clock(), name, &template, network.into())
                 .map_err(CliError::chain)?;
+            match birthday {
+                Some(height) => {
+                    wallet.set_birthday(height).map_err(CliError::chain)?;
+                    eprintln!("birthday: block {height}; the first sync starts there");
+                }
+                None => eprintln!("no --birthday: the first sync scans from the genesis block"),
+            }
             println!("{}", descriptor(&wallet));
         }
         WalletCommand::List => {
-            let ks = keystore(dir)?;
-            for name in AnyaWallet::list(&*ks.store).map_err(CliError::chain)? {
-                let wallet = load(&ks, name.as_str())?;
+            let store: Arc<dyn KvStore> = open_store(dir, false)?;
+            for name in AnyaWallet::list(&*store).map_err(CliError::chain)? {
+                let wallet =
+                    AnyaWallet::load_watch_only(Arc::clone(&store), clock(), name.clone()).map_err(CliError::chain)?;
                 println!("{name}\t{}\t{}", wallet.network(), descriptor(&wallet));
             }
         }
         WalletCommand::Address { name } => {
-            let ks = keystore(dir)?;
-            let mut wallet = load(&ks, &name)?;
-            let info = wallet.next_address().map_err(CliError::chain)?;
+            let info = watch_only(dir, &name)?.next_address().map_err(CliError::chain)?;
             println!("{}", info.address);
         }
         WalletCommand::Balance { name } => {
-            let ks = keystore(dir)?;
-            let balance = load(&ks, &name)?.balance();
+            let balance = watch_only(dir, &name)?.balance();
+            println!("spendable         {} sat", balance.trusted_spendable().to_sat());
             println!("confirmed         {} sat", balance.confirmed.to_sat());
             println!("pending (own)     {} sat", balance.trusted_pending.to_sat());
             println!("pending (others)  {} sat", balance.untrusted_pending.to_sat());
@@ -442,55 +489,83 @@ pub(crate) fn wallet(dir: &Path, command: WalletCommand) -> Result<(), CliError>
             println!("total             {} sat", balance.total().to_sat());
         }
         WalletCommand::Sync { name, rpc } => {
-            let node = rpc
-                .connect()?
-                .ok_or_else(|| CliError::Usage("sync needs --rpc-url (or ANYA_RPC_URL)".to_owned()))?;
-            let ks = keystore(dir)?;
-            let mut wallet = load(&ks, &name)?;
-            let report = node.sync_wallet(&mut wallet).map_err(CliError::chain)?;
+            let mut wallet = watch_only(dir, &name)?;
+            let node = rpc.connect(wallet.network())?;
+            let report = node.chain.sync_wallet(&mut wallet).map_err(|e| node.error(&e))?;
             println!(
                 "synced to height {} ({}): {} blocks, {} mempool transactions",
                 report.tip.0, report.tip.1, report.blocks, report.mempool_txs
             );
-            println!("balance {} sat", wallet.balance().total().to_sat());
+            let balance = wallet.balance();
+            println!(
+                "spendable  {} sat (confirmed, and own unconfirmed change)",
+                balance.trusted_spendable().to_sat()
+            );
+            println!(
+                "pending    {} sat (unconfirmed payments from others)",
+                balance.untrusted_pending.to_sat()
+            );
+            println!(
+                "immature   {} sat (coinbase, spendable after 100 confirmations)",
+                balance.immature.to_sat()
+            );
         }
         WalletCommand::Send {
             name,
             to,
             amount,
-            fee_rate,
+            fee,
             psbt_out,
+            no_broadcast,
             rpc,
         } => {
-            let ks = keystore(dir)?;
-            let mut wallet = load(&ks, &name)?;
-            let recipients = [(address(&to, wallet.network())?, amount)];
-            match psbt_out {
-                Some(path) => {
-                    let psbt = wallet.build(&recipients, fee_rate).map_err(CliError::chain)?;
-                    write_psbt(&psbt, Some(&path))?;
-                }
-                None => {
-                    let tx = wallet.send(&recipients, fee_rate, now()).map_err(CliError::chain)?;
-                    deliver(&tx, &rpc)?;
-                }
+            // Everything that can fail without a key fails here, before the passphrase.
+            let mut watch = watch_only(dir, &name)?;
+            let recipients = [(address(&to, watch.network())?, amount)];
+            let broadcast = psbt_out.is_none() && !no_broadcast;
+            let node = if broadcast || !fee.is_given() {
+                Some(rpc.connect(watch.network())?)
+            } else {
+                None
+            };
+            let fee_rate = fee.resolve(node.as_ref())?;
+            let mut psbt = watch.build(&recipients, fee_rate).map_err(CliError::chain)?;
+            drop(watch);
+            if let Some(path) = psbt_out {
+                return write_psbt(&psbt, Some(&path));
             }
-        }
-        WalletCommand::BumpFee {
-            name,
-            txid,
-            fee_rate,
-            rpc,
-        } => {
             let ks = keystore(dir)?;
             let mut wallet = load(&ks, &name)?;
-            let mut psbt = wallet.bump_fee(txid, fee_rate).map_err(CliError::chain)?;
             wallet.sign(&mut psbt).map_err(CliError::chain)?;
             let tx = wallet.finalize(&mut psbt).map_err(CliError::chain)?;
             wallet
                 .apply_unconfirmed(vec![tx.clone()], now())
                 .map_err(CliError::chain)?;
-            deliver(&tx, &rpc)?;
+            deliver(Some(&mut wallet), &tx, node.as_ref().filter(|_| broadcast))?;
+        }
+        WalletCommand::BumpFee {
+            name,
+            txid,
+            fee_rate,
+            no_broadcast,
+            rpc,
+        } => {
+            let mut watch = watch_only(dir, &name)?;
+            let node = if no_broadcast {
+                None
+            } else {
+                Some(rpc.connect(watch.network())?)
+            };
+            let mut psbt = watch.bump_fee(txid, fee_rate).map_err(CliError::chain)?;
+            drop(watch);
+            let ks = keystore(dir)?;
+            let mut wallet = load(&ks, &name)?;
+            wallet.sign(&mut psbt).map_err(CliError::chain)?;
+            let tx = wallet.finalize(&mut psbt).map_err(CliError::chain)?;
+            wallet
+                .apply_unconfirmed(vec![tx.clone()], now())
+                .map_err(CliError::chain)?;
+            deliver(Some(&mut wallet), &tx, node.as_ref())?;
         }
         WalletCommand::Policy {
             name,
@@ -501,20 +576,24 @@ pub(crate) fn wallet(dir: &Path, command: WalletCommand) -> Result<(), CliError>
             max_fee_rate,
             max_fee,
         } => {
-            let ks = keystore(dir)?;
-            let wallet = load(&ks, &name)?;
-            let engine = wallet.policy();
-            let mut rules = if clear {
-                SpendPolicy::default()
-            } else {
-                engine.rules().map_err(CliError::chain)?
-            };
             let changed = clear
                 || max_per_tx.is_some()
                 || max_per_24h.is_some()
                 || !allow.is_empty()
                 || max_fee_rate.is_some()
                 || max_fee.is_some();
+            // Showing the rules needs no key; changing them needs the passphrase.
+            let wallet = if changed {
+                load(&keystore(dir)?, &name)?
+            } else {
+                watch_only(dir, &name)?
+            };
+            let engine = wallet.policy();
+            let mut rules = if clear {
+                SpendPolicy::default()
+            } else {
+                engine.rules().map_err(CliError::chain)?
+            };
             rules.max_per_tx = max_per_tx.or(rules.max_per_tx);
             rules.max_per_24h = max_per_24h.or(rules.max_per_24h);
             rules.max_fee_rate = max_fee_rate.or(rules.max_fee_rate);
@@ -604,24 +683,46 @@ pub(crate) fn psbt(dir: &Path, command: PsbtCommand) -> Result<(), CliError> {
         PsbtCommand::Finalize {
             file,
             wallet,
+            network,
             output,
+            no_broadcast,
             rpc,
         } => {
             let mut psbt = read_psbt(&file)?;
-            let tx = match wallet {
-                Some(name) => {
-                    let ks = keystore(dir)?;
-                    load(&ks, &name)?.finalize(&mut psbt).map_err(CliError::chain)?
+            let watch = wallet.as_deref().map(|name| watch_only(dir, name)).transpose()?;
+            let network = match (&watch, network.map(Network::from)) {
+                (Some(w), Some(n)) if w.network() != n => {
+                    return Err(CliError::Usage(format!(
+                        "--network {n} differs from the wallet's network {}",
+                        w.network()
+                    )))
                 }
+                (Some(w), _) => w.network(),
+                (None, n) => n.unwrap_or(Network::Regtest),
+            };
+            let node = if no_broadcast {
+                None
+            } else {
+                Some(rpc.connect(network)?)
+            };
+            let tx = match &watch {
+                Some(w) => w.finalize(&mut psbt).map_err(CliError::chain)?,
                 None => {
                     psbt::finalize(&mut psbt).map_err(psbt_error)?;
                     psbt::extract_verified(&psbt).map_err(psbt_error)?
                 }
             };
+            drop(watch);
+            // Broadcasting for a wallet opens its keystore, so that a rejected transaction's
+            // release reaches the audit chain. Nothing is signed here.
+            let mut wallet = match (wallet, &node) {
+                (Some(name), Some(_)) => Some(load(&keystore(dir)?, &name)?),
+                _ => None,
+            };
             if let Some(path) = output {
                 write_psbt(&psbt, Some(&path))?;
             }
-            deliver(&tx, &rpc)?;
+            deliver(wallet.as_mut(), &tx, node.as_ref())?;
         }
     }
     Ok(())

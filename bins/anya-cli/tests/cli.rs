@@ -299,6 +299,7 @@ fn wallet_errors_are_clear() {
             "10000",
             "--fee-rate",
             "2",
+            "--no-broadcast",
         ],
     ));
     assert!(err.to_lowercase().contains("insufficient funds"), "{err}");
@@ -404,7 +405,7 @@ fn psbt_inspect_reads_bip174_vectors_in_every_spelling() {
     let out = ok(&anya(
         &data,
         PASS,
-        &["psbt", "finalize", combined.to_str().expect("path")],
+        &["psbt", "finalize", combined.to_str().expect("path"), "--no-broadcast"],
     ));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
@@ -414,7 +415,11 @@ fn psbt_inspect_reads_bip174_vectors_in_every_spelling() {
     );
 
     // One signature per input is not enough.
-    let err = failed(&anya(&data, PASS, &["psbt", "finalize", b64.to_str().expect("path")]));
+    let err = failed(&anya(
+        &data,
+        PASS,
+        &["psbt", "finalize", b64.to_str().expect("path"), "--no-broadcast"],
+    ));
     assert!(err.contains("inputs not finalized: input 0"), "{err}");
 }
 
@@ -503,8 +508,10 @@ fn funded_wallet_sends_bumps_and_signs_psbts() {
         "--fee-rate",
         "2",
     ];
-    let out = anya(&data, PASS, &send);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not broadcast"));
+    let mut offline = send.to_vec();
+    offline.push("--no-broadcast");
+    let out = anya(&data, PASS, &offline);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT broadcast"));
     let sent = tx_of(&ok(&out));
     assert!(sent
         .output
@@ -515,7 +522,16 @@ fn funded_wallet_sends_bumps_and_signs_psbts() {
     let bumped = tx_of(&ok(&anya(
         &data,
         PASS,
-        &["wallet", "bump-fee", "w", "--txid", &txid, "--fee-rate", "10"],
+        &[
+            "wallet",
+            "bump-fee",
+            "w",
+            "--txid",
+            &txid,
+            "--fee-rate",
+            "10",
+            "--no-broadcast",
+        ],
     )));
     assert_ne!(bumped.compute_txid(), sent.compute_txid());
     assert_eq!(bumped.input[0].previous_output, sent.input[0].previous_output);
@@ -557,14 +573,74 @@ fn funded_wallet_sends_bumps_and_signs_psbts() {
     tx_of(&ok(&anya(
         &data,
         PASS,
-        &["psbt", "finalize", signed.to_str().expect("path")],
+        &["psbt", "finalize", signed.to_str().expect("path"), "--no-broadcast"],
     )));
 
     // The policy refuses, naming the rule.
     ok(&anya(&data, PASS, &["wallet", "policy", "w", "--max-per-tx", "1000"]));
-    let err = failed(&anya(&data, PASS, &send));
+    let err = failed(&anya(&data, PASS, &offline));
     assert!(
         err.contains("spending policy refused") && err.contains("per-transaction limit"),
         "{err}"
     );
+}
+
+/// Without --no-broadcast a send needs a node, and a missing one stops it before any key is
+/// touched (no passphrase is even needed to find that out).
+#[test]
+fn send_without_a_node_fails_before_signing() {
+    let (dir, data) = keystore_with_root();
+    ok(&anya(&data, PASS, &["wallet", "new", "w", "--root", "root"]));
+    let out = Command::new(env!("CARGO_BIN_EXE_anya"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "wallet",
+            "send",
+            "w",
+            "--to",
+            "bcrt1qq2yshcmzdlznnpxx258xswqlmqcxjs4dssfxt2",
+            "--amount",
+            "10000",
+            "--datadir",
+        ])
+        .arg(dir.path().join("no-bitcoind"))
+        .env_remove("ANYA_PASSPHRASE")
+        .env_remove("ANYA_DATA_DIR")
+        .env_remove("ANYA_RPC_URL")
+        .env_remove("ANYA_RPC_COOKIE")
+        .env_remove("ANYA_RPC_USER")
+        .output()
+        .expect("run anya");
+    let err = failed(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: no bitcoind cookie file at ") && err.contains("no-bitcoind/regtest/.cookie"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_documents_the_bitcoind_connection() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for command in [&["wallet", "send", "--help"][..], &["wallet", "sync", "--help"][..]] {
+        let help = ok(&anya(dir.path(), PASS, command));
+        for needle in [
+            "--rpcconnect",
+            "--rpcport",
+            "--datadir",
+            "--rpccookiefile",
+            "--rpcuser",
+            "--rpcpassword",
+            "--rpc-url",
+            "18443",
+            "Examples:",
+        ] {
+            assert!(help.contains(needle), "{needle} in {command:?}:\n{help}");
+        }
+    }
+    let help = ok(&anya(dir.path(), PASS, &["wallet", "send", "--help"]));
+    for needle in ["--no-broadcast", "--fee-rate", "--conf-target", "estimatesmartfee"] {
+        assert!(help.contains(needle), "{needle}:\n{help}");
+    }
 }
