@@ -33,7 +33,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anya_hsm::SecretString;
 use bdk_bitcoind_rpc::Emitter;
@@ -44,6 +44,12 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::wallet::{AnyaWallet, WalletError};
+
+/// How many blocks [`BitcoindChain::sync_wallet`] applies between two writes to the store.
+pub const SYNC_PERSIST_BLOCKS: u32 = 100;
+/// The longest [`BitcoindChain::sync_wallet`] holds applied blocks before writing them, so that
+/// a slow node still sees progress stored.
+pub const SYNC_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Bitcoin Core's `RPC_IN_WARMUP`: the node is starting and will answer later.
 const RPC_IN_WARMUP: i32 = -28;
@@ -601,9 +607,15 @@ impl BitcoindChain {
 
     /// Brings `wallet` to the node's tip: applies every block after the point where the
     /// wallet's checkpoints and the node's best chain agree (so a reorg replaces the stale
-    /// blocks), then the node's mempool, seen now. Each block is stored as it is applied, so an
-    /// interrupted sync resumes where it stopped. A wallet whose chain is still below its
+    /// blocks), then the node's mempool, seen now. A wallet whose chain is still below its
     /// [birthday](AnyaWallet::birthday) starts at the birthday instead of at genesis.
+    ///
+    /// Applied blocks are stored in groups: every [`SYNC_PERSIST_BLOCKS`] blocks or
+    /// [`SYNC_PERSIST_INTERVAL`], whichever comes first, and once more with the mempool at the
+    /// end, so a sync costs a few commits (and `fsync`s) instead of one per block. When it
+    /// returns `Ok`, everything it applied is durable. A sync that is killed resumes from the
+    /// last group it stored, fetching at most one group again; one that fails on an RPC error
+    /// stores what it applied before returning the error.
     ///
     /// The node must be on the wallet's network ([`RpcError::NetworkMismatch`] otherwise).
     pub fn sync_wallet(&self, wallet: &mut AnyaWallet) -> Result<SyncReport, RpcError> {
@@ -624,13 +636,36 @@ impl BitcoindChain {
             .collect();
         let mut emitter = Emitter::new(&*self.client, checkpoint, start_height, unconfirmed);
         let mut blocks = 0u32;
-        while let Some(event) = emitter.next_block().map_err(emitter_error)? {
+        let mut staged = 0u32;
+        let mut last_write = Instant::now();
+        loop {
+            let event = match emitter.next_block() {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(e) => {
+                    // Keep what was applied: the next sync starts after it.
+                    wallet.persist()?;
+                    return Err(emitter_error(e));
+                }
+            };
             // After a skip to the birthday the block's parent is not in the wallet's chain;
             // the emitter says which block it connects through.
-            wallet.apply_block_connected_to(&event.block, event.block_height(), event.connected_to())?;
+            wallet.stage_block_connected_to(&event.block, event.block_height(), event.connected_to())?;
             blocks += 1;
+            staged += 1;
+            if staged >= SYNC_PERSIST_BLOCKS || last_write.elapsed() >= SYNC_PERSIST_INTERVAL {
+                wallet.persist()?;
+                staged = 0;
+                last_write = Instant::now();
+            }
         }
-        let mempool = emitter.mempool().map_err(emitter_error)?;
+        let mempool = match emitter.mempool() {
+            Ok(mempool) => mempool,
+            Err(e) => {
+                wallet.persist()?;
+                return Err(emitter_error(e));
+            }
+        };
         let synced_at = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_secs());
         let seen_at = mempool.update.first().map_or(synced_at, |(_, at)| *at);
         let mempool_txs = mempool.update.len();
@@ -641,7 +676,7 @@ impl BitcoindChain {
                 .into_iter()
                 .map(|(tx, _)| Arc::unwrap_or_clone(tx))
                 .collect();
-            wallet.apply_unconfirmed(txs, seen_at)?;
+            wallet.stage_unconfirmed(txs, seen_at);
         }
         let mut evicted = mempool.evicted;
         // The emitter reports only evictions of transactions that were unconfirmed when the
@@ -660,9 +695,8 @@ impl BitcoindChain {
             .collect();
         evicted.extend(stale.into_iter().map(|txid| (txid, seen_at.max(synced_at))));
         let evicted_txids: Vec<Txid> = evicted.iter().map(|(txid, _)| *txid).collect();
-        if !evicted.is_empty() {
-            wallet.apply_evicted(evicted)?;
-        }
+        wallet.stage_evicted(evicted);
+        wallet.persist()?;
         let tip = wallet.bdk().latest_checkpoint();
         Ok(SyncReport {
             blocks,

@@ -502,7 +502,8 @@ impl AnyaWallet {
         Ok(())
     }
 
-    fn persist(&mut self) -> Result<(), WalletError> {
+    /// Writes what the wallet has staged since the last write, as one durable change set.
+    pub(crate) fn persist(&mut self) -> Result<(), WalletError> {
         self.wallet.persist(&mut self.persister)?;
         Ok(())
     }
@@ -542,25 +543,47 @@ impl AnyaWallet {
         height: u32,
         connected_to: BlockId,
     ) -> Result<(), WalletError> {
+        self.stage_block_connected_to(block, height, connected_to)?;
+        self.persist()
+    }
+
+    /// [`apply_block_connected_to`](Self::apply_block_connected_to) without the write: the
+    /// change stays staged until [`persist`](Self::persist). A chain source applying many
+    /// blocks writes them in groups, so that a sync costs one commit per group, not per block.
+    pub(crate) fn stage_block_connected_to(
+        &mut self,
+        block: &Block,
+        height: u32,
+        connected_to: BlockId,
+    ) -> Result<(), WalletError> {
         self.wallet
             .apply_block_connected_to(block, height, connected_to)
-            .map_err(|e| WalletError::Chain(Box::new(e)))?;
-        self.persist()
+            .map_err(|e| WalletError::Chain(Box::new(e)))
     }
 
     /// Adds unconfirmed transactions (this wallet's own broadcasts, or the mempool's) seen at
     /// `seen_at` (Unix seconds), and stores the result.
     pub fn apply_unconfirmed(&mut self, txs: Vec<Transaction>, seen_at: u64) -> Result<(), WalletError> {
+        self.stage_unconfirmed(txs, seen_at);
+        self.persist()
+    }
+
+    /// [`apply_unconfirmed`](Self::apply_unconfirmed) without the write.
+    pub(crate) fn stage_unconfirmed(&mut self, txs: Vec<Transaction>, seen_at: u64) {
         self.wallet
             .apply_unconfirmed_txs(txs.into_iter().map(|tx| (tx, seen_at)));
-        self.persist()
     }
 
     /// Marks unconfirmed transactions as evicted from the mempool at the given Unix times (a
     /// chain source saw them dropped), so they stop counting as pending; stores the result.
     pub fn apply_evicted(&mut self, evicted: Vec<(Txid, u64)>) -> Result<(), WalletError> {
-        self.wallet.apply_evicted_txs(evicted);
+        self.stage_evicted(evicted);
         self.persist()
+    }
+
+    /// [`apply_evicted`](Self::apply_evicted) without the write.
+    pub(crate) fn stage_evicted(&mut self, evicted: Vec<(Txid, u64)>) {
+        self.wallet.apply_evicted_txs(evicted);
     }
 
     /// Builds an unsigned PSBT paying `recipients` at `fee_rate`, with coin selection, change
