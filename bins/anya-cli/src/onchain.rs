@@ -536,11 +536,7 @@ pub(crate) fn wallet(dir: &Path, command: WalletCommand) -> Result<(), CliError>
             }
             let ks = keystore(dir)?;
             let mut wallet = load(&ks, &name)?;
-            wallet.sign(&mut psbt).map_err(CliError::chain)?;
-            let tx = wallet.finalize(&mut psbt).map_err(CliError::chain)?;
-            wallet
-                .apply_unconfirmed(vec![tx.clone()], now())
-                .map_err(CliError::chain)?;
+            let tx = wallet.complete(&mut psbt, now()).map_err(CliError::chain)?;
             deliver(Some(&mut wallet), &tx, node.as_ref().filter(|_| broadcast))?;
         }
         WalletCommand::BumpFee {
@@ -560,11 +556,7 @@ pub(crate) fn wallet(dir: &Path, command: WalletCommand) -> Result<(), CliError>
             drop(watch);
             let ks = keystore(dir)?;
             let mut wallet = load(&ks, &name)?;
-            wallet.sign(&mut psbt).map_err(CliError::chain)?;
-            let tx = wallet.finalize(&mut psbt).map_err(CliError::chain)?;
-            wallet
-                .apply_unconfirmed(vec![tx.clone()], now())
-                .map_err(CliError::chain)?;
+            let tx = wallet.complete(&mut psbt, now()).map_err(CliError::chain)?;
             deliver(Some(&mut wallet), &tx, node.as_ref())?;
         }
         WalletCommand::Policy {

@@ -536,20 +536,9 @@ impl AnyaWallet {
 
     /// Applies a block at `height` that connects to the wallet's chain at `connected_to` (a
     /// chain source that skipped heights, as a scan from a birthday does, names the block it
-    /// connects through), and stores the result.
-    pub(crate) fn apply_block_connected_to(
-        &mut self,
-        block: &Block,
-        height: u32,
-        connected_to: BlockId,
-    ) -> Result<(), WalletError> {
-        self.stage_block_connected_to(block, height, connected_to)?;
-        self.persist()
-    }
-
-    /// [`apply_block_connected_to`](Self::apply_block_connected_to) without the write: the
-    /// change stays staged until [`persist`](Self::persist). A chain source applying many
-    /// blocks writes them in groups, so that a sync costs one commit per group, not per block.
+    /// connects through), without writing it: the change stays staged until
+    /// [`persist`](Self::persist). A chain source applying many blocks writes them in groups,
+    /// so that a sync costs one commit per group, not one per block.
     pub(crate) fn stage_block_connected_to(
         &mut self,
         block: &Block,
@@ -865,8 +854,18 @@ impl AnyaWallet {
         // Before building: a build reveals a change address and stores it.
         self.signing()?;
         let mut psbt = self.build(recipients, fee_rate)?;
-        self.sign(&mut psbt)?;
-        let tx = self.finalize(&mut psbt)?;
+        self.complete(&mut psbt, seen_at)
+    }
+
+    /// The second half of [`send`](Self::send), for a PSBT built earlier (by
+    /// [`build`](Self::build) or [`bump_fee`](Self::bump_fee), possibly on a
+    /// [watch-only](Self::load_watch_only) copy of this wallet so that mistakes show before the
+    /// HSM is unlocked): policy check, signatures, finalization and Core's verification, then
+    /// the transaction is recorded as unconfirmed (seen at `seen_at`) so it can be bumped or
+    /// spent from.
+    pub fn complete(&mut self, psbt: &mut Psbt, seen_at: u64) -> Result<Transaction, WalletError> {
+        self.sign(psbt)?;
+        let tx = self.finalize(psbt)?;
         self.apply_unconfirmed(vec![tx.clone()], seen_at)?;
         Ok(tx)
     }
