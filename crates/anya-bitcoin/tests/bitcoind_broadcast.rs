@@ -7,55 +7,23 @@ use std::sync::Arc;
 
 use anya_bitcoin::policy::SpendPolicy;
 use anya_bitcoin::rpc::{BitcoindChain, RpcAuth, RpcConfig, RpcError};
-use anya_bitcoin::wallet::{AnyaWallet, Template};
-use anya_core_types::{Clock, Label, SystemClock};
-use anya_hsm::HsmProvider;
-use anya_storage::{KvStore, SqliteOptions, SqliteStore};
+use anya_bitcoin::wallet::AnyaWallet;
+use anya_core_types::{Clock, SystemClock};
 use anya_testkit::Bitcoind;
 use bitcoin::{Amount, FeeRate, Network};
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    store: Arc<dyn KvStore>,
-    hsm: Arc<dyn HsmProvider>,
-}
+mod common;
 
-fn label(s: &str) -> Label {
-    Label::new(s).expect("valid label")
-}
+use common::fixture::{bip84, fixture, label, Fixture};
 
 fn now() -> u64 {
     SystemClock.now().as_secs()
 }
 
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store: Arc<dyn KvStore> =
-        Arc::new(SqliteStore::open(dir.path().join("anya.db"), SqliteOptions::default()).expect("store"));
-    let hsm = anya_hsm::conformance::software_on(Arc::clone(&store));
-    anya_hsm::conformance::generate_test_root(&hsm, &label("root"));
-    Fixture {
-        _dir: dir,
-        store,
-        hsm: Arc::new(hsm),
-    }
-}
-
-impl Fixture {
-    fn wallet(&self, name: &str, network: Network) -> AnyaWallet {
-        AnyaWallet::create(
-            Arc::clone(&self.store),
-            Arc::clone(&self.hsm),
-            Arc::new(SystemClock),
-            label(name),
-            &Template::Bip84 {
-                root: label("root"),
-                account: 0,
-            },
-            network,
-        )
-        .expect("wallet created")
-    }
+/// A new wallet on `network` whose policy reads the system clock (the node's mempool times
+/// are real times).
+fn wallet(f: &Fixture, name: &str, network: Network) -> AnyaWallet {
+    f.wallet_with(name, &bip84(0), network, Arc::new(SystemClock))
 }
 
 fn chain(node: &Bitcoind) -> BitcoindChain {
@@ -67,7 +35,7 @@ fn a_rejected_broadcast_releases_its_reservation() {
     let Some(node) = Bitcoind::start() else { return };
     let chain = chain(&node);
     let f = fixture();
-    let mut w = f.wallet("payer", Network::Regtest);
+    let mut w = wallet(&f, "payer", Network::Regtest);
     let to_wallet = w.next_address().expect("address").address;
     node.mine(1, &to_wallet);
     node.mine(100, &node.new_burn_address());
@@ -146,7 +114,7 @@ fn a_wallet_of_another_network_is_told_the_node_is_not_on_it() {
     node.mine(3, &node.new_burn_address());
     let chain = chain(&node);
     let f = fixture();
-    let mut w = f.wallet("signet", Network::Signet);
+    let mut w = wallet(&f, "signet", Network::Signet);
     let err = chain.sync_wallet(&mut w).expect_err("wrong network");
     let regtest_genesis = bitcoin::constants::genesis_block(Network::Regtest).block_hash();
     assert!(
@@ -156,7 +124,7 @@ fn a_wallet_of_another_network_is_told_the_node_is_not_on_it() {
     assert!(err.to_string().starts_with("the node is not on signet"), "{err}");
     assert_eq!(w.bdk().latest_checkpoint().height(), 0, "nothing applied");
 
-    let mut ok = f.wallet("regtest", Network::Regtest);
+    let mut ok = wallet(&f, "regtest", Network::Regtest);
     assert_eq!(chain.sync_wallet(&mut ok).expect("synced").tip.0, 3);
 }
 
@@ -166,7 +134,7 @@ fn a_birthday_starts_the_first_sync_there() {
     node.mine(150, &node.new_burn_address());
     let chain = chain(&node);
     let f = fixture();
-    let mut w = f.wallet("young", Network::Regtest);
+    let mut w = wallet(&f, "young", Network::Regtest);
     w.set_birthday(140).expect("birthday");
     let to = w.next_address().expect("address").address;
     node.mine(2, &to);
@@ -190,12 +158,12 @@ fn a_birthday_starts_the_first_sync_there() {
     assert_eq!(chain.sync_wallet(&mut w).expect("synced").blocks, 1);
 
     // A birthday past the node's tip starts at the tip.
-    let mut early = f.wallet("unborn", Network::Regtest);
+    let mut early = wallet(&f, "unborn", Network::Regtest);
     early.set_birthday(10_000).expect("birthday");
     let report = chain.sync_wallet(&mut early).expect("synced");
     assert_eq!((report.blocks, report.tip.0), (1, 153));
 
     // Without a birthday the scan starts at genesis.
-    let mut old = f.wallet("old", Network::Regtest);
+    let mut old = wallet(&f, "old", Network::Regtest);
     assert_eq!(chain.sync_wallet(&mut old).expect("synced").blocks, 153);
 }

@@ -6,34 +6,14 @@ use std::sync::Arc;
 
 use anya_bitcoin::policy::{PolicyEngine, PolicyError};
 use anya_bitcoin::wallet::{AnyaWallet, PersistError, Template, WalletError};
-use anya_core_types::{Label, SystemClock};
-use anya_hsm::HsmProvider;
-use anya_storage::{KvStore, Namespace, Scan, SqliteOptions, SqliteStore};
+use anya_core_types::SystemClock;
+use anya_storage::{KvStore, Namespace, Scan};
 use bitcoin::Network;
 use proptest::prelude::*;
 
-fn label(s: &str) -> Label {
-    Label::new(s).expect("label")
-}
+mod common;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    store: Arc<dyn KvStore>,
-    hsm: Arc<dyn HsmProvider>,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("dir");
-    let store: Arc<dyn KvStore> =
-        Arc::new(SqliteStore::open(dir.path().join("s.db"), SqliteOptions::default()).expect("store"));
-    let hsm = anya_hsm::conformance::software_on(Arc::clone(&store));
-    anya_hsm::conformance::generate_test_root(&hsm, &label("root"));
-    Fixture {
-        _dir: dir,
-        store,
-        hsm: Arc::new(hsm),
-    }
-}
+use common::fixture::{fixture, label};
 
 fn snapshot(store: &dyn KvStore, ns: &Namespace) -> Vec<(Vec<u8>, Vec<u8>)> {
     store

@@ -2,124 +2,17 @@
 //! store, the spending policy, and Bitcoin Core verifying every transaction signed here (once
 //! by `AnyaWallet::finalize`, again when the chain admits it into a block).
 
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anya_bitcoin::policy::{PolicyError, SpendPolicy, Violation};
 use anya_bitcoin::regtest::RegtestChain;
 use anya_bitcoin::wallet::{account_path, descriptor_key, AnyaWallet, Condition, Template, WalletError};
-use anya_core_types::{Clock, Label, UnixTime};
-use anya_hsm::{HsmProvider, Operation};
-use anya_storage::{KvStore, SqliteOptions, SqliteStore};
-use bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf, Sequence};
+use anya_hsm::Operation;
+use bitcoin::{Amount, Network, Sequence};
 
-/// A clock the test moves by hand.
-#[derive(Debug)]
-struct ManualClock(AtomicU64);
+mod common;
 
-impl ManualClock {
-    fn advance(&self, secs: u64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> UnixTime {
-        UnixTime::from_secs(self.0.load(Ordering::SeqCst))
-    }
-}
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    store: Arc<dyn KvStore>,
-    hsm: Arc<dyn HsmProvider>,
-    clock: Arc<ManualClock>,
-    chain: RegtestChain,
-}
-
-fn label(s: &str) -> Label {
-    Label::new(s).expect("valid label")
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store: Arc<dyn KvStore> =
-        Arc::new(SqliteStore::open(dir.path().join("anya.db"), SqliteOptions::default()).expect("store"));
-    let hsm = anya_hsm::conformance::software_on(Arc::clone(&store));
-    anya_hsm::conformance::generate_test_root(&hsm, &label("root"));
-    Fixture {
-        _dir: dir,
-        store,
-        hsm: Arc::new(hsm),
-        clock: Arc::new(ManualClock(AtomicU64::new(1_700_000_000))),
-        chain: RegtestChain::new(),
-    }
-}
-
-impl Fixture {
-    fn wallet(&self, name: &str, template: &Template) -> AnyaWallet {
-        AnyaWallet::create(
-            Arc::clone(&self.store),
-            Arc::clone(&self.hsm),
-            self.clock.clone(),
-            label(name),
-            template,
-            Network::Regtest,
-        )
-        .expect("wallet created")
-    }
-
-    fn reload(&self, name: &str) -> AnyaWallet {
-        AnyaWallet::load(
-            Arc::clone(&self.store),
-            Arc::clone(&self.hsm),
-            self.clock.clone(),
-            label(name),
-        )
-        .expect("wallet loads")
-    }
-
-    /// Mines a block with `txs` paying the coinbase to `to` and applies it to `wallets`.
-    fn mine(&mut self, to: &ScriptBuf, txs: Vec<bitcoin::Transaction>, wallets: &mut [&mut AnyaWallet]) {
-        self.chain.mine(to, txs).expect("block accepted");
-        let height = self.chain.height();
-        let block = self.chain.tip().clone();
-        for w in wallets.iter_mut() {
-            w.apply_block(&block, height).expect("block connects");
-        }
-    }
-
-    /// One coinbase to `wallet`, then 100 blocks so that it matures.
-    fn fund(&mut self, wallets: &mut [&mut AnyaWallet]) {
-        let to = wallets[0].next_address().expect("address").script_pubkey();
-        self.mine(&to, Vec::new(), wallets);
-        let burn = burn();
-        for _ in 0..100 {
-            self.mine(&burn, Vec::new(), wallets);
-        }
-    }
-}
-
-/// An output nobody in the test owns.
-fn burn() -> ScriptBuf {
-    Address::from_str("bcrt1qq2yshcmzdlznnpxx258xswqlmqcxjs4dssfxt2")
-        .expect("address")
-        .require_network(Network::Regtest)
-        .expect("regtest")
-        .script_pubkey()
-}
-
-fn bip86(account: u32) -> Template {
-    Template::Bip86 {
-        root: label("root"),
-        account,
-    }
-}
-
-fn rate(sat_vb: u64) -> FeeRate {
-    FeeRate::from_sat_per_vb(sat_vb).expect("fee rate")
-}
+use common::fixture::{bip86, burn, fixture, label, rate};
 
 #[test]
 fn bip86_wallet_receives_spends_and_reloads() {

@@ -1,119 +1,31 @@
 //! Spending-policy replacements and releases, watch-only wallets, birthdays and the typed
 //! errors of building and bumping, on real regtest blocks mined in-process.
 
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anya_bitcoin::policy::{PolicyError, SpendPolicy, Violation, RELEASE_OUTCOME};
-use anya_bitcoin::regtest::RegtestChain;
-use anya_bitcoin::wallet::{AnyaWallet, Template, WalletError};
-use anya_core_types::{Clock, Label, UnixTime};
-use anya_hsm::{HsmProvider, Operation};
-use anya_storage::{KvStore, Namespace, SqliteOptions, SqliteStore};
+use anya_bitcoin::wallet::{AnyaWallet, WalletError};
+use anya_core_types::Clock;
+use anya_hsm::Operation;
+use anya_storage::{KvStore, Namespace};
 use bitcoin::hashes::Hash;
-use bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf, Transaction, Txid};
+use bitcoin::{Amount, Transaction, Txid};
 
-/// A clock the test moves by hand.
-#[derive(Debug)]
-struct ManualClock(AtomicU64);
+mod common;
 
-impl ManualClock {
-    fn advance(&self, secs: u64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
-    }
-}
+use common::fixture::{bip84, burn, fixture, label, rate, Fixture};
 
-impl Clock for ManualClock {
-    fn now(&self) -> UnixTime {
-        UnixTime::from_secs(self.0.load(Ordering::SeqCst))
-    }
-}
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    store: Arc<dyn KvStore>,
-    hsm: Arc<dyn HsmProvider>,
-    clock: Arc<ManualClock>,
-    chain: RegtestChain,
-}
-
-fn label(s: &str) -> Label {
-    Label::new(s).expect("valid label")
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store: Arc<dyn KvStore> =
-        Arc::new(SqliteStore::open(dir.path().join("anya.db"), SqliteOptions::default()).expect("store"));
-    let hsm = anya_hsm::conformance::software_on(Arc::clone(&store));
-    anya_hsm::conformance::generate_test_root(&hsm, &label("root"));
-    Fixture {
-        _dir: dir,
-        store,
-        hsm: Arc::new(hsm),
-        clock: Arc::new(ManualClock(AtomicU64::new(1_700_000_000))),
-        chain: RegtestChain::new(),
-    }
-}
-
-impl Fixture {
-    fn wallet(&self, name: &str) -> AnyaWallet {
-        AnyaWallet::create(
-            Arc::clone(&self.store),
-            Arc::clone(&self.hsm),
-            self.clock.clone(),
-            label(name),
-            &Template::Bip84 {
-                root: label("root"),
-                account: 0,
-            },
-            Network::Regtest,
-        )
-        .expect("wallet created")
-    }
-
-    /// Mines a block with `txs` and applies it to `wallet`.
-    fn mine(&mut self, wallet: &mut AnyaWallet, to: &ScriptBuf, txs: Vec<Transaction>) {
-        self.chain.mine(to, txs).expect("block accepted");
-        let (height, block) = (self.chain.height(), self.chain.tip().clone());
-        wallet.apply_block(&block, height).expect("block connects");
-    }
-
-    /// One coinbase (50 BTC) to `wallet`, matured.
-    fn fund(&mut self, wallet: &mut AnyaWallet) {
-        let to = wallet.next_address().expect("address").script_pubkey();
-        self.mine(wallet, &to, Vec::new());
-        for _ in 0..100 {
-            self.mine(wallet, &burn(), Vec::new());
-        }
-    }
-
-    /// A funded wallet whose velocity limit is `limit`.
-    fn limited(&mut self, name: &str, limit: Amount) -> AnyaWallet {
-        let mut w = self.wallet(name);
-        self.fund(&mut w);
-        w.policy()
-            .set_rules(&SpendPolicy {
-                max_per_24h: Some(limit),
-                ..SpendPolicy::default()
-            })
-            .expect("rules");
-        w
-    }
-}
-
-/// An output nobody in the test owns.
-fn burn() -> ScriptBuf {
-    Address::from_str("bcrt1qq2yshcmzdlznnpxx258xswqlmqcxjs4dssfxt2")
-        .expect("address")
-        .require_network(Network::Regtest)
-        .expect("regtest")
-        .script_pubkey()
-}
-
-fn rate(sat_vb: u64) -> FeeRate {
-    FeeRate::from_sat_per_vb(sat_vb).expect("fee rate")
+/// A funded wallet whose velocity limit is `limit`.
+fn limited(f: &mut Fixture, name: &str, limit: Amount) -> AnyaWallet {
+    let mut w = f.wallet(name, &bip84(0));
+    f.fund(&mut [&mut w]);
+    w.policy()
+        .set_rules(&SpendPolicy {
+            max_per_24h: Some(limit),
+            ..SpendPolicy::default()
+        })
+        .expect("rules");
+    w
 }
 
 fn btc(v: f64) -> Amount {
@@ -136,7 +48,7 @@ fn fee(w: &AnyaWallet, tx: &Transaction) -> Amount {
 #[test]
 fn a_fee_bump_takes_its_predecessors_place_in_the_velocity_window() {
     let mut f = fixture();
-    let mut w = f.limited("bumped", btc(1.2));
+    let mut w = limited(&mut f, "bumped", btc(1.2));
     let original = w.send(&[(burn(), btc(0.5))], rate(2), 10).expect("sent");
     let first = bump(&mut w, original.compute_txid(), 10, 11).expect("first bump");
     // Counted as one payment: only the replacement's value and fee.
@@ -166,13 +78,13 @@ fn a_fee_bump_takes_its_predecessors_place_in_the_velocity_window() {
     assert_eq!(w.policy().spent_last_24h().expect("history"), Amount::ZERO);
 
     // Only the last replacement goes into a block.
-    f.mine(&mut w, &burn(), vec![second]);
+    f.mine(&burn(), vec![second], &mut [&mut w]);
 }
 
 #[test]
 fn a_replacement_keeps_the_earliest_time() {
     let mut f = fixture();
-    let mut w = f.limited("timed", btc(1.2));
+    let mut w = limited(&mut f, "timed", btc(1.2));
     let original = w.send(&[(burn(), btc(0.5))], rate(2), 10).expect("sent");
     f.clock.advance(12 * 60 * 60);
     bump(&mut w, original.compute_txid(), 10, 11).expect("bumped half a day later");
@@ -184,7 +96,7 @@ fn a_replacement_keeps_the_earliest_time() {
 #[test]
 fn release_returns_the_reservation_and_the_pending_balance() {
     let mut f = fixture();
-    let mut w = f.limited("released", btc(1.2));
+    let mut w = limited(&mut f, "released", btc(1.2));
     let before = w.balance();
     let tx = w.send(&[(burn(), btc(1.0))], rate(2), 10).expect("sent");
     let txid = tx.compute_txid();
@@ -211,7 +123,7 @@ fn release_returns_the_reservation_and_the_pending_balance() {
 
     // The limit is free again for a payment that does reach the chain, from the same coins.
     let again = w.send(&[(burn(), btc(1.0))], rate(3), 20).expect("sent again");
-    f.mine(&mut w, &burn(), vec![again.clone()]);
+    f.mine(&burn(), vec![again.clone()], &mut [&mut w]);
     let err = w.release(again.compute_txid()).expect_err("confirmed");
     assert!(matches!(err, WalletError::AlreadyConfirmed { .. }), "{err:?}");
 }
@@ -219,7 +131,7 @@ fn release_returns_the_reservation_and_the_pending_balance() {
 #[test]
 fn releasing_a_rejected_bump_puts_the_original_back() {
     let mut f = fixture();
-    let mut w = f.limited("rebump", btc(1.2));
+    let mut w = limited(&mut f, "rebump", btc(1.2));
     let original = w.send(&[(burn(), btc(0.5))], rate(2), 10).expect("sent");
     let counted = w.policy().spent_last_24h().expect("history");
     let bumped = bump(&mut w, original.compute_txid(), 10, 11).expect("bumped");
@@ -255,8 +167,8 @@ fn spend_records_written_before_inputs_were_kept_still_count() {
 #[test]
 fn watch_only_wallet_reads_without_the_hsm_and_refuses_to_sign() {
     let mut f = fixture();
-    let mut w = f.wallet("watched");
-    f.fund(&mut w);
+    let mut w = f.wallet("watched", &bip84(0));
+    f.fund(&mut [&mut w]);
     let balance = w.balance();
     let next = w.next_address().expect("address");
     drop(w);
@@ -302,7 +214,7 @@ fn watch_only_wallet_reads_without_the_hsm_and_refuses_to_sign() {
 #[test]
 fn birthday_is_stored_beside_the_wallet() {
     let f = fixture();
-    let mut w = f.wallet("born");
+    let mut w = f.wallet("born", &bip84(0));
     assert_eq!(w.birthday(), None);
     w.set_birthday(840_000).expect("stored");
     assert_eq!(w.birthday(), Some(840_000));
@@ -316,8 +228,8 @@ fn birthday_is_stored_beside_the_wallet() {
 #[test]
 fn dust_payment_names_its_value_and_the_limit() {
     let mut f = fixture();
-    let mut w = f.wallet("dusty");
-    f.fund(&mut w);
+    let mut w = f.wallet("dusty", &bip84(0));
+    f.fund(&mut [&mut w]);
     let err = w.build(&[(burn(), Amount::from_sat(100))], rate(2)).expect_err("dust");
     assert!(
         matches!(err, WalletError::BelowDust { index: 0, value, min }
@@ -333,8 +245,8 @@ fn dust_payment_names_its_value_and_the_limit() {
 #[test]
 fn bumping_what_cannot_be_bumped_says_why() {
     let mut f = fixture();
-    let mut w = f.wallet("bumps");
-    f.fund(&mut w);
+    let mut w = f.wallet("bumps", &bip84(0));
+    f.fund(&mut [&mut w]);
     let original = w.send(&[(burn(), btc(0.5))], rate(2), 10).expect("sent");
     let replacement = bump(&mut w, original.compute_txid(), 10, 11).expect("bumped");
 
@@ -352,7 +264,7 @@ fn bumping_what_cannot_be_bumped_says_why() {
         "{err:?}"
     );
 
-    f.mine(&mut w, &burn(), vec![replacement.clone()]);
+    f.mine(&burn(), vec![replacement.clone()], &mut [&mut w]);
     let err = w.bump_fee(replacement.compute_txid(), rate(20)).expect_err("confirmed");
     assert!(matches!(err, WalletError::AlreadyConfirmed { .. }), "{err:?}");
     assert!(err.to_string().contains("already confirmed"), "{err}");

@@ -1,6 +1,9 @@
-//! Reading the official test vectors in `../shared/vectors` (from the repository root).
+//! Shared test code: the official test vectors in `../shared/vectors` (from the repository root),
+//! and the wallet fixture ([`fixture`]).
 
 #![allow(dead_code, reason = "each test binary uses part of this module")]
+
+pub mod fixture;
 
 use bitcoin::hex::FromHex;
 use serde_json::Value;
