@@ -82,9 +82,223 @@ pub enum PsbtError {
     /// Bitcoin Core's script interpreter rejected an input of the extracted transaction.
     #[error("consensus verification: {0}")]
     Verify(#[from] VerifyError),
+    /// The PSBT has a different number of input maps than its unsigned transaction has inputs.
+    #[error("the PSBT has {maps} input maps for {inputs} transaction inputs")]
+    InputCountMismatch {
+        /// Input maps in the PSBT.
+        maps: usize,
+        /// Inputs of the unsigned transaction.
+        inputs: usize,
+    },
+    /// The PSBT has a different number of output maps than its unsigned transaction has
+    /// outputs.
+    #[error("the PSBT has {maps} output maps for {outputs} transaction outputs")]
+    OutputCountMismatch {
+        /// Output maps in the PSBT.
+        maps: usize,
+        /// Outputs of the unsigned transaction.
+        outputs: usize,
+    },
+    /// An input's `non_witness_utxo` is not the transaction the input spends: its txid differs
+    /// from the input's previous txid, so its amounts and scripts cannot be trusted.
+    #[error("input {index}: non_witness_utxo has txid {found}, but the input spends {expected}")]
+    NonWitnessUtxoMismatch {
+        /// The input.
+        index: usize,
+        /// The txid the input spends.
+        expected: Txid,
+        /// The txid of the transaction given as `non_witness_utxo`.
+        found: Txid,
+    },
+    /// An input spends an output index that its `non_witness_utxo` does not have.
+    #[error("input {index}: spends output {vout}, but its non_witness_utxo has {outputs} outputs")]
+    PrevoutIndexOutOfRange {
+        /// The input.
+        index: usize,
+        /// The output index it spends.
+        vout: u32,
+        /// How many outputs the `non_witness_utxo` has.
+        outputs: usize,
+    },
+    /// An input's `witness_utxo` is not the output its `non_witness_utxo` holds at the spent
+    /// index.
+    #[error("input {index}: witness_utxo differs from the spent output of its non_witness_utxo")]
+    WitnessUtxoMismatch {
+        /// The input.
+        index: usize,
+    },
+    /// An amount is above the 21,000,000 BTC money limit ([`Amount::MAX_MONEY`]).
+    #[error("{at}: {} sat is over the money limit of 21,000,000 BTC", value.to_sat())]
+    AmountOutOfRange {
+        /// Where the amount is.
+        at: AmountAt,
+        /// The amount.
+        value: Amount,
+    },
+    /// The amounts on one side of the transaction add up to more than the money limit
+    /// ([`Amount::MAX_MONEY`]).
+    #[error("the {side} add up to more than the money limit of 21,000,000 BTC")]
+    AmountOverflow {
+        /// Which side.
+        side: AmountSide,
+    },
 }
 
-/// Decodes a PSBT given as raw bytes, base64 or hex (surrounding whitespace ignored).
+/// Where in a PSBT an amount is (for [`PsbtError::AmountOutOfRange`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AmountAt {
+    /// An output of the unsigned transaction.
+    Output {
+        /// Its index.
+        index: usize,
+    },
+    /// An input's `witness_utxo`.
+    WitnessUtxo {
+        /// The input.
+        index: usize,
+    },
+    /// An output of an input's `non_witness_utxo`.
+    NonWitnessUtxo {
+        /// The input.
+        index: usize,
+        /// The output of the `non_witness_utxo`.
+        vout: usize,
+    },
+}
+
+impl fmt::Display for AmountAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AmountAt::Output { index } => write!(f, "output {index}"),
+            AmountAt::WitnessUtxo { index } => write!(f, "input {index}: witness_utxo"),
+            AmountAt::NonWitnessUtxo { index, vout } => write!(f, "input {index}: non_witness_utxo output {vout}"),
+        }
+    }
+}
+
+/// A side of a transaction whose amounts are summed (for [`PsbtError::AmountOverflow`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AmountSide {
+    /// The outputs the inputs spend.
+    Inputs,
+    /// The transaction's outputs.
+    Outputs,
+}
+
+impl fmt::Display for AmountSide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AmountSide::Inputs => "spent outputs",
+            AmountSide::Outputs => "outputs",
+        })
+    }
+}
+
+/// Checks what a signer, a policy or a report would otherwise take on trust from a PSBT.
+///
+/// Every PSBT from outside passes this before anything reads it ([`decode`], [`inspect`],
+/// [`combine`], [`finalize`], [`extract_verified`], the HSM signer and the wallet's policy
+/// check call it). The rules, each a [`PsbtError`] naming the input:
+/// - one input map per transaction input and one output map per output (BIP174; rust-bitcoin's
+///   parser ensures it, but a [`Psbt`]'s fields are public);
+/// - an input's `non_witness_utxo`, when present, is the transaction the input spends (its txid
+///   is the input's previous txid) and has the spent output index: otherwise its amounts are a
+///   lie told to the signer, and upstream code indexes past its end;
+/// - when both are present, `witness_utxo` is the spent output of `non_witness_utxo`;
+/// - every amount (the unsigned transaction's outputs, the spent outputs) is at most
+///   [`Amount::MAX_MONEY`], and so is each side's sum (checked: no overflow).
+///
+/// An input without either UTXO field passes: a creator's PSBT may not carry them yet, and
+/// whatever needs them reports [`PsbtError::MissingPrevout`].
+pub fn validate(psbt: &Psbt) -> Result<(), PsbtError> {
+    let tx = &psbt.unsigned_tx;
+    if psbt.inputs.len() != tx.input.len() {
+        return Err(PsbtError::InputCountMismatch {
+            maps: psbt.inputs.len(),
+            inputs: tx.input.len(),
+        });
+    }
+    if psbt.outputs.len() != tx.output.len() {
+        return Err(PsbtError::OutputCountMismatch {
+            maps: psbt.outputs.len(),
+            outputs: tx.output.len(),
+        });
+    }
+    let mut spent = Vec::with_capacity(tx.input.len());
+    for (index, (input, txin)) in psbt.inputs.iter().zip(&tx.input).enumerate() {
+        if let Some(out) = checked_prevout(index, input, txin)? {
+            spent.push(out.value);
+        }
+    }
+    for (index, out) in tx.output.iter().enumerate() {
+        in_range(out.value, AmountAt::Output { index })?;
+    }
+    checked_total(spent, AmountSide::Inputs)?;
+    checked_total(tx.output.iter().map(|o| o.value), AmountSide::Outputs)?;
+    Ok(())
+}
+
+/// The output input `index` spends, from its UTXO fields, once they pass [`validate`]'s rules
+/// for one input; `None` if the PSBT carries neither field.
+pub(crate) fn checked_prevout<'a>(
+    index: usize,
+    input: &'a psbt::Input,
+    txin: &bitcoin::TxIn,
+) -> Result<Option<&'a TxOut>, PsbtError> {
+    let Some(prev_tx) = &input.non_witness_utxo else {
+        if let Some(out) = &input.witness_utxo {
+            in_range(out.value, AmountAt::WitnessUtxo { index })?;
+        }
+        return Ok(input.witness_utxo.as_ref());
+    };
+    let expected = txin.previous_output.txid;
+    let found = prev_tx.compute_txid();
+    if found != expected {
+        return Err(PsbtError::NonWitnessUtxoMismatch { index, expected, found });
+    }
+    // A transaction whose txid matches is the one on chain, so an output over the limit can
+    // only come from a forged one; refusing it keeps the rule simple.
+    for (vout, out) in prev_tx.output.iter().enumerate() {
+        in_range(out.value, AmountAt::NonWitnessUtxo { index, vout })?;
+    }
+    let vout = txin.previous_output.vout;
+    let out =
+        usize::try_from(vout)
+            .ok()
+            .and_then(|v| prev_tx.output.get(v))
+            .ok_or(PsbtError::PrevoutIndexOutOfRange {
+                index,
+                vout,
+                outputs: prev_tx.output.len(),
+            })?;
+    if input.witness_utxo.as_ref().is_some_and(|w| w != out) {
+        return Err(PsbtError::WitnessUtxoMismatch { index });
+    }
+    Ok(Some(out))
+}
+
+fn in_range(value: Amount, at: AmountAt) -> Result<(), PsbtError> {
+    if value > Amount::MAX_MONEY {
+        return Err(PsbtError::AmountOutOfRange { at, value });
+    }
+    Ok(())
+}
+
+/// The sum of `values`, or [`PsbtError::AmountOverflow`] if it passes [`Amount::MAX_MONEY`]
+/// (never a wrap or a panic, whatever the values).
+pub fn checked_total(values: impl IntoIterator<Item = Amount>, side: AmountSide) -> Result<Amount, PsbtError> {
+    values
+        .into_iter()
+        .try_fold(Amount::ZERO, |sum, v| {
+            sum.checked_add(v).filter(|s| *s <= Amount::MAX_MONEY)
+        })
+        .ok_or(PsbtError::AmountOverflow { side })
+}
+
+/// Decodes a PSBT given as raw bytes, base64 or hex (surrounding whitespace ignored). A PSBT
+/// that parses but breaks a rule of [`validate`] is refused with that rule's error.
 pub fn decode(input: &[u8]) -> Result<Psbt, PsbtError> {
     if input.len() > MAX_PSBT_BYTES * 2 {
         return Err(PsbtError::TooLarge { len: input.len() });
@@ -100,19 +314,24 @@ pub fn decode(input: &[u8]) -> Result<Psbt, PsbtError> {
         return decode_binary(&bytes);
     }
     match Psbt::from_str(text) {
-        Ok(psbt) => Ok(psbt),
+        Ok(psbt) => {
+            validate(&psbt)?;
+            Ok(psbt)
+        }
         Err(psbt::PsbtParseError::PsbtEncoding(e)) => Err(PsbtError::Invalid(e)),
         Err(psbt::PsbtParseError::Base64Encoding(_)) => Err(PsbtError::Encoding),
         Err(_) => Err(PsbtError::Encoding),
     }
 }
 
-/// Decodes raw PSBT bytes.
+/// Decodes raw PSBT bytes; the PSBT must pass [`validate`].
 pub fn decode_binary(bytes: &[u8]) -> Result<Psbt, PsbtError> {
     if bytes.len() > MAX_PSBT_BYTES {
         return Err(PsbtError::TooLarge { len: bytes.len() });
     }
-    Ok(Psbt::deserialize(bytes)?)
+    let psbt = Psbt::deserialize(bytes)?;
+    validate(&psbt)?;
+    Ok(psbt)
 }
 
 /// The base64 form of `psbt`, as Core's RPC prints it.
@@ -144,7 +363,11 @@ fn failures(list: &[InputFailure]) -> String {
 
 /// Merges the signatures and metadata of two PSBTs of the same unsigned transaction (the
 /// BIP174 combiner). A PSBT for another transaction is [`PsbtError::DifferentTransactions`].
+/// Both, and the result, must pass [`validate`]: the merge can pair one side's `witness_utxo`
+/// with the other's `non_witness_utxo`.
 pub fn combine(mut a: Psbt, b: Psbt) -> Result<Psbt, PsbtError> {
+    validate(&a)?;
+    validate(&b)?;
     if a.unsigned_tx != b.unsigned_tx {
         return Err(PsbtError::DifferentTransactions {
             left: a.unsigned_tx.compute_txid(),
@@ -152,6 +375,7 @@ pub fn combine(mut a: Psbt, b: Psbt) -> Result<Psbt, PsbtError> {
         });
     }
     a.combine(b)?;
+    validate(&a)?;
     Ok(a)
 }
 
@@ -160,8 +384,11 @@ pub fn combine(mut a: Psbt, b: Psbt) -> Result<Psbt, PsbtError> {
 /// understands and whose signatures are present gets its `final_script_sig` /
 /// `final_script_witness`. Inputs that were already final are kept as they are. If any input
 /// cannot be finalized, the error lists each with its reason; the inputs that could be
-/// finalized are finalized in `psbt` all the same.
+/// finalized are finalized in `psbt` all the same. A PSBT that breaks a rule of [`validate`]
+/// is refused before any input is touched (miniscript's finalizer indexes the previous
+/// transaction by the input's output index, and would panic on a hostile one).
 pub fn finalize(psbt: &mut Psbt) -> Result<(), PsbtError> {
+    validate(psbt)?;
     let secp = Secp256k1::verification_only();
     psbt.finalize_mut(&secp).map_err(|errors| PsbtError::NotFinalized {
         inputs: errors
@@ -184,8 +411,10 @@ pub fn finalize(psbt: &mut Psbt) -> Result<(), PsbtError> {
 /// every input against the output it spends with Bitcoin Core's script interpreter
 /// ([`verify_transaction`], consensus flags). The spent outputs come from each input's
 /// `witness_utxo` or `non_witness_utxo`; rust-bitcoin's extractor also refuses a fee rate over
-/// 25,000 sat/vB ([`bitcoin::psbt::ExtractTxError::AbsurdFeeRate`]).
+/// 25,000 sat/vB ([`bitcoin::psbt::ExtractTxError::AbsurdFeeRate`]). The PSBT must pass
+/// [`validate`] first.
 pub fn extract_verified(psbt: &Psbt) -> Result<Transaction, PsbtError> {
+    validate(psbt)?;
     let open: Vec<InputFailure> = psbt
         .inputs
         .iter()
@@ -198,9 +427,6 @@ pub fn extract_verified(psbt: &Psbt) -> Result<Transaction, PsbtError> {
         .collect();
     if !open.is_empty() {
         return Err(PsbtError::NotFinalized { inputs: open });
-    }
-    if psbt.inputs.len() != psbt.unsigned_tx.input.len() {
-        return Err(PsbtError::Invalid(psbt::Error::PartialDataConsumption));
     }
     let spent = (0..psbt.inputs.len())
         .map(|index| prevout(psbt, index).map_err(|_| PsbtError::MissingPrevout { index }))
@@ -471,10 +697,21 @@ fn tap_keys<'a>(
     })
 }
 
+/// [`inspect`] for a PSBT that passes [`validate`]; any other is its [`PsbtError`], so that a
+/// report never shows amounts the PSBT could not back.
+pub fn try_inspect(psbt: &Psbt, network: Network) -> Result<PsbtInfo, PsbtError> {
+    validate(psbt)?;
+    Ok(inspect(psbt, network))
+}
+
 /// Reads what `psbt` does: per input the output it spends, its script type, sequence, whether
 /// it is final, which keys sign it (with origins and key path or leaves) and which signatures
 /// are present; per output value, script, address on `network` and key origins; the totals,
 /// fee and fee rate (on the unsigned size, see [`PsbtInfo::fee_rate`]).
+///
+/// It reports any PSBT, even one that breaks a rule of [`validate`], but then shows the
+/// previous output of an input whose UTXO fields break a rule as unknown, never the amounts
+/// they claim. [`try_inspect`] refuses such a PSBT instead.
 pub fn inspect(psbt: &Psbt, network: Network) -> PsbtInfo {
     let tx = &psbt.unsigned_tx;
     let empty_input = psbt::Input::default();
@@ -484,11 +721,12 @@ pub fn inspect(psbt: &Psbt, network: Network) -> PsbtInfo {
         .enumerate()
         .map(|(index, txin)| {
             let input = psbt.inputs.get(index).unwrap_or(&empty_input);
-            let prev = if index < psbt.inputs.len() {
-                prevout(psbt, index).ok()
-            } else {
-                None
-            };
+            // Only a previous output that passes validate's rules is shown: a forged
+            // non_witness_utxo would otherwise put its amounts in the report.
+            let prev = psbt
+                .inputs
+                .get(index)
+                .and_then(|input| checked_prevout(index, input, txin).ok().flatten().cloned());
             let script_type = prev.as_ref().map_or(ScriptType::Unknown, |o| {
                 ScriptType::of(&o.script_pubkey, input.redeem_script.as_deref())
             });

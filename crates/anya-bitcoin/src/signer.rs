@@ -20,6 +20,8 @@ use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
 use bitcoin::taproot::TapLeafHash;
 use bitcoin::{ecdsa, taproot, NetworkKind, TxOut, XOnlyPublicKey};
 
+use crate::psbt::{checked_prevout, validate, PsbtError};
+
 /// Why a PSBT could not be signed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -41,6 +43,9 @@ pub enum SignError {
         /// Why.
         reason: String,
     },
+    /// The PSBT breaks a rule of [`validate`](crate::psbt::validate): nothing in it is signed.
+    #[error(transparent)]
+    Psbt(#[from] PsbtError),
     /// The provider's key at a path is not the key the PSBT names there.
     #[error("input {index}: the key at {path} below the HSM root is not the key the PSBT names")]
     KeyMismatch {
@@ -143,7 +148,12 @@ impl HsmSigner {
 
     /// Signs every input of `psbt` that names a key below this root and has no signature from
     /// it yet. Inputs of other signers are left alone. Nothing is added if any signature fails.
+    ///
+    /// A PSBT that breaks a rule of [`validate`] is [`SignError::Psbt`] and nothing is signed:
+    /// a forged `non_witness_utxo` would make the signer commit to amounts that are not real,
+    /// and an output index past its end makes rust-bitcoin's sighash code panic.
     pub fn sign(&self, psbt: &mut Psbt) -> Result<SignReport, SignError> {
+        validate(psbt)?;
         let jobs = self.jobs(psbt);
         if jobs.is_empty() {
             return Ok(SignReport::default());
@@ -299,17 +309,14 @@ enum Signed {
     TapScript(usize, XOnlyPublicKey, TapLeafHash, taproot::Signature),
 }
 
-/// The output input `index` spends, from its `witness_utxo` or `non_witness_utxo`.
+/// The output input `index` spends, from its `witness_utxo` or `non_witness_utxo`, once those
+/// pass [`validate`]'s rules for the input.
 pub(crate) fn prevout(psbt: &Psbt, index: usize) -> Result<TxOut, SignError> {
-    let input = &psbt.inputs[index];
-    if let Some(out) = &input.witness_utxo {
-        return Ok(out.clone());
-    }
-    let vout = psbt.unsigned_tx.input[index].previous_output.vout as usize;
-    input
-        .non_witness_utxo
-        .as_ref()
-        .and_then(|tx| tx.output.get(vout).cloned())
+    let (Some(input), Some(txin)) = (psbt.inputs.get(index), psbt.unsigned_tx.input.get(index)) else {
+        return Err(SignError::MissingPrevout { index });
+    };
+    checked_prevout(index, input, txin)?
+        .cloned()
         .ok_or(SignError::MissingPrevout { index })
 }
 

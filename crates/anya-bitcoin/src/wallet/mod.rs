@@ -40,7 +40,7 @@ pub use bdk_wallet::descriptor::policy::Condition;
 pub use persist::{KvPersister, PersistError};
 
 use crate::policy::{OutputRole, PolicyEngine, PolicyError, SpendOutput, SpendSummary, RELEASE_OUTCOME};
-use crate::psbt::{extract_verified, PsbtError};
+use crate::psbt::{checked_total, extract_verified, validate, AmountSide, PsbtError};
 use crate::signer::{prevout, HsmSigner, SignError, SignReport};
 use crate::verify::VerifyError;
 
@@ -97,6 +97,10 @@ pub enum WalletError {
     /// The finalized transaction failed Bitcoin Core's verification.
     #[error("consensus verification: {0}")]
     Verify(#[from] VerifyError),
+    /// The PSBT breaks a rule of [`validate`](crate::psbt::validate) (a forged or
+    /// inconsistent previous output, an amount past the money limit): the policy never sees it.
+    #[error(transparent)]
+    InvalidPsbt(#[from] PsbtError),
     /// The PSBT is not one this wallet can work with.
     #[error("PSBT: {0}")]
     Psbt(String),
@@ -239,9 +243,13 @@ impl Template {
     }
 }
 
-/// The output each input of `psbt` spends.
-fn prevouts(psbt: &Psbt) -> Result<Vec<TxOut>, SignError> {
-    (0..psbt.inputs.len()).map(|index| prevout(psbt, index)).collect()
+/// The output each input of `psbt` spends, once the PSBT passed [`validate`] (so no amount in
+/// them is past the money limit, nor their sum).
+fn prevouts(psbt: &Psbt) -> Result<Vec<TxOut>, WalletError> {
+    validate(psbt)?;
+    Ok((0..psbt.inputs.len())
+        .map(|index| prevout(psbt, index))
+        .collect::<Result<_, _>>()?)
 }
 
 /// Refuses a descriptor that holds private keys: keys belong in the HSM, never in the wallet.
@@ -755,10 +763,12 @@ impl AnyaWallet {
     }
 
     /// What `psbt` does, as the spending policy sees it: value in, each output's role, fee and
-    /// fee rate on the signed size.
+    /// fee rate on the signed size. A PSBT that breaks a rule of [`validate`] is
+    /// [`WalletError::InvalidPsbt`]: the policy never judges amounts the PSBT cannot back.
     pub fn summarize(&self, psbt: &Psbt) -> Result<SpendSummary, WalletError> {
         let spent = prevouts(psbt)?;
-        let input_value: Amount = spent.iter().map(|o| o.value).sum();
+        // Checked even though validate bounds both sums: these amounts came from outside.
+        let input_value = checked_total(spent.iter().map(|o| o.value), AmountSide::Inputs)?;
         let fingerprints: Vec<Fingerprint> = self.signers.iter().map(HsmSigner::fingerprint).collect();
         let ours = |fp: &Fingerprint| fingerprints.contains(fp);
         let mut outputs = Vec::with_capacity(psbt.unsigned_tx.output.len());
@@ -780,7 +790,7 @@ impl AnyaWallet {
                 role,
             });
         }
-        let output_value: Amount = psbt.unsigned_tx.output.iter().map(|o| o.value).sum();
+        let output_value = checked_total(psbt.unsigned_tx.output.iter().map(|o| o.value), AmountSide::Outputs)?;
         let fee = input_value
             .checked_sub(output_value)
             .ok_or_else(|| WalletError::Psbt(format!("outputs {output_value} exceed inputs {input_value}")))?;
