@@ -12,6 +12,9 @@ use std::str::FromStr;
 use anya_testkit::Bitcoind;
 use bitcoin::{Address, Network, Txid};
 
+mod common;
+use common::ok;
+
 const PASS: &str = "correct horse battery staple";
 /// 50 BTC: every regtest coinbase below height 150.
 const SUBSIDY: u64 = 5_000_000_000;
@@ -89,17 +92,6 @@ impl User {
         let rules = ok(&self.run_keyless(&["wallet", "policy", wallet]));
         sats(&rules, "spent in the last 24h")
     }
-}
-
-#[track_caller]
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "anya failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout.clone()).expect("utf-8 output")
 }
 
 /// The error of a failed run, which must be one line on stderr, no panic and no Debug output.

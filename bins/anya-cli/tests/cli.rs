@@ -4,6 +4,9 @@ use std::process::{Command, Output};
 
 use secp256k1::{ecdsa, schnorr, Message, PublicKey, Secp256k1, XOnlyPublicKey};
 
+mod common;
+use common::ok;
+
 const PASS: &str = "correct horse battery staple";
 const DIGEST: &str = "0101010101010101010101010101010101010101010101010101010101010101";
 
@@ -16,16 +19,6 @@ fn anya(dir: &std::path::Path, pass: &str, args: &[&str]) -> Output {
         .env_remove("ANYA_DATA_DIR")
         .output()
         .expect("run anya")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "anya failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout.clone()).expect("utf-8 output")
 }
 
 fn hex(s: &str) -> Vec<u8> {
