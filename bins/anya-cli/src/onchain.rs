@@ -646,7 +646,8 @@ pub(crate) fn psbt(dir: &Path, command: PsbtCommand) -> Result<(), CliError> {
     match command {
         PsbtCommand::Inspect { file, network } => {
             let psbt = read_psbt(&file)?;
-            println!("{}", psbt::inspect(&psbt, network.into()));
+            let info = psbt::try_inspect(&psbt, network.into()).map_err(psbt_error)?;
+            println!("{info}");
         }
         PsbtCommand::Sign { file, wallet, output } => {
             let mut psbt = read_psbt(&file)?;

@@ -827,6 +827,8 @@ impl AnyaWallet {
     /// Finalizes `psbt` (miniscript satisfaction of each input), extracts the transaction and
     /// verifies every input with Bitcoin Core's script interpreter before returning it.
     pub fn finalize(&self, psbt: &mut Psbt) -> Result<Transaction, WalletError> {
+        // Before BDK's finalizer reads the UTXO fields: they come from outside.
+        validate(psbt).map_err(WalletError::InvalidPsbt)?;
         let options = SignOptions {
             trust_witness_utxo: true,
             ..SignOptions::default()
