@@ -9,4 +9,4 @@ pub mod signer;
 pub mod verify;
 pub mod wallet;
 
-pub use verify::{verify_input, verify_transaction, ScriptFailure, TransactionVerifier, VerifyError, VerifyFlags};
+pub use verify::{check_transaction, verify_input, CheckError, verify_transaction, ScriptFailure, TransactionVerifier, VerifyError, VerifyFlags};

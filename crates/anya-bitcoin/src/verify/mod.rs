@@ -4,9 +4,11 @@
 //! Transactions and scripts cross to the kernel as consensus bytes (rust-bitcoin's encoding), so
 //! the kernel sees exactly what a node would.
 
+mod check;
 mod error;
 mod flags;
 
+pub use check::{check_transaction, CheckError, MAX_BLOCK_WEIGHT, MAX_COINBASE_SCRIPT_SIG, MIN_COINBASE_SCRIPT_SIG};
 pub use error::{ScriptFailure, VerifyError};
 pub use flags::VerifyFlags;
 
