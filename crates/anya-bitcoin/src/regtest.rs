@@ -25,7 +25,7 @@ use bitcoin::{
     TxOut, Txid, Witness,
 };
 
-use crate::verify::{verify_transaction, VerifyError, VerifyFlags};
+use crate::verify::{check_transaction, verify_transaction, CheckError, VerifyError, VerifyFlags};
 
 /// Blocks a coinbase output must wait before it is spent.
 pub const COINBASE_MATURITY: u32 = 100;
@@ -80,6 +80,32 @@ pub enum RegtestError {
         /// The transaction.
         txid: Txid,
     },
+    /// The transaction breaks one of Core's context-free rules ([`check_transaction`]): no
+    /// inputs or outputs, an output value out of range, an input spending the same output
+    /// twice, a bad coinbase scriptSig length, a null prevout.
+    #[error("transaction {txid}: {source}")]
+    Check {
+        /// The transaction.
+        txid: Txid,
+        /// The rule it breaks.
+        source: CheckError,
+    },
+    /// An input spends an output that an earlier transaction of the same block already spent.
+    #[error("transaction {txid} input {index} spends {outpoint}, already spent in this block")]
+    DoubleSpend {
+        /// The transaction.
+        txid: Txid,
+        /// The input.
+        index: usize,
+        /// What it spends.
+        outpoint: OutPoint,
+    },
+    /// A sum of input values, or the block's fees plus its subsidy, passed the money limit.
+    #[error("transaction {txid}: a sum of values passes the money limit")]
+    ValueOutOfRange {
+        /// The transaction (for the block's fees plus subsidy, the block's last transaction).
+        txid: Txid,
+    },
     /// A script failed Bitcoin Core's verification.
     #[error("transaction {txid}: {source}")]
     Script {
@@ -100,6 +126,8 @@ struct Coin {
 /// What the block being built has done to the UTXO set so far, on top of the chain's.
 #[derive(Debug, Default)]
 struct Pending {
+    /// Every output spent in this block, from the chain's set or created in the block: a
+    /// second spend of any of them is a double spend.
     spent: HashSet<OutPoint>,
     created: HashMap<OutPoint, Coin>,
 }
@@ -113,9 +141,8 @@ impl Pending {
     }
 
     fn spend(&mut self, outpoint: OutPoint) {
-        if self.created.remove(&outpoint).is_none() {
-            self.spent.insert(outpoint);
-        }
+        self.created.remove(&outpoint);
+        self.spent.insert(outpoint);
     }
 }
 
@@ -171,19 +198,30 @@ impl RegtestChain {
         }
     }
 
-    /// The outputs `tx` spends, from the UTXO set, checked as the next block would check them.
+    /// The outputs `tx` spends, from the UTXO set, checked as the next block would check them
+    /// (Core's context-free rules first, [`check_transaction`]).
     pub fn spent_outputs(&self, tx: &Transaction) -> Result<Vec<TxOut>, RegtestError> {
         self.spent_from(&Pending::default(), tx)
     }
 
     fn spent_from(&self, pending: &Pending, tx: &Transaction) -> Result<Vec<TxOut>, RegtestError> {
         let txid = tx.compute_txid();
+        // Core's order: the rules a transaction breaks by itself (duplicate inputs, no outputs,
+        // values out of range) before anything is looked up.
+        check_transaction(tx).map_err(|source| RegtestError::Check { txid, source })?;
         if tx.is_coinbase() {
             return Err(RegtestError::Coinbase { txid });
         }
         let next = self.height() + 1;
         let mut out = Vec::with_capacity(tx.input.len());
         for (index, input) in tx.input.iter().enumerate() {
+            if pending.spent.contains(&input.previous_output) {
+                return Err(RegtestError::DoubleSpend {
+                    txid,
+                    index,
+                    outpoint: input.previous_output,
+                });
+            }
             let coin = pending
                 .coin(&self.utxos, &input.previous_output)
                 .ok_or(RegtestError::MissingInput {
@@ -234,8 +272,11 @@ impl RegtestChain {
     }
 
     /// Mines a block paying subsidy and fees to `coinbase_to` and holding `txs` (in order; a
-    /// transaction may spend an earlier one of the same block). Each transaction is checked
-    /// against the UTXO set and by Core's script interpreter; on any error nothing changes.
+    /// transaction may spend an earlier one of the same block). Each transaction, and the
+    /// coinbase, is checked by Core's context-free rules ([`check_transaction`]); each
+    /// transaction against the UTXO set (no output spent twice, in the block or before it; value
+    /// in at least value out, summed with checked arithmetic) and by Core's script interpreter.
+    /// On any error nothing changes.
     pub fn mine(&mut self, coinbase_to: &ScriptBuf, txs: Vec<Transaction>) -> Result<&Block, RegtestError> {
         let height = self.height() + 1;
         let mut pending = Pending::default();
@@ -246,18 +287,33 @@ impl RegtestChain {
             let spent = self.spent_from(&pending, tx)?;
             verify_transaction(tx, &spent, VerifyFlags::consensus())
                 .map_err(|source| RegtestError::Script { txid, source })?;
-            let inputs = spent.iter().map(|o| o.value).sum::<Amount>();
-            let outputs = tx.output.iter().map(|o| o.value).sum::<Amount>();
+            // Outputs are within the money limit (checked above); inputs come from the UTXO set,
+            // but a sum is checked wherever it is taken rather than trusted to be small.
+            let inputs = checked_sum(spent.iter().map(|o| o.value)).ok_or(RegtestError::ValueOutOfRange { txid })?;
+            let outputs = checked_sum(tx.output.iter().map(|o| o.value)).ok_or(RegtestError::ValueOutOfRange { txid })?;
             let fee = inputs
                 .checked_sub(outputs)
                 .ok_or(RegtestError::ValueCreated { txid, inputs, outputs })?;
-            fees += fee;
+            fees = fees.checked_add(fee).ok_or(RegtestError::ValueOutOfRange { txid })?;
             for input in &tx.input {
                 pending.spend(input.previous_output);
             }
             add_outputs(&mut pending.created, tx, height, false);
         }
-        let coinbase = self.coinbase(height, coinbase_to, Self::subsidy(height) + fees, &txs);
+        let reward = Self::subsidy(height)
+            .checked_add(fees)
+            .filter(|r| *r <= Amount::MAX_MONEY);
+        let Some(reward) = reward else {
+            let txid = txs.last().map_or_else(Txid::all_zeros, Transaction::compute_txid);
+            return Err(RegtestError::ValueOutOfRange { txid });
+        };
+        let coinbase = self.coinbase(height, coinbase_to, reward, &txs);
+        // The coinbase is ours, but a block with a malformed one (e.g. a `coinbase_to` too big
+        // for a block) is not one to hand out.
+        check_transaction(&coinbase).map_err(|source| RegtestError::Check {
+            txid: coinbase.compute_txid(),
+            source,
+        })?;
         add_outputs(&mut pending.created, &coinbase, height, true);
         let mut txdata = Vec::with_capacity(txs.len() + 1);
         txdata.push(coinbase);
@@ -272,10 +328,14 @@ impl RegtestChain {
     }
 
     /// Mines `n` blocks with no transactions, paying `coinbase_to`.
+    ///
+    /// # Panics
+    /// If `coinbase_to` is so large that the coinbase breaks [`check_transaction`] (over a
+    /// block's size); use [`mine`](Self::mine) to get that as an error.
     pub fn mine_empty(&mut self, n: u32, coinbase_to: &ScriptBuf) {
         for _ in 0..n {
             self.mine(coinbase_to, Vec::new())
-                .expect("a block without transactions is always valid");
+                .expect("a block without transactions is valid when its coinbase fits in a block");
         }
     }
 
@@ -342,6 +402,13 @@ impl RegtestChain {
     pub fn hash(&self, height: u32) -> Option<BlockHash> {
         self.block(height).map(|b| b.block_hash())
     }
+}
+
+/// The sum of `values`, or `None` past [`Amount::MAX_MONEY`] (or on overflow).
+fn checked_sum(values: impl IntoIterator<Item = Amount>) -> Option<Amount> {
+    values
+        .into_iter()
+        .try_fold(Amount::ZERO, |sum, v| sum.checked_add(v).filter(|s| *s <= Amount::MAX_MONEY))
 }
 
 fn add_outputs(utxos: &mut HashMap<OutPoint, Coin>, tx: &Transaction, height: u32, coinbase: bool) {
