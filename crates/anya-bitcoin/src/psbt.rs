@@ -25,7 +25,7 @@ use bitcoin::{
 use miniscript::psbt::PsbtExt;
 
 use crate::signer::prevout;
-use crate::verify::{verify_transaction, VerifyError, VerifyFlags};
+use crate::verify::{check_transaction, verify_transaction, CheckError, VerifyError, VerifyFlags};
 
 /// The PSBT magic bytes (`psbt` followed by `0xff`).
 pub const MAGIC: [u8; 5] = *b"psbt\xff";
@@ -82,6 +82,9 @@ pub enum PsbtError {
     /// Bitcoin Core's script interpreter rejected an input of the extracted transaction.
     #[error("consensus verification: {0}")]
     Verify(#[from] VerifyError),
+    /// The transaction breaks one of Core's context-free rules ([`check_transaction`]).
+    #[error("consensus check: {0}")]
+    Check(#[from] CheckError),
     /// The PSBT has a different number of input maps than its unsigned transaction has inputs.
     #[error("the PSBT has {maps} input maps for {inputs} transaction inputs")]
     InputCountMismatch {
@@ -409,7 +412,8 @@ pub fn finalize(psbt: &mut Psbt) -> Result<(), PsbtError> {
 
 /// Extracts the network transaction of a finalized PSBT (the BIP174 extractor) and verifies
 /// every input against the output it spends with Bitcoin Core's script interpreter
-/// ([`verify_transaction`], consensus flags). The spent outputs come from each input's
+/// ([`verify_transaction`], consensus flags), after Core's context-free rules
+/// ([`check_transaction`], [`PsbtError::Check`]). The spent outputs come from each input's
 /// `witness_utxo` or `non_witness_utxo`; rust-bitcoin's extractor also refuses a fee rate over
 /// 25,000 sat/vB ([`bitcoin::psbt::ExtractTxError::AbsurdFeeRate`]). The PSBT must pass
 /// [`validate`] first.
@@ -432,6 +436,9 @@ pub fn extract_verified(psbt: &Psbt) -> Result<Transaction, PsbtError> {
         .map(|index| prevout(psbt, index).map_err(|_| PsbtError::MissingPrevout { index }))
         .collect::<Result<Vec<TxOut>, _>>()?;
     let tx = psbt.clone().extract_tx().map_err(|e| PsbtError::Extract(Box::new(e)))?;
+    // Core checks these before any script runs; a transaction that breaks one (duplicate
+    // inputs, no outputs) can pass every input's script and still never be mined.
+    check_transaction(&tx)?;
     verify_transaction(&tx, &spent, VerifyFlags::consensus())?;
     Ok(tx)
 }

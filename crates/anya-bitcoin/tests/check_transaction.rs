@@ -3,11 +3,18 @@
 //! `check_transaction` + `verify_transaction` against a real regtest bitcoind's
 //! `testmempoolaccept` (`anya_testkit::Bitcoind`, from `BITCOIND_EXE`).
 
+use anya_bitcoin::psbt::{extract_verified, PsbtError};
 use anya_bitcoin::regtest::{RegtestChain, RegtestError};
+use anya_bitcoin::wallet::WalletError;
 use anya_bitcoin::verify::{check_transaction, verify_transaction, CheckError, VerifyError, VerifyFlags};
 use anya_testkit::Bitcoind;
+
+mod common;
+
+use common::fixture::{bip84, burn, fixture, rate};
 use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use bitcoin::hashes::Hash;
+use bitcoin::psbt::Psbt;
 use bitcoin::secp256k1::{Message, Secp256k1, SecretKey};
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
 use bitcoin::{
@@ -318,6 +325,77 @@ fn regtest_refuses_a_null_prevout() {
                 source: CheckError::NullPrevout { index: 1 },
                 ..
             }
+        ),
+        "{err}"
+    );
+}
+
+// ---- the PSBT extractor and the wallet -------------------------------------------------------
+
+/// A finalized PSBT spending `outpoints` (each an [`anyone`] coin worth `value`) to `outputs`.
+fn finalized(outpoints: &[OutPoint], value: u64, outputs: Vec<TxOut>) -> Psbt {
+    let unsigned = tx(
+        outpoints
+            .iter()
+            .map(|o| {
+                let mut i = spend(*o);
+                i.witness = Witness::new();
+                i
+            })
+            .collect(),
+        outputs,
+    );
+    let mut psbt = Psbt::from_unsigned_tx(unsigned).expect("no scripts in an unsigned transaction");
+    for input in &mut psbt.inputs {
+        input.witness_utxo = Some(pay(value));
+        input.final_script_witness = Some(Witness::from_slice(&[op_true().as_bytes()]));
+    }
+    psbt
+}
+
+#[test]
+fn extract_verified_refuses_duplicate_inputs() {
+    let (_, a, _) = funded();
+    // Before: both inputs' scripts pass, so the extractor handed out a transaction no node takes.
+    let psbt = finalized(&[a, a], COIN, vec![pay(2 * COIN - 1_000)]);
+    let err = extract_verified(&psbt).unwrap_err();
+    assert!(
+        matches!(err, PsbtError::Check(CheckError::DuplicateInput { index: 1, .. })),
+        "{err}"
+    );
+    // The same PSBT without the duplicate extracts.
+    let psbt = finalized(&[a], COIN, vec![pay(COIN - 1_000)]);
+    extract_verified(&psbt).expect("a valid spend");
+}
+
+#[test]
+fn extract_verified_refuses_a_transaction_without_outputs() {
+    let (_, a, _) = funded();
+    let psbt = finalized(&[a], 1_000, vec![]);
+    let err = extract_verified(&psbt).unwrap_err();
+    assert!(matches!(err, PsbtError::Check(CheckError::NoOutputs)), "{err}");
+}
+
+#[test]
+fn the_wallet_refuses_to_finalize_a_psbt_with_duplicate_inputs() {
+    let mut f = fixture();
+    let mut w = f.wallet("dup", &bip84(0));
+    f.fund(&mut [&mut w]);
+    let mut psbt = w
+        .build(&[(burn(), Amount::from_sat(5_000_000))], rate(2))
+        .expect("built");
+    w.sign(&mut psbt).expect("signed");
+    // A coordinator's copy with the signed input repeated: the maps stay consistent, so
+    // validate() passes it; before, it reached BDK's finalizer and Core's interpreter.
+    let first = psbt.unsigned_tx.input.first().expect("an input").clone();
+    psbt.unsigned_tx.input.push(first);
+    let map = psbt.inputs.first().expect("an input map").clone();
+    psbt.inputs.push(map);
+    let err = w.finalize(&mut psbt).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WalletError::InvalidPsbt(PsbtError::Check(CheckError::DuplicateInput { index: 1, .. }))
         ),
         "{err}"
     );

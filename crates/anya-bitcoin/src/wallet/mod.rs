@@ -42,7 +42,7 @@ pub use persist::{KvPersister, PersistError};
 use crate::policy::{OutputRole, PolicyEngine, PolicyError, SpendOutput, SpendSummary, RELEASE_OUTCOME};
 use crate::psbt::{checked_total, extract_verified, validate, AmountSide, PsbtError};
 use crate::signer::{prevout, HsmSigner, SignError, SignReport};
-use crate::verify::VerifyError;
+use crate::verify::{check_transaction, VerifyError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -829,6 +829,9 @@ impl AnyaWallet {
     pub fn finalize(&self, psbt: &mut Psbt) -> Result<Transaction, WalletError> {
         // Before BDK's finalizer reads the UTXO fields: they come from outside.
         validate(psbt).map_err(WalletError::InvalidPsbt)?;
+        // A transaction Core would refuse by itself (duplicate inputs, no outputs) is refused
+        // before any finalizing work; extract_verified checks the final one again.
+        check_transaction(&psbt.unsigned_tx).map_err(|e| WalletError::InvalidPsbt(PsbtError::Check(e)))?;
         let options = SignOptions {
             trust_witness_utxo: true,
             ..SignOptions::default()
@@ -850,6 +853,7 @@ impl AnyaWallet {
         // BDK's finalizer keeps the UTXO fields, so the spent outputs are still there.
         extract_verified(psbt).map_err(|e| match e {
             PsbtError::Verify(e) => WalletError::Verify(e),
+            e @ PsbtError::Check(_) => WalletError::InvalidPsbt(e),
             PsbtError::MissingPrevout { index } => WalletError::Sign(SignError::MissingPrevout { index }),
             other => WalletError::Psbt(other.to_string()),
         })
