@@ -9,4 +9,7 @@ pub mod signer;
 pub mod verify;
 pub mod wallet;
 
-pub use verify::{check_transaction, verify_input, CheckError, verify_transaction, ScriptFailure, TransactionVerifier, VerifyError, VerifyFlags};
+pub use verify::{
+    check_transaction, verify_input, verify_transaction, CheckError, ScriptFailure, TransactionVerifier, VerifyError,
+    VerifyFlags,
+};

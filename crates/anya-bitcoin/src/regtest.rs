@@ -290,7 +290,8 @@ impl RegtestChain {
             // Outputs are within the money limit (checked above); inputs come from the UTXO set,
             // but a sum is checked wherever it is taken rather than trusted to be small.
             let inputs = checked_sum(spent.iter().map(|o| o.value)).ok_or(RegtestError::ValueOutOfRange { txid })?;
-            let outputs = checked_sum(tx.output.iter().map(|o| o.value)).ok_or(RegtestError::ValueOutOfRange { txid })?;
+            let outputs =
+                checked_sum(tx.output.iter().map(|o| o.value)).ok_or(RegtestError::ValueOutOfRange { txid })?;
             let fee = inputs
                 .checked_sub(outputs)
                 .ok_or(RegtestError::ValueCreated { txid, inputs, outputs })?;
@@ -406,9 +407,9 @@ impl RegtestChain {
 
 /// The sum of `values`, or `None` past [`Amount::MAX_MONEY`] (or on overflow).
 fn checked_sum(values: impl IntoIterator<Item = Amount>) -> Option<Amount> {
-    values
-        .into_iter()
-        .try_fold(Amount::ZERO, |sum, v| sum.checked_add(v).filter(|s| *s <= Amount::MAX_MONEY))
+    values.into_iter().try_fold(Amount::ZERO, |sum, v| {
+        sum.checked_add(v).filter(|s| *s <= Amount::MAX_MONEY)
+    })
 }
 
 fn add_outputs(utxos: &mut HashMap<OutPoint, Coin>, tx: &Transaction, height: u32, coinbase: bool) {

@@ -5,13 +5,12 @@
 
 use anya_bitcoin::psbt::{extract_verified, PsbtError};
 use anya_bitcoin::regtest::{RegtestChain, RegtestError};
-use anya_bitcoin::wallet::WalletError;
 use anya_bitcoin::verify::{check_transaction, verify_transaction, CheckError, VerifyError, VerifyFlags};
+use anya_bitcoin::wallet::WalletError;
 use anya_testkit::Bitcoind;
 
 mod common;
 
-use common::fixture::{bip84, burn, fixture, rate};
 use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use bitcoin::hashes::Hash;
 use bitcoin::psbt::Psbt;
@@ -21,6 +20,7 @@ use bitcoin::{
     absolute, transaction, Address, Amount, Block, CompressedPublicKey, Network, OutPoint, ScriptBuf, Sequence,
     Transaction, TxIn, TxOut, Txid, Witness,
 };
+use common::fixture::{bip84, burn, fixture, rate};
 
 fn input(n: u8) -> TxIn {
     TxIn {
@@ -58,7 +58,10 @@ fn coinbase(script_sig_len: usize) -> Transaction {
 
 #[test]
 fn a_plain_transaction_passes() {
-    assert_eq!(check_transaction(&tx(vec![input(1), input(2)], vec![output(5)])), Ok(()));
+    assert_eq!(
+        check_transaction(&tx(vec![input(1), input(2)], vec![output(5)])),
+        Ok(())
+    );
 }
 
 #[test]
@@ -80,7 +83,10 @@ fn over_a_block_without_witness_is_oversize() {
     let mut big = output(0);
     big.script_pubkey = ScriptBuf::from_bytes(vec![0x6a; 1_000_000]);
     let err = check_transaction(&tx(vec![input(1)], vec![big])).unwrap_err();
-    assert!(matches!(err, CheckError::Oversize { stripped_size } if stripped_size > 1_000_000), "{err}");
+    assert!(
+        matches!(err, CheckError::Oversize { stripped_size } if stripped_size > 1_000_000),
+        "{err}"
+    );
     assert_eq!(err.reject_reason(), "bad-txns-oversize");
 }
 
@@ -95,7 +101,13 @@ fn a_large_witness_is_not_oversize() {
 #[test]
 fn a_value_core_reads_as_negative_is_vout_negative() {
     let err = check_transaction(&tx(vec![input(1)], vec![output(1), output(1 << 63)])).unwrap_err();
-    assert_eq!(err, CheckError::OutputNegative { index: 1, value_sat: 1 << 63 });
+    assert_eq!(
+        err,
+        CheckError::OutputNegative {
+            index: 1,
+            value_sat: 1 << 63
+        }
+    );
     assert_eq!(err.reject_reason(), "bad-txns-vout-negative");
 }
 
@@ -448,10 +460,7 @@ fn same_verdict(node: &Bitcoind, name: &str, tx: &Transaction, core_hex: &str, s
             } else {
                 theirs == reason
             };
-            assert!(
-                agree,
-                "{name}: anya says {reason}, core says {theirs}"
-            );
+            assert!(agree, "{name}: anya says {reason}, core says {theirs}");
         }
     }
 }
@@ -507,7 +516,7 @@ fn check_and_verify_agree_with_testmempoolaccept() {
 
     // A bad signature: past CheckTransaction, refused by the script interpreter.
     let mut forged = valid.clone();
-    forged.output[0].value = forged.output[0].value - Amount::from_sat(1);
+    forged.output[0].value -= Amount::from_sat(1);
     check("signature over other outputs", &forged, &spent);
 
     // Core reads "no inputs" as the segwit marker, so the only input-less transaction it decodes

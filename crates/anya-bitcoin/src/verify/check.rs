@@ -131,7 +131,10 @@ pub fn check_transaction(tx: &Transaction) -> Result<(), CheckError> {
             return Err(CheckError::OutputNegative { index, value_sat });
         }
         if out.value > Amount::MAX_MONEY {
-            return Err(CheckError::OutputTooLarge { index, value: out.value });
+            return Err(CheckError::OutputTooLarge {
+                index,
+                value: out.value,
+            });
         }
         total = total
             .checked_add(out.value)
@@ -161,8 +164,8 @@ pub fn check_transaction(tx: &Transaction) -> Result<(), CheckError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bitcoin::{absolute, transaction, ScriptBuf, Sequence, TxIn, TxOut, Txid, Witness};
     use bitcoin::hashes::Hash;
+    use bitcoin::{absolute, transaction, ScriptBuf, Sequence, TxIn, TxOut, Txid, Witness};
 
     fn tx() -> Transaction {
         Transaction {
@@ -202,6 +205,9 @@ mod tests {
     fn u64_max_outputs_do_not_wrap() {
         let mut t = tx();
         t.output[0].value = Amount::from_sat(u64::MAX);
-        assert_eq!(check_transaction(&t).map_err(|e| e.reject_reason()), Err("bad-txns-vout-negative"));
+        assert_eq!(
+            check_transaction(&t).map_err(|e| e.reject_reason()),
+            Err("bad-txns-vout-negative")
+        );
     }
 }
