@@ -113,6 +113,29 @@ pub enum PsbtError {
         /// The txid of the transaction given as `non_witness_utxo`.
         found: Txid,
     },
+    /// Bytes follow the PSBT's last map (Core: "extra data after PSBT").
+    #[error("{len} bytes follow the end of the PSBT")]
+    TrailingBytes {
+        /// How many.
+        len: usize,
+    },
+    /// A version 0 PSBT holds a field that BIP370 defines for version 2 only, which BIP370
+    /// (and Core) forbid: a signer reading it one way and the coordinator the other would not
+    /// agree on the transaction.
+    #[error("the {map} map of a version 0 PSBT holds the PSBTv2-only field type {key_type:#04x}")]
+    V2FieldInV0 {
+        /// Where.
+        map: PsbtMap,
+        /// The field's key type.
+        key_type: u8,
+    },
+    /// An input spends an output no transaction can spend (its script starts with `OP_RETURN`
+    /// or is over 10,000 bytes), so the PSBT can never become a valid transaction.
+    #[error("input {index} spends an unspendable output")]
+    UnspendablePrevout {
+        /// The input.
+        index: usize,
+    },
     /// An input spends an output index that its `non_witness_utxo` does not have.
     #[error("input {index}: spends output {vout}, but its non_witness_utxo has {outputs} outputs")]
     PrevoutIndexOutOfRange {
@@ -211,12 +234,18 @@ impl fmt::Display for AmountSide {
 ///   lie told to the signer, and upstream code indexes past its end;
 /// - when both are present, `witness_utxo` is the spent output of `non_witness_utxo`;
 /// - every amount (the unsigned transaction's outputs, the spent outputs) is at most
-///   [`Amount::MAX_MONEY`], and so is each side's sum (checked: no overflow).
+///   [`Amount::MAX_MONEY`], and so is each side's sum (checked: no overflow);
+/// - no input spends an unspendable output (`OP_RETURN`, or a script over 10,000 bytes), which
+///   Core's `analyzepsbt` also refuses;
+/// - a version 0 PSBT holds none of BIP370's version-2-only fields ([`PsbtError::V2FieldInV0`]).
 ///
 /// An input without either UTXO field passes: a creator's PSBT may not carry them yet, and
 /// whatever needs them reports [`PsbtError::MissingPrevout`].
 pub fn validate(psbt: &Psbt) -> Result<(), PsbtError> {
     let tx = &psbt.unsigned_tx;
+    if psbt.version == 0 {
+        reject_v2_fields(psbt)?;
+    }
     if psbt.inputs.len() != tx.input.len() {
         return Err(PsbtError::InputCountMismatch {
             maps: psbt.inputs.len(),
@@ -232,6 +261,9 @@ pub fn validate(psbt: &Psbt) -> Result<(), PsbtError> {
     let mut spent = Vec::with_capacity(tx.input.len());
     for (index, (input, txin)) in psbt.inputs.iter().zip(&tx.input).enumerate() {
         if let Some(out) = checked_prevout(index, input, txin)? {
+            if out.script_pubkey.is_op_return() || out.script_pubkey.len() > MAX_SCRIPT_SIZE {
+                return Err(PsbtError::UnspendablePrevout { index });
+            }
             spent.push(out.value);
         }
     }
@@ -240,6 +272,69 @@ pub fn validate(psbt: &Psbt) -> Result<(), PsbtError> {
     }
     checked_total(spent, AmountSide::Inputs)?;
     checked_total(tx.output.iter().map(|o| o.value), AmountSide::Outputs)?;
+    Ok(())
+}
+
+/// Core's `MAX_SCRIPT_SIZE`: a longer output script can never be spent.
+const MAX_SCRIPT_SIZE: usize = 10_000;
+
+/// BIP370's version-2-only key types, by map: global `PSBT_GLOBAL_TX_VERSION`,
+/// `_FALLBACK_LOCKTIME`, `_INPUT_COUNT`, `_OUTPUT_COUNT`, `_TX_MODIFIABLE`; input
+/// `PSBT_IN_PREVIOUS_TXID`, `_OUTPUT_INDEX`, `_SEQUENCE`, `_REQUIRED_TIME_LOCKTIME`,
+/// `_REQUIRED_HEIGHT_LOCKTIME`; output `PSBT_OUT_AMOUNT`, `_SCRIPT`. rust-bitcoin keeps them as
+/// unknown fields of a version 0 PSBT.
+const V2_GLOBAL: [u8; 5] = [0x02, 0x03, 0x04, 0x05, 0x06];
+const V2_INPUT: [u8; 5] = [0x0e, 0x0f, 0x10, 0x11, 0x12];
+const V2_OUTPUT: [u8; 2] = [0x03, 0x04];
+
+/// A map of a PSBT, for errors that name one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PsbtMap {
+    /// The global map.
+    Global,
+    /// An input's map.
+    Input(usize),
+    /// An output's map.
+    Output(usize),
+}
+
+impl fmt::Display for PsbtMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PsbtMap::Global => f.write_str("global"),
+            PsbtMap::Input(i) => write!(f, "input {i}"),
+            PsbtMap::Output(i) => write!(f, "output {i}"),
+        }
+    }
+}
+
+fn reject_v2_fields(psbt: &Psbt) -> Result<(), PsbtError> {
+    let first = |keys: &mut dyn Iterator<Item = &psbt::raw::Key>, forbidden: &[u8]| {
+        keys.map(|k| k.type_value).find(|t| forbidden.contains(t))
+    };
+    if let Some(key_type) = first(&mut psbt.unknown.keys(), &V2_GLOBAL) {
+        return Err(PsbtError::V2FieldInV0 {
+            map: PsbtMap::Global,
+            key_type,
+        });
+    }
+    for (i, input) in psbt.inputs.iter().enumerate() {
+        if let Some(key_type) = first(&mut input.unknown.keys(), &V2_INPUT) {
+            return Err(PsbtError::V2FieldInV0 {
+                map: PsbtMap::Input(i),
+                key_type,
+            });
+        }
+    }
+    for (i, output) in psbt.outputs.iter().enumerate() {
+        if let Some(key_type) = first(&mut output.unknown.keys(), &V2_OUTPUT) {
+            return Err(PsbtError::V2FieldInV0 {
+                map: PsbtMap::Output(i),
+                key_type,
+            });
+        }
+    }
     Ok(())
 }
 
@@ -332,7 +427,13 @@ pub fn decode_binary(bytes: &[u8]) -> Result<Psbt, PsbtError> {
     if bytes.len() > MAX_PSBT_BYTES {
         return Err(PsbtError::TooLarge { len: bytes.len() });
     }
-    let psbt = Psbt::deserialize(bytes)?;
+    // `Psbt::deserialize` stops after the last output map and ignores what follows; Core
+    // refuses such bytes, and so does anya.
+    let mut rest = bytes;
+    let psbt = Psbt::deserialize_from_reader(&mut rest)?;
+    if !rest.is_empty() {
+        return Err(PsbtError::TrailingBytes { len: rest.len() });
+    }
     validate(&psbt)?;
     Ok(psbt)
 }

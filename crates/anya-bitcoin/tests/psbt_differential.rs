@@ -5,49 +5,28 @@
 //! `decodepsbt` then the `error` field of `analyzepsbt`. Each case states that both accept or
 //! both refuse (`anya_testkit::Bitcoind`, from `BITCOIND_EXE`; skipped without it).
 //!
-//! Left out because anya accepts what Core refuses (a library fix, not a test, is due): bytes
-//! after the last output map ("extra data after PSBT"), PSBTv2 fields in a v0 PSBT
-//! (`PSBT_GLOBAL_TX_VERSION`, `PSBT_IN_PREVIOUS_TXID`: rust-bitcoin keeps them as unknown keys),
-//! and an input whose UTXO is unspendable (`OP_RETURN`; `analyzepsbt` reports it).
-
-use std::io::{Read, Write};
-use std::net::TcpStream;
+//! Written first, this test found four PSBTs anya accepted and Core refused; each is a case
+//! below now that anya refuses it too: bytes after the last output map, PSBTv2-only fields in
+//! a v0 PSBT (rust-bitcoin keeps them as unknown keys), and an input spending an `OP_RETURN`
+//! output.
 
 use anya_bitcoin::psbt;
 use anya_testkit::Bitcoind;
 use bitcoin::base64::engine::general_purpose::STANDARD;
 use bitcoin::base64::Engine;
 use bitcoin::psbt::Psbt;
-use bitcoin::Amount;
+use bitcoin::{Amount, ScriptBuf};
+use bitcoincore_rpc::RpcApi;
 use serde_json::{json, Value};
 
 mod common;
 
 use common::fixture::{bip84, burn, fixture, rate};
 
-/// Calls `method` over JSON-RPC and returns Core's `error` object instead of panicking
-/// (`Bitcoind::rpc` panics on an error, and a refusal is an answer here).
-fn call(node: &Bitcoind, method: &str, params: Value) -> Result<Value, Value> {
-    let cookie = std::fs::read_to_string(node.cookie_file()).expect("bitcoind writes its cookie file");
-    let body = json!({ "jsonrpc": "1.0", "id": 1, "method": method, "params": params }).to_string();
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        STANDARD.encode(cookie.trim()),
-        body.len(),
-    );
-    let mut stream = TcpStream::connect(("127.0.0.1", node.rpc_port())).expect("bitcoind's RPC port");
-    stream.write_all(request.as_bytes()).expect("request sent");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response read");
-    let (_, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("{method}: no HTTP body in {response}"));
-    let reply: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{method}: {e} in {body}"));
-    match &reply["error"] {
-        Value::Null => Ok(reply["result"].clone()),
-        error => Err(error.clone()),
-    }
+/// Calls `method`; a refusal is an answer here, so Core's error comes back as `Err`.
+fn call(node: &Bitcoind, method: &str, params: Value) -> Result<Value, String> {
+    let params = params.as_array().cloned().unwrap_or_default();
+    node.client().call::<Value>(method, &params).map_err(|e| e.to_string())
 }
 
 /// Core's verdict on `bytes`: `Err` with its reason if `decodepsbt` or `analyzepsbt` refuses.
@@ -320,6 +299,20 @@ fn psbt_verdicts_agree_with_decodepsbt_and_analyzepsbt() {
     check("the last byte cut", &bytes[..bytes.len() - 1], Expect::BothRefuse);
     check("cut in half", &bytes[..bytes.len() / 2], Expect::BothRefuse);
     check("only the magic", &psbt::MAGIC, Expect::BothRefuse);
+    let mut trailing = bytes.clone();
+    trailing.push(0x00);
+    check("a byte after the last map", &trailing, Expect::BothRefuse);
+
+    check(
+        "spends an OP_RETURN output",
+        &mutated(&|p| {
+            p.inputs[0].non_witness_utxo = None;
+            if let Some(w) = p.inputs[0].witness_utxo.as_mut() {
+                w.script_pubkey = ScriptBuf::new_op_return([0x61; 4]);
+            }
+        }),
+        Expect::BothRefuse,
+    );
 
     // PSBTv2 (BIP370) in a PSBT that carries a v0 unsigned transaction.
     check(
@@ -330,6 +323,25 @@ fn psbt_verdicts_agree_with_decodepsbt_and_analyzepsbt() {
     check(
         "PSBT_GLOBAL_VERSION 1",
         &with_pair(&bytes, 0, vec![1, 0xfb, 4, 1, 0, 0, 0]),
+        Expect::BothRefuse,
+    );
+    check(
+        "PSBT_GLOBAL_TX_VERSION (v2 only) in a v0 PSBT",
+        &with_pair(&bytes, 0, vec![1, 0x02, 4, 2, 0, 0, 0]),
+        Expect::BothRefuse,
+    );
+    check(
+        "PSBT_IN_PREVIOUS_TXID (v2 only) in a v0 PSBT",
+        &with_pair(&bytes, 1, {
+            let mut pair = vec![1, 0x0e, 32];
+            pair.extend_from_slice(&[0x11; 32]);
+            pair
+        }),
+        Expect::BothRefuse,
+    );
+    check(
+        "PSBT_OUT_AMOUNT (v2 only) in a v0 PSBT",
+        &with_pair(&bytes, 1 + built.inputs.len(), vec![1, 0x03, 8, 1, 0, 0, 0, 0, 0, 0, 0]),
         Expect::BothRefuse,
     );
     check(

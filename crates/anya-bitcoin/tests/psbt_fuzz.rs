@@ -57,6 +57,9 @@ fn check(input: &[u8]) -> Result<(), TestCaseError> {
                     | PsbtError::WitnessUtxoMismatch { .. }
                     | PsbtError::AmountOutOfRange { .. }
                     | PsbtError::AmountOverflow { .. }
+                    | PsbtError::TrailingBytes { .. }
+                    | PsbtError::V2FieldInV0 { .. }
+                    | PsbtError::UnspendablePrevout { .. }
             );
             prop_assert!(typed, "unexpected error kind: {}", e);
         }
