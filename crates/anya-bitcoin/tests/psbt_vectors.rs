@@ -352,3 +352,57 @@ fn bip174_workflow_roles() {
 
     assert_eq!(steps, 8, "workflow roles replayed");
 }
+
+/// anya reads version 0 PSBTs only: every BIP370 vector is refused, the valid PSBTv2s and
+/// those declaring version 2 with the typed `UnsupportedVersion`, never a panic or a decode
+/// that would let a signer read a version 2 PSBT as if it were version 0.
+#[test]
+fn bip370_psbtv2_vectors_are_refused_as_unsupported() {
+    let v = json("bip370_test_vectors.json");
+    let mut unsupported = 0;
+    for section in ["valid", "timelock"] {
+        for (i, case) in v[section].as_array().expect(section).iter().enumerate() {
+            let what = format!("BIP370 {section} {i}: {}", str_of(case, "description"));
+            match decode_all(case) {
+                Err(PsbtError::UnsupportedVersion { version: 2 }) => unsupported += 1,
+                other => panic!("{what}: expected UnsupportedVersion(2), got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(unsupported, 14 + 9, "every valid and timelock PSBTv2");
+    let mut refused = 0;
+    for (i, case) in v["invalid"].as_array().expect("invalid").iter().enumerate() {
+        let what = format!("BIP370 invalid {i}: {}", str_of(case, "description"));
+        match decode_all(case) {
+            Err(PsbtError::UnsupportedVersion { .. } | PsbtError::Invalid(_) | PsbtError::V2FieldInV0 { .. }) => {
+                refused += 1
+            }
+            other => panic!("{what}: expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(refused, 24);
+}
+
+/// Bytes after the last map are refused in every spelling (rust-bitcoin's own parser ignores
+/// them; Core refuses "extra data after PSBT").
+#[test]
+fn trailing_bytes_are_refused_in_every_spelling() {
+    use bitcoin::base64::Engine;
+    let v = json("bip174_test_vectors.json");
+    let case = &v["valid"][0];
+    let mut raw = hex(str_of(case, "hex"));
+    assert!(decode(&raw).is_ok(), "the vector itself decodes");
+    raw.push(0x00);
+    let base64 = bitcoin::base64::engine::general_purpose::STANDARD.encode(&raw);
+    for (spelling, input) in [
+        ("raw", raw.clone()),
+        ("hex", raw.to_lower_hex_string().into_bytes()),
+        ("base64", base64.into_bytes()),
+    ] {
+        assert!(
+            matches!(decode(&input), Err(PsbtError::TrailingBytes { len: 1 })),
+            "{spelling}: {:?}",
+            decode(&input)
+        );
+    }
+}
