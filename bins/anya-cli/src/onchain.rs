@@ -54,7 +54,7 @@ Example (regtest, bitcoind -regtest with its cookie in ~/.bitcoin/regtest):
   anya wallet send savings --to bcrt1q… --amount 25000 --fee-rate 2 --no-broadcast";
 
 pub(crate) const PSBT_ABOUT: &str = "\
-Partially signed transactions (BIP174/BIP370/BIP371) from this or any other wallet.
+Partially signed transactions (BIP174 version 0, with BIP371 Taproot fields) from this or any other wallet; a PSBTv2 (BIP370) is refused.
 
 FILE is a path or `-` for standard input, holding the PSBT as base64 (what Bitcoin Core prints), \
 hex, or raw binary.
