@@ -40,6 +40,15 @@ enum Outcome {
     Done { blocks: u32, height: u32 },
 }
 
+/// What the finished child wrote on stderr.
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    stderr
+}
+
 /// Runs a sync in a child process and kills it `delay` after it loaded the wallet.
 fn run(node: &Bitcoind, path: &Path, delay: Option<Duration>) -> Outcome {
     let mut child = Command::new(env!("CARGO_BIN_EXE_anya-kill-sync"))
@@ -56,14 +65,7 @@ fn run(node: &Bitcoind, path: &Path, delay: Option<Duration>) -> Outcome {
     stdout.read_line(&mut line).expect("read");
     if line != "READY\n" {
         let _ = child.wait();
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .expect("stderr")
-            .read_to_string(&mut stderr)
-            .expect("read");
-        panic!("the sync child failed to start: {stderr}");
+        panic!("the sync child failed to start: {}", stderr_of(&mut child));
     }
     if let Some(delay) = delay {
         std::thread::sleep(delay);
@@ -78,14 +80,11 @@ fn run(node: &Bitcoind, path: &Path, delay: Option<Duration>) -> Outcome {
         let height = numbers.next().expect("height");
         return Outcome::Done { blocks, height };
     }
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read");
-    assert!(delay.is_some() && !status.success(), "the sync failed: {stderr}");
+    assert!(
+        delay.is_some() && !status.success(),
+        "the sync failed: {}",
+        stderr_of(&mut child)
+    );
     Outcome::Killed
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anya_bitcoin::rpc::{BitcoindChain, FeeEstimate, FeeSource, RpcAuth, RpcConfig, RpcError};
+use anya_bitcoin::rpc::{network_of_genesis, BitcoindChain, FeeEstimate, FeeSource, RpcAuth, RpcConfig, RpcError};
 use anya_hsm::SecretString;
 use bitcoin::{FeeRate, Network};
 use clap::Args;
@@ -225,16 +225,7 @@ impl RpcArgs {
         match node.check_network(network) {
             Ok(()) => {}
             Err(RpcError::NetworkMismatch { node_genesis, .. }) => {
-                let theirs = [
-                    Network::Bitcoin,
-                    Network::Testnet,
-                    Network::Testnet4,
-                    Network::Signet,
-                    Network::Regtest,
-                ]
-                .into_iter()
-                .find(|n| bitcoin::constants::genesis_block(*n).block_hash() == node_genesis)
-                .map_or_else(
+                let theirs = network_of_genesis(&node_genesis).map_or_else(
                     || format!("an unknown chain (genesis {node_genesis})"),
                     |n| n.to_string(),
                 );

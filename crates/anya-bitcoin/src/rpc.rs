@@ -203,6 +203,20 @@ pub enum RpcError {
     },
 }
 
+/// The network whose genesis block is `genesis`, among those rust-bitcoin knows; `None` for
+/// any other chain. It names the chain a node of [`RpcError::NetworkMismatch`] is on.
+pub fn network_of_genesis(genesis: &BlockHash) -> Option<Network> {
+    [
+        Network::Bitcoin,
+        Network::Testnet,
+        Network::Testnet4,
+        Network::Signet,
+        Network::Regtest,
+    ]
+    .into_iter()
+    .find(|n| bitcoin::constants::genesis_block(*n).block_hash() == *genesis)
+}
+
 fn released_note(released: &Option<Amount>) -> String {
     match released {
         Some(amount) => format!(

@@ -154,6 +154,13 @@ impl HsmSigner {
     /// and an output index past its end makes rust-bitcoin's sighash code panic.
     pub fn sign(&self, psbt: &mut Psbt) -> Result<SignReport, SignError> {
         validate(psbt)?;
+        self.sign_validated(psbt)
+    }
+
+    /// [`sign`](Self::sign) for a PSBT the caller has just passed through [`validate`] (the
+    /// wallet validates once, then runs each of its signers; signing does not touch the UTXO
+    /// fields the rules read).
+    pub(crate) fn sign_validated(&self, psbt: &mut Psbt) -> Result<SignReport, SignError> {
         let jobs = self.jobs(psbt);
         if jobs.is_empty() {
             return Ok(SignReport::default());

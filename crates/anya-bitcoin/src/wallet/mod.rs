@@ -816,7 +816,8 @@ impl AnyaWallet {
         self.policy.approve(&summary, hsm, key)?;
         let mut report = SignReport::default();
         for signer in &self.signers {
-            let r = signer.sign(psbt)?;
+            // `summarize` validated the PSBT.
+            let r = signer.sign_validated(psbt)?;
             report.ecdsa += r.ecdsa;
             report.taproot_key += r.taproot_key;
             report.taproot_script += r.taproot_script;
