@@ -25,7 +25,7 @@ use bitcoin::{
     TxOut, Txid, Witness,
 };
 
-use crate::verify::{check_transaction, verify_transaction, CheckError, VerifyError, VerifyFlags};
+use crate::verify::{check_transaction, check_tx_inputs, verify_transaction, CheckError, VerifyError, VerifyFlags};
 
 /// Blocks a coinbase output must wait before it is spent.
 pub const COINBASE_MATURITY: u32 = 100;
@@ -287,14 +287,17 @@ impl RegtestChain {
             let spent = self.spent_from(&pending, tx)?;
             verify_transaction(tx, &spent, VerifyFlags::consensus())
                 .map_err(|source| RegtestError::Script { txid, source })?;
-            // Outputs are within the money limit (checked above); inputs come from the UTXO set,
-            // but a sum is checked wherever it is taken rather than trusted to be small.
-            let inputs = checked_sum(spent.iter().map(|o| o.value)).ok_or(RegtestError::ValueOutOfRange { txid })?;
-            let outputs =
-                checked_sum(tx.output.iter().map(|o| o.value)).ok_or(RegtestError::ValueOutOfRange { txid })?;
-            let fee = inputs
-                .checked_sub(outputs)
-                .ok_or(RegtestError::ValueCreated { txid, inputs, outputs })?;
+            // Core's CheckTxInputs, with checked sums: inputs come from the UTXO set, but a sum
+            // is checked wherever it is taken rather than trusted to be small.
+            let fee = check_tx_inputs(tx, &spent).map_err(|e| match e {
+                CheckError::InputsBelowOutputs { inputs, outputs } => {
+                    RegtestError::ValueCreated { txid, inputs, outputs }
+                }
+                CheckError::InputValuesOutOfRange { .. } | CheckError::OutputTotalTooLarge { .. } => {
+                    RegtestError::ValueOutOfRange { txid }
+                }
+                source => RegtestError::Check { txid, source },
+            })?;
             fees = fees.checked_add(fee).ok_or(RegtestError::ValueOutOfRange { txid })?;
             for input in &tx.input {
                 pending.spend(input.previous_output);
@@ -403,13 +406,6 @@ impl RegtestChain {
     pub fn hash(&self, height: u32) -> Option<BlockHash> {
         self.block(height).map(|b| b.block_hash())
     }
-}
-
-/// The sum of `values`, or `None` past [`Amount::MAX_MONEY`] (or on overflow).
-fn checked_sum(values: impl IntoIterator<Item = Amount>) -> Option<Amount> {
-    values.into_iter().try_fold(Amount::ZERO, |sum, v| {
-        sum.checked_add(v).filter(|s| *s <= Amount::MAX_MONEY)
-    })
 }
 
 fn add_outputs(utxos: &mut HashMap<OutPoint, Coin>, tx: &Transaction, height: u32, coinbase: bool) {

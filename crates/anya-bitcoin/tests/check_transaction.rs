@@ -5,7 +5,9 @@
 
 use anya_bitcoin::psbt::{extract_verified, PsbtError};
 use anya_bitcoin::regtest::{RegtestChain, RegtestError};
-use anya_bitcoin::verify::{check_transaction, verify_transaction, CheckError, VerifyError, VerifyFlags};
+use anya_bitcoin::verify::{
+    check_transaction, check_tx_inputs, verify_transaction, CheckError, VerifyError, VerifyFlags,
+};
 use anya_bitcoin::wallet::WalletError;
 use anya_testkit::Bitcoind;
 
@@ -576,4 +578,273 @@ fn check_and_verify_agree_with_testmempoolaccept() {
     assert_eq!(check_transaction(&t), Ok(()));
     let core = core_verdict(&node, &serialize_hex(&t));
     assert_eq!(core.reject_reason.as_deref(), Some("coinbase"));
+}
+
+// ---- randomized differential -------------------------------------------------------------------
+
+/// What an output of a generated transaction is worth.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    /// An even share of what the inputs leave after the fee.
+    Share,
+    /// The top bit set: negative as Core reads it.
+    Negative,
+    /// One satoshi past the money supply.
+    TooLarge,
+    /// Exactly the money supply.
+    MaxMoney,
+}
+
+/// How the inputs are signed.
+#[derive(Debug, Clone, Copy)]
+enum Sig {
+    Correct,
+    /// Signed, then output 0 changed by a satoshi.
+    OutputChangedAfter,
+    /// Signed by a key the output does not pay.
+    WrongKey,
+    /// No witness at all.
+    Missing,
+}
+
+#[derive(Debug, Clone)]
+struct Plan {
+    coins: Vec<usize>,
+    duplicate: bool,
+    null: bool,
+    outputs: Vec<Value>,
+    fee: i64,
+    sig: Sig,
+    version: i32,
+    oversize: bool,
+}
+
+fn plans() -> impl proptest::strategy::Strategy<Value = Plan> {
+    use proptest::prelude::*;
+    let value = prop_oneof![
+        12 => Just(Value::Share),
+        1 => Just(Value::Negative),
+        1 => Just(Value::TooLarge),
+        1 => Just(Value::MaxMoney),
+    ];
+    let sig = prop_oneof![
+        6 => Just(Sig::Correct),
+        1 => Just(Sig::OutputChangedAfter),
+        1 => Just(Sig::WrongKey),
+        1 => Just(Sig::Missing),
+    ];
+    (
+        proptest::sample::subsequence((0..COINS).collect::<Vec<_>>(), 1..=3),
+        proptest::bool::weighted(0.1),
+        proptest::bool::weighted(0.1),
+        // No outputs now and then; one to three mostly.
+        (proptest::bool::weighted(0.06), proptest::collection::vec(value, 1..=3)).prop_map(|(none, outputs)| {
+            if none {
+                Vec::new()
+            } else {
+                outputs
+            }
+        }),
+        prop_oneof![4 => 1_000i64..100_000, 1 => -100_000i64..0],
+        sig,
+        1i32..=2,
+        proptest::bool::weighted(0.04),
+    )
+        .prop_map(|(coins, duplicate, null, outputs, fee, sig, version, oversize)| Plan {
+            coins,
+            duplicate,
+            null,
+            outputs,
+            fee,
+            sig,
+            version,
+            oversize,
+        })
+}
+
+/// Coinbase outputs paying the test's key, mature, that generated transactions spend.
+const COINS: usize = 4;
+
+/// Builds the transaction `plan` describes from `coins` (and the outputs it spends, in input
+/// order).
+fn build(plan: &Plan, coins: &[(OutPoint, TxOut)], key: &SecretKey, burn: &ScriptBuf) -> (Transaction, Vec<TxOut>) {
+    let secp = Secp256k1::new();
+    let mut spent: Vec<TxOut> = plan.coins.iter().map(|&i| coins[i].1.clone()).collect();
+    let mut input: Vec<TxIn> = plan
+        .coins
+        .iter()
+        .map(|&i| TxIn {
+            previous_output: coins[i].0,
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        })
+        .collect();
+    let in_sat: i64 = spent.iter().map(|o| o.value.to_sat() as i64).sum();
+    if plan.duplicate {
+        input.push(input[0].clone());
+        spent.push(spent[0].clone());
+    }
+    if plan.null {
+        let mut null = input[0].clone();
+        null.previous_output = OutPoint::null();
+        input.push(null);
+        spent.push(spent[0].clone());
+    }
+    let shares = plan.outputs.iter().filter(|v| matches!(v, Value::Share)).count().max(1) as i64;
+    let out_sat = in_sat - plan.fee;
+    let mut output: Vec<TxOut> = plan
+        .outputs
+        .iter()
+        .map(|v| TxOut {
+            value: Amount::from_sat(match v {
+                Value::Share => (out_sat / shares) as u64,
+                Value::Negative => (1u64 << 63) | 5_000,
+                Value::TooLarge => Amount::MAX_MONEY.to_sat() + 1,
+                Value::MaxMoney => Amount::MAX_MONEY.to_sat(),
+            }),
+            script_pubkey: burn.clone(),
+        })
+        .collect();
+    if plan.oversize {
+        output.push(TxOut {
+            value: Amount::ZERO,
+            script_pubkey: ScriptBuf::from_bytes(vec![0x6a; 1_000_000]),
+        });
+    }
+    let mut t = Transaction {
+        version: transaction::Version(plan.version),
+        lock_time: absolute::LockTime::ZERO,
+        input,
+        output,
+    };
+    let other = SecretKey::from_slice(&[9u8; 32]).expect("a valid secret key");
+    let signing_key = if matches!(plan.sig, Sig::WrongKey) { &other } else { key };
+    if !matches!(plan.sig, Sig::Missing) {
+        let witnesses: Vec<Witness> = (0..t.input.len())
+            .map(|i| {
+                let sighash = SighashCache::new(&t)
+                    .p2wpkh_signature_hash(i, &spent[i].script_pubkey, spent[i].value, EcdsaSighashType::All)
+                    .expect("a P2WPKH input");
+                let signature = bitcoin::ecdsa::Signature {
+                    signature: secp.sign_ecdsa(&Message::from(sighash), signing_key),
+                    sighash_type: EcdsaSighashType::All,
+                };
+                Witness::p2wpkh(&signature, &signing_key.public_key(&secp))
+            })
+            .collect();
+        for (i, w) in t.input.iter_mut().zip(witnesses) {
+            i.witness = w;
+        }
+    }
+    if matches!(plan.sig, Sig::OutputChangedAfter) {
+        if let Some(first) = t.output.first_mut() {
+            first.value = Amount::from_sat(first.value.to_sat() ^ 1);
+        }
+    }
+    (t, spent)
+}
+
+/// anya's verdict on `tx` (a reject reason in Core's words, `None` when accepted) and Core's.
+fn verdicts(node: &Bitcoind, tx: &Transaction, spent: &[TxOut]) -> (Option<String>, Accept) {
+    let anya = check_transaction(tx)
+        .and_then(|()| check_tx_inputs(tx, spent))
+        .map_err(|e| e.reject_reason().to_owned())
+        .err()
+        .or_else(|| match verify_transaction(tx, spent, VerifyFlags::consensus()) {
+            Ok(()) => None,
+            Err(VerifyError::Script { .. }) => Some(SCRIPT_FAILED.to_owned()),
+            Err(e) => Some(format!("anya: {e}")),
+        });
+    (anya, core_verdict(node, &serialize_hex(tx)))
+}
+
+/// Hundreds of transactions built from random plans (inputs, duplicates, null prevouts, output
+/// values in and out of range, fees positive and negative, good and bad signatures, oversize):
+/// anya's `check_transaction` + `check_tx_inputs` + `verify_transaction` reach the verdict
+/// Core's `testmempoolaccept` reaches, with the same reason. `ANYA_DIFF_SEED` (a number)
+/// replays a run; each run prints its seed.
+#[test]
+fn random_transactions_agree_with_testmempoolaccept() {
+    use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    let Some(node) = Bitcoind::start() else { return };
+    let secp = Secp256k1::new();
+    let key = SecretKey::from_slice(&[7u8; 32]).expect("a valid secret key");
+    let ours = Address::p2wpkh(&CompressedPublicKey(key.public_key(&secp)), Network::Regtest);
+    let hashes = node.mine(COINS as u32, &ours);
+    node.mine(100, &node.new_burn_address());
+    let coins: Vec<(OutPoint, TxOut)> = hashes
+        .iter()
+        .map(|hash| {
+            let raw: String = node.rpc("getblock", &[hash.to_string().into(), 0.into()]);
+            let block: Block = deserialize_hex(&raw).expect("core's block");
+            let cb = block.txdata.first().expect("a coinbase");
+            (OutPoint::new(cb.compute_txid(), 0), cb.output[0].clone())
+        })
+        .collect();
+    let burn = node.new_burn_address().script_pubkey();
+
+    let seed: u64 = std::env::var("ANYA_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+    eprintln!("random_transactions_agree_with_testmempoolaccept: ANYA_DIFF_SEED={seed}");
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let config = Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
+    let seen = Mutex::new(BTreeMap::<String, usize>::new());
+    let result = runner.run(&plans(), |plan| {
+        let (tx, spent) = build(&plan, &coins, &key, &burn);
+        let (anya, core) = verdicts(&node, &tx, &spent);
+        let theirs = core.reject_reason.clone().unwrap_or_default();
+        let agree = match &anya {
+            None => core.allowed,
+            Some(reason) if reason == SCRIPT_FAILED => !core.allowed && theirs.contains(SCRIPT_FAILED),
+            Some(reason) => !core.allowed && &theirs == reason,
+        };
+        if !agree {
+            return Err(TestCaseError::fail(format!("anya says {anya:?}, core says {core:?}")));
+        }
+        *seen
+            .lock()
+            .expect("not poisoned")
+            .entry(anya.unwrap_or_else(|| "accepted".into()))
+            .or_default() += 1;
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("ANYA_DIFF_SEED={seed}: {e}");
+    }
+    let seen = seen.into_inner().expect("not poisoned");
+    eprintln!("verdicts: {seen:?}");
+    // Every class of verdict was reached, so the agreement above is about each of them.
+    for reason in [
+        "accepted",
+        SCRIPT_FAILED,
+        "bad-txns-vout-empty",
+        "bad-txns-oversize",
+        "bad-txns-vout-negative",
+        "bad-txns-vout-toolarge",
+        "bad-txns-txouttotal-toolarge",
+        "bad-txns-inputs-duplicate",
+        "bad-txns-prevout-null",
+        "bad-txns-in-belowout",
+    ] {
+        assert!(
+            seen.contains_key(reason),
+            "no generated transaction got {reason}: {seen:?}"
+        );
+    }
 }

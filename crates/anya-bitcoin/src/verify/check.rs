@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use bitcoin::{Amount, OutPoint, Transaction, Weight};
+use bitcoin::{Amount, OutPoint, Transaction, TxOut, Weight};
 
 /// The largest block weight (BIP141). Core refuses a transaction whose size without witness,
 /// times four, is above it.
@@ -80,6 +80,30 @@ pub enum CheckError {
         /// The input.
         index: usize,
     },
+    /// `bad-txns-inputs-missingorspent`: the spent outputs given do not cover every input
+    /// ([`check_tx_inputs`] needs one per input, in input order).
+    #[error("bad-txns-inputs-missingorspent: {inputs} inputs, but {spent} spent outputs known")]
+    MissingInputs {
+        /// The transaction's input count.
+        inputs: usize,
+        /// How many spent outputs were given.
+        spent: usize,
+    },
+    /// `bad-txns-inputvalues-outofrange`: a spent output, or the spent outputs up to `index`
+    /// together, are worth more than [`Amount::MAX_MONEY`].
+    #[error("bad-txns-inputvalues-outofrange: inputs up to {index} are worth more than the money supply")]
+    InputValuesOutOfRange {
+        /// The input at which the running sum left the money range.
+        index: usize,
+    },
+    /// `bad-txns-in-belowout`: the outputs are worth more than the coins spent.
+    #[error("bad-txns-in-belowout: outputs worth {outputs} spend inputs worth {inputs}")]
+    InputsBelowOutputs {
+        /// What the inputs are worth.
+        inputs: Amount,
+        /// What the outputs are worth.
+        outputs: Amount,
+    },
 }
 
 impl CheckError {
@@ -95,6 +119,9 @@ impl CheckError {
             Self::DuplicateInput { .. } => "bad-txns-inputs-duplicate",
             Self::CoinbaseLength { .. } => "bad-cb-length",
             Self::NullPrevout { .. } => "bad-txns-prevout-null",
+            Self::MissingInputs { .. } => "bad-txns-inputs-missingorspent",
+            Self::InputValuesOutOfRange { .. } => "bad-txns-inputvalues-outofrange",
+            Self::InputsBelowOutputs { .. } => "bad-txns-in-belowout",
         }
     }
 }
@@ -161,6 +188,44 @@ pub fn check_transaction(tx: &Transaction) -> Result<(), CheckError> {
     Ok(())
 }
 
+/// Checks the value `tx` moves against the outputs it spends (`spent[i]` for input `i`), as
+/// Bitcoin Core's `Consensus::CheckTxInputs` does once it has the coins: every spent output
+/// known, the inputs' running sum within the money range, and value in at least value out.
+/// Returns the fee. Sums are checked; nothing here can overflow or wrap.
+///
+/// The contextual part of Core's check (a coinbase spent before 100 confirmations) needs the
+/// chain and is left to it. Call [`check_transaction`] first: this assumes the outputs passed it
+/// and reports their sum leaving the money range as [`CheckError::OutputTotalTooLarge`].
+///
+/// # Errors
+/// [`CheckError::MissingInputs`], [`CheckError::InputValuesOutOfRange`],
+/// [`CheckError::InputsBelowOutputs`] or [`CheckError::OutputTotalTooLarge`].
+pub fn check_tx_inputs(tx: &Transaction, spent: &[TxOut]) -> Result<Amount, CheckError> {
+    if spent.len() != tx.input.len() {
+        return Err(CheckError::MissingInputs {
+            inputs: tx.input.len(),
+            spent: spent.len(),
+        });
+    }
+    let inputs =
+        money_sum(spent.iter().map(|o| o.value)).map_err(|index| CheckError::InputValuesOutOfRange { index })?;
+    let outputs =
+        money_sum(tx.output.iter().map(|o| o.value)).map_err(|index| CheckError::OutputTotalTooLarge { index })?;
+    inputs
+        .checked_sub(outputs)
+        .ok_or(CheckError::InputsBelowOutputs { inputs, outputs })
+}
+
+/// The sum of `values`, or the index at which it (or a value) leaves the money range.
+fn money_sum(values: impl IntoIterator<Item = Amount>) -> Result<Amount, usize> {
+    values
+        .into_iter()
+        .enumerate()
+        .try_fold(Amount::ZERO, |sum, (index, v)| {
+            sum.checked_add(v).filter(|s| *s <= Amount::MAX_MONEY).ok_or(index)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +273,61 @@ mod tests {
         assert_eq!(
             check_transaction(&t).map_err(|e| e.reject_reason()),
             Err("bad-txns-vout-negative")
+        );
+    }
+
+    fn paying(sat: u64) -> TxOut {
+        TxOut {
+            value: Amount::from_sat(sat),
+            script_pubkey: ScriptBuf::new(),
+        }
+    }
+
+    #[test]
+    fn check_tx_inputs_returns_the_fee() {
+        assert_eq!(check_tx_inputs(&tx(), &[paying(1500)]), Ok(Amount::from_sat(500)));
+        assert_eq!(check_tx_inputs(&tx(), &[paying(1000)]), Ok(Amount::ZERO));
+    }
+
+    #[test]
+    fn check_tx_inputs_refuses_value_created() {
+        assert_eq!(
+            check_tx_inputs(&tx(), &[paying(999)]),
+            Err(CheckError::InputsBelowOutputs {
+                inputs: Amount::from_sat(999),
+                outputs: Amount::from_sat(1000)
+            })
+        );
+    }
+
+    #[test]
+    fn check_tx_inputs_needs_one_spent_output_per_input() {
+        assert_eq!(
+            check_tx_inputs(&tx(), &[]),
+            Err(CheckError::MissingInputs { inputs: 1, spent: 0 })
+        );
+        assert_eq!(
+            check_tx_inputs(&tx(), &[paying(1), paying(2)]),
+            Err(CheckError::MissingInputs { inputs: 1, spent: 2 })
+        );
+    }
+
+    #[test]
+    fn check_tx_inputs_sums_inputs_in_the_money_range_without_wrapping() {
+        let mut t = tx();
+        t.input.push(t.input[0].clone());
+        let max = Amount::MAX_MONEY.to_sat();
+        assert_eq!(
+            check_tx_inputs(&t, &[paying(max), paying(1)]),
+            Err(CheckError::InputValuesOutOfRange { index: 1 })
+        );
+        assert_eq!(
+            check_tx_inputs(&t, &[paying(u64::MAX), paying(u64::MAX)]),
+            Err(CheckError::InputValuesOutOfRange { index: 0 })
+        );
+        assert_eq!(
+            check_tx_inputs(&t, &[paying(max - 1000), paying(1000)]),
+            Ok(Amount::MAX_MONEY - Amount::from_sat(1000))
         );
     }
 }

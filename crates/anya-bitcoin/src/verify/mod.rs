@@ -8,7 +8,9 @@ mod check;
 mod error;
 mod flags;
 
-pub use check::{check_transaction, CheckError, MAX_BLOCK_WEIGHT, MAX_COINBASE_SCRIPT_SIG, MIN_COINBASE_SCRIPT_SIG};
+pub use check::{
+    check_transaction, check_tx_inputs, CheckError, MAX_BLOCK_WEIGHT, MAX_COINBASE_SCRIPT_SIG, MIN_COINBASE_SCRIPT_SIG,
+};
 pub use error::{ScriptFailure, VerifyError};
 pub use flags::VerifyFlags;
 
