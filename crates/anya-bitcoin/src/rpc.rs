@@ -389,6 +389,17 @@ struct SmartFee {
     blocks: Option<u32>,
 }
 
+#[derive(Deserialize)]
+struct MempoolEntry {
+    fees: MempoolFees,
+}
+
+#[derive(Deserialize)]
+struct MempoolFees {
+    #[serde(with = "bitcoin::amount::serde::as_btc")]
+    base: Amount,
+}
+
 /// A chain source backed by a `bitcoind` JSON-RPC server.
 pub struct BitcoindChain {
     client: Arc<RetryingClient>,
@@ -573,6 +584,24 @@ impl BitcoindChain {
                 blockhash: Some(_),
             }) => Ok(None),
             Ok(info) => Ok(Some(info.confirmations.unwrap_or(0))),
+            Err(RpcError::Rpc { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The fee `txid` pays, from the node's mempool (`getmempoolentry`), or `None` when it is
+    /// not in the mempool. This is how to learn the fee of a transaction someone else sent,
+    /// for [`AnyaWallet::cpfp_with_parent_fee`].
+    pub fn mempool_fee(&self, txid: &Txid) -> Result<Option<Amount>, RpcError> {
+        match self.call::<MempoolEntry>("getmempoolentry", &[serde_json::json!(txid)]) {
+            Ok(entry) if entry.fees.base <= Amount::MAX_MONEY => Ok(Some(entry.fees.base)),
+            Ok(entry) => Err(RpcError::Reply(
+                format!(
+                    "getmempoolentry: a fee of {} is more than the money supply",
+                    entry.fees.base
+                )
+                .into(),
+            )),
             Err(RpcError::Rpc { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => Ok(None),
             Err(e) => Err(e),
         }

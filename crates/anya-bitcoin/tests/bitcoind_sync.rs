@@ -339,3 +339,70 @@ fn interrupted_sync_resumes_from_the_stored_checkpoint() {
     alice.reload();
     assert_eq!(chain.sync_wallet(&mut alice.wallet).expect("synced").blocks, 0);
 }
+
+/// The package fee rate Core computes for `txid` and its unconfirmed ancestors, in sat/vB.
+fn ancestor_rate(node: &Bitcoind, txid: Txid) -> f64 {
+    let entry: serde_json::Value = node.rpc("getmempoolentry", &[json!(txid)]);
+    let fee = Amount::from_btc(entry["fees"]["ancestor"].as_f64().expect("ancestor fee")).expect("amount");
+    let vsize = entry["ancestorsize"].as_u64().expect("ancestor size");
+    fee.to_sat() as f64 / vsize as f64
+}
+
+#[test]
+fn cpfp_lifts_a_stuck_payment_to_the_package_rate_core_computes() {
+    let Some(node) = Bitcoind::start() else { return };
+    let chain = chain(&node);
+    let (mut alice, mut bob) = (Party::new("alice"), Party::new("bob"));
+    let to_alice = alice.address();
+    node.mine(1, &to_alice);
+    node.mine(100, &node.new_burn_address());
+    chain.sync_wallet(&mut alice.wallet).expect("synced");
+
+    // Alice pays Bob at 1 sat/vB: stuck behind anything paying more.
+    let to_bob = bob.address();
+    let payment = alice
+        .wallet
+        .send(&[(to_bob.script_pubkey(), btc(10))], rate(1), now())
+        .expect("payment");
+    let parent = chain.broadcast(&payment).expect("accepted");
+    chain.sync_wallet(&mut bob.wallet).expect("bob synced");
+    chain.sync_wallet(&mut alice.wallet).expect("alice synced");
+
+    // Bob did not send it, so his wallet cannot know its fee; the node's mempool does, and it
+    // agrees with the fee Alice's wallet computes from the outputs she spent.
+    let err = bob.wallet.cpfp(parent, rate(20)).unwrap_err();
+    assert!(
+        matches!(err, anya_bitcoin::wallet::WalletError::ParentFeeUnknown { txid } if txid == parent),
+        "{err}"
+    );
+    let fee = chain.mempool_fee(&parent).expect("rpc").expect("in the mempool");
+    assert_eq!(fee, alice.wallet.bdk().calculate_fee(&payment).expect("alice's fee"));
+
+    // Bob's child brings parent and child to 20 sat/vB as Core counts the package.
+    let mut psbt = bob
+        .wallet
+        .cpfp_with_parent_fee(parent, fee, rate(20))
+        .expect("child built");
+    let child = bob.wallet.complete(&mut psbt, now()).expect("child signed");
+    let child_txid = chain.broadcast(&child).expect("child accepted");
+    let package = ancestor_rate(&node, child_txid);
+    assert!((20.0..21.0).contains(&package), "bob's package pays {package} sat/vB");
+
+    // Alice's own child, from her change, sized from the fee her wallet computes: 30 sat/vB.
+    let mut psbt = alice.wallet.cpfp(parent, rate(30)).expect("alice's child");
+    let child = alice.wallet.complete(&mut psbt, now()).expect("signed");
+    let child_txid = chain.broadcast(&child).expect("accepted");
+    let package = ancestor_rate(&node, child_txid);
+    assert!((30.0..31.0).contains(&package), "alice's package pays {package} sat/vB");
+
+    // Once it confirms, there is nothing to bump.
+    node.mine(1, &node.new_burn_address());
+    chain.sync_wallet(&mut alice.wallet).expect("synced");
+    assert!(alice.confirmed(parent));
+    let err = alice.wallet.cpfp(parent, rate(40)).unwrap_err();
+    assert!(
+        matches!(err, anya_bitcoin::wallet::WalletError::AlreadyConfirmed { .. }),
+        "{err}"
+    );
+    assert_eq!(chain.mempool_fee(&parent).expect("rpc"), None);
+}

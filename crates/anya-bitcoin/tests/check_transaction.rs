@@ -765,6 +765,7 @@ fn verdicts(node: &Bitcoind, tx: &Transaction, spent: &[TxOut]) -> (Option<Strin
 /// Core's `testmempoolaccept` reaches, with the same reason. `ANYA_DIFF_SEED` (a number)
 /// replays a run; each run prints its seed.
 #[test]
+#[allow(clippy::print_stderr, reason = "the seed and the verdicts seen say how to replay a run")]
 fn random_transactions_agree_with_testmempoolaccept() {
     use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
     use std::collections::BTreeMap;

@@ -140,7 +140,22 @@ pub enum WalletError {
         /// The replaced transaction.
         txid: Txid,
     },
-    /// The transaction is in a block: it can no longer be replaced or released.
+    /// [`AnyaWallet::cpfp`] cannot compute the parent's fee: the wallet does not know every
+    /// output the parent spends (someone else sent it).
+    #[error("the fee of {txid} is unknown: the wallet does not know every output it spends; give it (from the node's mempool) to cpfp_with_parent_fee")]
+    ParentFeeUnknown {
+        /// The parent.
+        txid: Txid,
+    },
+    /// A sum of the values of a stored transaction (or a fee given for it) leaves the money
+    /// range: the wallet's records are damaged, or the fee given is wrong.
+    #[error("the values of transaction {txid} leave the money range")]
+    ValueOutOfRange {
+        /// The transaction.
+        txid: Txid,
+    },
+    /// The transaction is in a block: it can no longer be replaced or released, nor given a
+    /// child for its fee.
     #[error("transaction {txid} is already confirmed")]
     AlreadyConfirmed {
         /// The transaction.
@@ -660,16 +675,70 @@ impl AnyaWallet {
 
     /// Builds a child that spends the wallet's output(s) of the unconfirmed `parent` back to the
     /// wallet, paying enough that parent and child together reach `package_fee_rate` (CPFP).
+    ///
+    /// The parent's fee is computed from the outputs it spends, which the wallet must know (a
+    /// transaction the wallet sent). For a parent someone else sent (a stuck incoming payment)
+    /// that is [`WalletError::ParentFeeUnknown`]: ask the node for its fee (e.g.
+    /// [`BitcoindChain::mempool_fee`](crate::rpc::BitcoindChain::mempool_fee)) and use
+    /// [`cpfp_with_parent_fee`](Self::cpfp_with_parent_fee).
     pub fn cpfp(&mut self, parent: Txid, package_fee_rate: FeeRate) -> Result<Psbt, WalletError> {
-        let tx = self
+        let tx = self.unconfirmed_parent(parent)?;
+        let parent_fee = self.fee_of(&tx)?;
+        self.cpfp_paying(&tx, parent_fee, package_fee_rate)
+    }
+
+    /// [`cpfp`](Self::cpfp) for a parent whose fee the caller knows (from the node's mempool):
+    /// the wallet need not know the outputs the parent spends.
+    pub fn cpfp_with_parent_fee(
+        &mut self,
+        parent: Txid,
+        parent_fee: Amount,
+        package_fee_rate: FeeRate,
+    ) -> Result<Psbt, WalletError> {
+        let tx = self.unconfirmed_parent(parent)?;
+        if parent_fee > Amount::MAX_MONEY {
+            return Err(WalletError::ValueOutOfRange { txid: parent });
+        }
+        self.cpfp_paying(&tx, parent_fee, package_fee_rate)
+    }
+
+    /// The wallet's transaction `parent`, which must not be confirmed.
+    fn unconfirmed_parent(&self, parent: Txid) -> Result<Transaction, WalletError> {
+        let node = self
             .wallet
             .get_tx(parent)
-            .map(|t| t.tx_node.tx.clone())
             .ok_or(WalletError::UnknownTransaction { txid: parent })?;
-        let parent_fee = self
-            .wallet
-            .calculate_fee(&tx)
-            .map_err(|e| WalletError::Build(Box::new(e)))?;
+        if node.chain_position.is_confirmed() {
+            return Err(WalletError::AlreadyConfirmed { txid: parent });
+        }
+        Ok((*node.tx_node.tx).clone())
+    }
+
+    /// The fee `tx` pays, from the outputs it spends as the wallet knows them, with checked
+    /// sums: the wallet's records come from the store, and a damaged store must give a typed
+    /// error, not an overflow.
+    fn fee_of(&self, tx: &Transaction) -> Result<Amount, WalletError> {
+        let txid = tx.compute_txid();
+        let graph = self.wallet.tx_graph();
+        let spent = tx
+            .input
+            .iter()
+            .map(|i| graph.get_txout(i.previous_output).map(|o| o.value))
+            .collect::<Option<Vec<Amount>>>()
+            .ok_or(WalletError::ParentFeeUnknown { txid })?;
+        let inputs = checked_total(spent, AmountSide::Inputs).map_err(|_| WalletError::ValueOutOfRange { txid })?;
+        let outputs = checked_total(tx.output.iter().map(|o| o.value), AmountSide::Outputs)
+            .map_err(|_| WalletError::ValueOutOfRange { txid })?;
+        inputs.checked_sub(outputs).ok_or(WalletError::ValueOutOfRange { txid })
+    }
+
+    fn cpfp_paying(
+        &mut self,
+        tx: &Transaction,
+        parent_fee: Amount,
+        package_fee_rate: FeeRate,
+    ) -> Result<Psbt, WalletError> {
+        let parent = tx.compute_txid();
         let ours: Vec<OutPoint> = tx
             .output
             .iter()
@@ -684,15 +753,13 @@ impl AnyaWallet {
         // First pass at the target rate finds the child's size; the second pays for both.
         let draft = self.cpfp_psbt(&ours, &change, None, package_fee_rate)?;
         let child_weight = self.signed_weight(&draft)?;
-        let package = tx.weight() + child_weight;
-        let total = package_fee_rate
-            .fee_wu(package)
-            .ok_or_else(|| WalletError::Build("fee overflow".into()))?;
-        let child_fee = total.checked_sub(parent_fee).unwrap_or(Amount::ZERO).max(
-            FeeRate::BROADCAST_MIN
-                .fee_wu(child_weight)
-                .ok_or_else(|| WalletError::Build("fee overflow".into()))?,
-        );
+        let overflow = || WalletError::ValueOutOfRange { txid: parent };
+        let package = tx.weight().checked_add(child_weight).ok_or_else(overflow)?;
+        let total = package_fee_rate.checked_mul_by_weight(package).ok_or_else(overflow)?;
+        let floor = FeeRate::BROADCAST_MIN
+            .checked_mul_by_weight(child_weight)
+            .ok_or_else(overflow)?;
+        let child_fee = total.checked_sub(parent_fee).unwrap_or(Amount::ZERO).max(floor);
         let psbt = self.cpfp_psbt(&ours, &change, Some(child_fee), package_fee_rate)?;
         self.persist()?;
         Ok(psbt)
