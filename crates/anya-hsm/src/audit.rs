@@ -10,8 +10,17 @@
 //! opened) — never a secret, a plaintext or a full message.
 //!
 //! The chain detects edits, deletions, insertions and reordering by anyone who cannot rewrite
-//! every later record and the head; to detect a full rewrite, copy the head hash
-//! ([`AuditSummary::head`]) somewhere the store's writer cannot reach.
+//! every later record and the head. Against someone who can write the store but does not know
+//! the keystore's secret, the head is also keyed: while the keystore is unlocked, every head
+//! written carries an HMAC-SHA256, under a key derived from the key-encryption key, of the
+//! position it names, so a chain cut short or rewritten with its hashes recomputed no longer
+//! matches a MAC its writer could make ([`AuditSummary::authenticated`]). Records appended
+//! while the keystore is locked (a failed unlock) are chained but keyed only by the next head
+//! written unlocked.
+//!
+//! What no store can detect by itself is being replaced by an older copy of itself (a restored
+//! backup): every record, hash and MAC agree. A [rollback anchor](crate::anchor) kept
+//! elsewhere is moved forward after every append and catches that.
 
 #![cfg_attr(
     not(any(feature = "software", feature = "pkcs11")),
@@ -21,23 +30,31 @@
     )
 )]
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use anya_core_types::{Clock, Label, UnixTime};
 use anya_storage::{KvStore, Namespace, Scan, Version, WriteBatch};
 use bitcoin::hashes::{sha256, Hash, HashEngine};
+use ring::hmac;
 
+use crate::anchor::{AnchorPoint, RollbackAnchor};
 use crate::{HsmError, KeyId};
 
 const HEAD_KEY: &[u8] = b"audit-head";
 const RECORD_FORMAT: u8 = 1;
+/// A record that also carries a subject digest (the nonce or key entry it concerns).
+const RECORD_FORMAT_SUBJECT: u8 = 2;
+/// A head that also names its last keyed position and that position's MAC.
+const HEAD_FORMAT_KEYED: u8 = 2;
+const HEAD_MAC_DOMAIN: &[u8] = b"anya-hsm/audit-head/v1";
 const HASH_DOMAIN: &[u8] = b"anya-hsm/audit/v1";
 const MAX_APPEND_RETRIES: usize = 64;
 const VERIFY_PAGE: usize = 1024;
 /// The longest encoded record: format, seq, prev hash, time, operation, outcome, two labels of
 /// up to 64 bytes with their lengths, and an input hash with its flag.
-const MAX_RECORD_LEN: usize = 1 + 8 + 32 + 8 + 4 + 1 + 2 + 65 + 65 + 33;
+const MAX_RECORD_LEN: usize = 1 + 8 + 32 + 8 + 4 + 1 + 2 + 65 + 65 + 33 + 32;
 /// Most pending events a buffered log allocates room for up front.
 const MAX_PREALLOCATED: usize = 4096;
 
@@ -71,10 +88,11 @@ pub enum Operation {
     /// [`HsmProvider::record_decision`](crate::HsmProvider::record_decision).
     Decision,
     SignP256,
+    AcceptRollback,
 }
 
 impl Operation {
-    const ALL: [Operation; 22] = [
+    const ALL: [Operation; 23] = [
         Operation::Create,
         Operation::Unlock,
         Operation::Lock,
@@ -97,6 +115,7 @@ impl Operation {
         Operation::SignWithNonce,
         Operation::Decision,
         Operation::SignP256,
+        Operation::AcceptRollback,
     ];
 
     fn code(self) -> u8 {
@@ -149,6 +168,17 @@ pub enum AuditBreak {
     HeadMismatch,
     /// Records exist but the head is missing, or the head is undecodable.
     BadHead,
+    /// The head's MAC does not match the position it names: someone without the keystore's
+    /// secret wrote it.
+    BadMac,
+    /// The head's keyed position is past the end of the chain: records were cut off.
+    Truncated,
+    /// The chain at the head's keyed position is not the chain the MAC was made for: records
+    /// up to it were rewritten.
+    Rewritten,
+    /// The keystore is unlocked and records exist, but the head carries no MAC (it was
+    /// replaced by an unkeyed one).
+    Unauthenticated,
 }
 
 /// One record of the audit log.
@@ -170,7 +200,15 @@ pub struct AuditRecord {
     pub input_hash: Option<[u8; 32]>,
     /// 0 for success, else [`HsmError::audit_code`].
     pub outcome: u16,
+    /// What the operation changed, for the operations whose effect the keystore must be able
+    /// to prove later: the nonce's digest ([`nonce_digest`](crate::anchor::nonce_digest)) for
+    /// `CommitNonce` and `SignWithNonce`, the SHA-256 of the sealed entry written for
+    /// `GenerateKey`, `GenerateMnemonic` and `ImportKey`, and [`DELETED`] for `DeleteKey`.
+    pub subject: Option<[u8; 32]>,
 }
+
+/// The subject of a `DeleteKey` record: the id is tombstoned.
+pub const DELETED: [u8; 32] = [0xff; 32];
 
 /// The result of a successful [`verify_audit_chain`](crate::HsmProvider::verify_audit_chain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +217,10 @@ pub struct AuditSummary {
     pub records: u64,
     /// Hash of the last record (all zero for an empty chain).
     pub head: [u8; 32],
+    /// How many records, from the first, the head's MAC vouches for (checked with the
+    /// keystore's key). 0 when the provider keeps no keyed head or is locked; below
+    /// `records` when the last records were appended while it was locked.
+    pub authenticated: u64,
 }
 
 impl AuditRecord {
@@ -192,12 +234,14 @@ impl AuditRecord {
             self.key_id.as_ref().map(Label::as_str),
             self.actor.as_str(),
             self.input_hash.as_ref(),
+            self.subject.as_ref(),
         )
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader(bytes);
-        if r.u8()? != RECORD_FORMAT {
+        let format = r.u8()?;
+        if format != RECORD_FORMAT && format != RECORD_FORMAT_SUBJECT {
             return None;
         }
         let seq = u64::from_be_bytes(r.array()?);
@@ -216,6 +260,10 @@ impl AuditRecord {
             1 => Some(r.array()?),
             _ => return None,
         };
+        let subject = match format {
+            RECORD_FORMAT_SUBJECT => Some(r.array()?),
+            _ => None,
+        };
         if !r.0.is_empty() {
             return None;
         }
@@ -228,6 +276,7 @@ impl AuditRecord {
             actor,
             input_hash,
             outcome,
+            subject,
         })
     }
 
@@ -237,7 +286,7 @@ impl AuditRecord {
     }
 }
 
-/// The stored bytes of one record (format 1).
+/// The stored bytes of one record: format 1, or 2 when it has a subject.
 #[allow(
     clippy::too_many_arguments,
     reason = "the fields of one record, in their stored order"
@@ -251,9 +300,14 @@ fn encode_record(
     key_id: Option<&str>,
     actor: &str,
     input_hash: Option<&[u8; 32]>,
+    subject: Option<&[u8; 32]>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAX_RECORD_LEN);
-    out.push(RECORD_FORMAT);
+    out.push(if subject.is_some() {
+        RECORD_FORMAT_SUBJECT
+    } else {
+        RECORD_FORMAT
+    });
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(prev_hash);
     let d = time.as_duration();
@@ -269,6 +323,9 @@ fn encode_record(
             out.extend_from_slice(h);
         }
         None => out.push(0),
+    }
+    if let Some(subject) = subject {
+        out.extend_from_slice(subject);
     }
     out
 }
@@ -359,6 +416,7 @@ pub(crate) struct AuditEvent {
     pub(crate) actor: Arc<Label>,
     pub(crate) input_hash: Option<[u8; 32]>,
     pub(crate) outcome: u16,
+    pub(crate) subject: Option<[u8; 32]>,
 }
 
 impl AuditEvent {
@@ -373,6 +431,7 @@ impl AuditEvent {
             self.key_id.as_ref().map(InlineLabel::as_str),
             self.actor.as_str(),
             self.input_hash.as_ref(),
+            self.subject.as_ref(),
         )
     }
 }
@@ -382,6 +441,23 @@ struct Head {
     seq: u64,
     hash: [u8; 32],
     version: Option<Version>,
+    keyed: Option<Keyed>,
+}
+
+/// The last position a head was written with the key, and its MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Keyed {
+    seq: u64,
+    hash: [u8; 32],
+    mac: [u8; 32],
+}
+
+fn head_mac(key: &hmac::Key, seq: u64, hash: &[u8; 32]) -> [u8; 32] {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(HEAD_MAC_DOMAIN);
+    ctx.update(&seq.to_be_bytes());
+    ctx.update(hash);
+    ctx.sign().as_ref().try_into().expect("HMAC-SHA256 tags are 32 bytes")
 }
 
 /// Events appended by this handle and not yet written.
@@ -421,6 +497,11 @@ struct Shared {
     /// waiting for a write, and whoever holds this lock next writes every queued event in one
     /// batch: N concurrent durable signers share one store write and one `fsync`.
     writer: Mutex<Option<Head>>,
+    /// The head key, while the keystore is unlocked.
+    mac_key: std::sync::RwLock<Option<hmac::Key>>,
+    anchor: Option<Arc<dyn RollbackAnchor>>,
+    /// The furthest position this handle has anchored or checked against the anchor.
+    anchored: Mutex<Option<AnchorPoint>>,
 }
 
 impl Shared {
@@ -434,9 +515,10 @@ impl Shared {
                 seq: 0,
                 hash: [0; 32],
                 version: None,
+                keyed: None,
             }),
             Some(v) => {
-                let (seq, hash) = decode_head(&v.value).ok_or(HsmError::AuditChainBroken {
+                let (seq, hash, keyed) = decode_head(&v.value).ok_or(HsmError::AuditChainBroken {
                     seq: 0,
                     reason: AuditBreak::BadHead,
                 })?;
@@ -444,9 +526,59 @@ impl Shared {
                     seq,
                     hash,
                     version: Some(v.version),
+                    keyed,
                 })
             }
         }
+    }
+
+    /// The store's head, checked against the anchored position: [`HsmError::RolledBack`] when
+    /// the store's chain ends before it, or is another chain there.
+    fn load_checked_head(&self) -> Result<Head, HsmError> {
+        let head = self.load_head()?;
+        let anchored = *self.anchored.lock().map_err(|_| HsmError::Poisoned)?;
+        if let Some(point) = anchored {
+            self.check_reaches(&head, &point)?;
+        }
+        Ok(head)
+    }
+
+    /// Whether the chain ending at `head` passes through `point`.
+    fn check_reaches(&self, head: &Head, point: &AnchorPoint) -> Result<(), HsmError> {
+        let rolled_back = |diverged| HsmError::RolledBack {
+            store: head.seq,
+            anchor: point.seq,
+            diverged,
+        };
+        if head.seq < point.seq {
+            return Err(rolled_back(false));
+        }
+        let hash = if head.seq == point.seq {
+            head.hash
+        } else if point.seq == 0 {
+            [0; 32]
+        } else {
+            match self.store.get(&self.records_ns, &point.seq.to_be_bytes())? {
+                Some(v) => hash_encoded(&v.value),
+                None => return Err(rolled_back(true)),
+            }
+        };
+        if hash == point.hash {
+            Ok(())
+        } else {
+            Err(rolled_back(true))
+        }
+    }
+
+    /// Moves the anchor (if any) to `point`.
+    fn advance_anchor(&self, point: AnchorPoint) -> Result<(), HsmError> {
+        let Some(anchor) = &self.anchor else { return Ok(()) };
+        anchor.advance(&point)?;
+        let mut anchored = self.anchored.lock().map_err(|_| HsmError::Poisoned)?;
+        if anchored.is_none_or(|a| a.seq < point.seq) {
+            *anchored = Some(point);
+        }
+        Ok(())
     }
 
     /// Makes every event up to `ticket` durable. Waits for a write in progress; if that did not
@@ -464,7 +596,7 @@ impl Shared {
         let result = self.write_events(&mut head, &events);
         let mut q = self.queue()?;
         match result {
-            Ok(()) => {
+            Ok(point) => {
                 q.durable = through;
                 let cleared = q.flusher_failed;
                 q.flusher_failed = false;
@@ -476,7 +608,9 @@ impl Shared {
                 if cleared {
                     self.wake.notify_all();
                 }
-                Ok(())
+                // The records are durable whatever the anchor says; a failed anchor write is
+                // reported, and the next append moves it.
+                self.advance_anchor(point)
             }
             Err(e) => {
                 // Nothing was written: the events go back in front of those appended since.
@@ -489,11 +623,11 @@ impl Shared {
 
     /// Chains `events` after the head and writes them with the new head in one atomic batch,
     /// re-reading the head when another writer moved it.
-    fn write_events(&self, cached: &mut Option<Head>, events: &[AuditEvent]) -> Result<(), HsmError> {
+    fn write_events(&self, cached: &mut Option<Head>, events: &[AuditEvent]) -> Result<AnchorPoint, HsmError> {
         for _ in 0..MAX_APPEND_RETRIES {
             let head = match *cached {
                 Some(h) => h,
-                None => self.load_head()?,
+                None => self.load_checked_head()?,
             };
             let mut batch = WriteBatch::new();
             batch.check(&self.head_ns, HEAD_KEY, head.version)?;
@@ -504,15 +638,25 @@ impl Shared {
                 hash = hash_encoded(&encoded);
                 batch.put(&self.records_ns, seq.to_be_bytes(), encoded)?;
             }
-            batch.put(&self.head_ns, HEAD_KEY, encode_head(seq, &hash))?;
+            let keyed = match self.mac_key.read().map_err(|_| HsmError::Poisoned)?.as_ref() {
+                Some(key) => Some(Keyed {
+                    seq,
+                    hash,
+                    mac: head_mac(key, seq, &hash),
+                }),
+                // Locked: the head keeps the last keyed position it had.
+                None => head.keyed,
+            };
+            batch.put(&self.head_ns, HEAD_KEY, encode_head(seq, &hash, keyed.as_ref()))?;
             match self.store.write(batch) {
                 Ok(version) => {
                     *cached = Some(Head {
                         seq,
                         hash,
                         version: Some(version),
+                        keyed,
                     });
-                    return Ok(());
+                    return Ok(AnchorPoint { seq, hash });
                 }
                 Err(e) if e.is_conflict() => {
                     // Another writer appended: chain after it.
@@ -560,7 +704,57 @@ fn run_flusher(shared: &Shared) {
 }
 
 /// The audit chain of one provider, in two namespaces of a store.
+/// What the chain says about nonces and key entries: read once, then kept up to date by
+/// reading only the records appended since.
+#[derive(Debug, Default)]
+struct ChainIndex {
+    /// Records read and checked.
+    through: u64,
+    /// The chain's hash after them.
+    hash: [u8; 32],
+    /// Digests of the nonces committed.
+    committed: HashSet<[u8; 32]>,
+    /// Nonce digest → SHA-256 of the message it signed.
+    signed: HashMap<[u8; 32], [u8; 32]>,
+    /// Key id → digest of its current sealed entry, or [`DELETED`].
+    keys: HashMap<String, [u8; 32]>,
+}
+
+impl ChainIndex {
+    fn learn(&mut self, record: &AuditRecord) {
+        let (0, Some(subject)) = (record.outcome, record.subject) else {
+            return;
+        };
+        match record.operation {
+            Operation::CommitNonce => {
+                self.committed.insert(subject);
+            }
+            Operation::SignWithNonce => {
+                if let Some(message) = record.input_hash {
+                    self.signed.entry(subject).or_insert(message);
+                }
+            }
+            Operation::GenerateKey | Operation::GenerateMnemonic | Operation::ImportKey | Operation::DeleteKey => {
+                if let Some(id) = &record.key_id {
+                    self.keys.insert(id.as_str().to_owned(), subject);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What the audit chain last recorded of a nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NonceHistory {
+    /// Whether it was committed.
+    pub(crate) committed: bool,
+    /// SHA-256 of the message it signed, if it signed one.
+    pub(crate) signed: Option<[u8; 32]>,
+}
+
 pub(crate) struct AuditLog {
+    index: Mutex<ChainIndex>,
     shared: Arc<Shared>,
     mode: AuditMode,
     /// Pending events at which a write starts: the flusher is woken at half of
@@ -586,6 +780,7 @@ impl AuditLog {
         head_ns: Namespace,
         mode: AuditMode,
         clock: Arc<dyn Clock>,
+        anchor: Option<Arc<dyn RollbackAnchor>>,
     ) -> Self {
         let mode = match mode {
             AuditMode::Buffered { max_pending } => AuditMode::Buffered {
@@ -608,6 +803,9 @@ impl AuditLog {
             }),
             wake: Condvar::new(),
             writer: Mutex::new(None),
+            mac_key: std::sync::RwLock::new(None),
+            anchor,
+            anchored: Mutex::new(None),
         });
         let (flusher, threshold) = match mode {
             AuditMode::Durable => (None, 1),
@@ -624,6 +822,7 @@ impl AuditLog {
             }
         };
         Self {
+            index: Mutex::new(ChainIndex::default()),
             shared,
             mode,
             threshold,
@@ -634,6 +833,166 @@ impl AuditLog {
 
     pub(crate) fn now(&self) -> UnixTime {
         self.clock.now()
+    }
+
+    /// What the chain records of nonce `digest`.
+    pub(crate) fn nonce_history(&self, digest: &[u8; 32]) -> Result<NonceHistory, HsmError> {
+        let index = self.index()?;
+        Ok(NonceHistory {
+            committed: index.committed.contains(digest) || index.signed.contains_key(digest),
+            signed: index.signed.get(digest).copied(),
+        })
+    }
+
+    /// The digest of the sealed entry the chain last recorded for key `id` ([`DELETED`] once
+    /// deleted), or `None` if the chain never recorded one (a key from before entries were
+    /// recorded, or whose record was never written).
+    pub(crate) fn key_entry(&self, id: &str) -> Result<Option<[u8; 32]>, HsmError> {
+        Ok(self.index()?.keys.get(id).copied())
+    }
+
+    /// The index, brought up to the store's head: every record since the last read is checked
+    /// to chain on (and, with the key, the head's MAC to vouch for it) before it is believed.
+    fn index(&self) -> Result<MutexGuard<'_, ChainIndex>, HsmError> {
+        self.flush()?;
+        let mut index = self.index.lock().map_err(|_| HsmError::Poisoned)?;
+        let shared = &self.shared;
+        let head = shared.load_head()?;
+        if head.seq < index.through {
+            return Err(HsmError::RolledBack {
+                store: head.seq,
+                anchor: index.through,
+                diverged: false,
+            });
+        }
+        let keyed = head.keyed;
+        let mut keyed_hash = keyed.filter(|k| k.seq == index.through).map(|_| index.hash);
+        let (mut seq, mut hash) = (index.through, index.hash);
+        let mut learned = Vec::new();
+        while seq < head.seq {
+            let page = shared.store.scan(
+                &shared.records_ns,
+                Scan::all().after(&seq.to_be_bytes()).limit(VERIFY_PAGE),
+            )?;
+            if page.is_empty() {
+                break;
+            }
+            for entry in &page {
+                let expected = seq + 1;
+                if expected > head.seq {
+                    break;
+                }
+                let broken = |reason| HsmError::AuditChainBroken { seq: expected, reason };
+                if key_seq(&entry.key) != Some(expected) {
+                    return Err(broken(AuditBreak::Gap));
+                }
+                let record = AuditRecord::decode(&entry.value).ok_or(broken(AuditBreak::Undecodable))?;
+                if record.seq != expected {
+                    return Err(broken(AuditBreak::SequenceMismatch));
+                }
+                if record.prev_hash != hash {
+                    return Err(broken(AuditBreak::PrevHashMismatch));
+                }
+                hash = hash_encoded(&entry.value);
+                seq = expected;
+                if keyed.is_some_and(|k| k.seq == seq) {
+                    keyed_hash = Some(hash);
+                }
+                learned.push(record);
+            }
+        }
+        let broken = |reason| HsmError::AuditChainBroken { seq, reason };
+        if seq != head.seq || hash != head.hash {
+            return Err(broken(AuditBreak::HeadMismatch));
+        }
+        if let Some(key) = shared.mac_key.read().map_err(|_| HsmError::Poisoned)?.as_ref() {
+            match keyed {
+                None if seq > 0 => return Err(broken(AuditBreak::Unauthenticated)),
+                None => {}
+                Some(k) => {
+                    if head_mac(key, k.seq, &k.hash) != k.mac {
+                        return Err(broken(AuditBreak::BadMac));
+                    }
+                    if k.seq > seq {
+                        return Err(broken(AuditBreak::Truncated));
+                    }
+                    // A keyed position already read is vouched for by the earlier read.
+                    if k.seq >= index.through && keyed_hash != Some(k.hash) {
+                        return Err(broken(AuditBreak::Rewritten));
+                    }
+                }
+            }
+        }
+        for record in &learned {
+            index.learn(record);
+        }
+        index.through = seq;
+        index.hash = hash;
+        Ok(index)
+    }
+
+    /// Sets (on unlock) or clears (on lock) the key heads are MACed with.
+    pub(crate) fn set_mac_key(&self, key: Option<hmac::Key>) -> Result<(), HsmError> {
+        *self.shared.mac_key.write().map_err(|_| HsmError::Poisoned)? = key;
+        Ok(())
+    }
+
+    /// The rollback anchor, if one is configured.
+    pub(crate) fn anchor(&self) -> Option<&Arc<dyn RollbackAnchor>> {
+        self.shared.anchor.as_ref()
+    }
+
+    /// The store's audit head as a position.
+    pub(crate) fn store_point(&self) -> Result<AnchorPoint, HsmError> {
+        let head = self.shared.load_head()?;
+        Ok(AnchorPoint {
+            seq: head.seq,
+            hash: head.hash,
+        })
+    }
+
+    /// Checks the store against the anchor: [`HsmError::RolledBack`] if its chain ends before
+    /// the anchored position or is another chain there. An anchor that holds nothing yet is
+    /// set to the store's head (the first use). Without an anchor, nothing to check.
+    pub(crate) fn check_anchor(&self) -> Result<(), HsmError> {
+        let Some(anchor) = &self.shared.anchor else {
+            return Ok(());
+        };
+        let head = self.shared.load_head()?;
+        let point = match anchor.head()? {
+            Some(point) => {
+                self.shared.check_reaches(&head, &point)?;
+                point
+            }
+            None => {
+                let point = AnchorPoint {
+                    seq: head.seq,
+                    hash: head.hash,
+                };
+                anchor.advance(&point)?;
+                point
+            }
+        };
+        let mut anchored = self.shared.anchored.lock().map_err(|_| HsmError::Poisoned)?;
+        if anchored.is_none_or(|a| a.seq < point.seq) {
+            *anchored = Some(point);
+        }
+        Ok(())
+    }
+
+    /// Puts the anchor at the store's head (the operator's override after a restore) and
+    /// returns the anchored position it replaced.
+    pub(crate) fn reset_anchor(&self) -> Result<Option<AnchorPoint>, HsmError> {
+        let Some(anchor) = &self.shared.anchor else {
+            return Ok(None);
+        };
+        let old = anchor.head()?;
+        let point = self.store_point()?;
+        anchor.reset(&point)?;
+        *self.shared.anchored.lock().map_err(|_| HsmError::Poisoned)? = Some(point);
+        // The cached head may be the one the restore replaced.
+        *self.shared.writer.lock().map_err(|_| HsmError::Poisoned)? = None;
+        Ok(old)
     }
 
     /// Records one operation; in [`AuditMode::Durable`] the record is durable when this returns.
@@ -647,6 +1006,19 @@ impl AuditLog {
         input_hash: Option<[u8; 32]>,
         result: &Result<T, HsmError>,
     ) -> Result<(), HsmError> {
+        self.record_subject(actor, operation, key, input_hash, None, result)
+    }
+
+    /// [`record`](Self::record) with the record's subject.
+    pub(crate) fn record_subject<T>(
+        &self,
+        actor: &Arc<Label>,
+        operation: Operation,
+        key: Option<&KeyId>,
+        input_hash: Option<[u8; 32]>,
+        subject: Option<[u8; 32]>,
+        result: &Result<T, HsmError>,
+    ) -> Result<(), HsmError> {
         let outcome = match result {
             Ok(_) => 0,
             Err(e) => e.audit_code(),
@@ -658,6 +1030,7 @@ impl AuditLog {
             actor: Arc::clone(actor),
             input_hash,
             outcome,
+            subject,
         })
     }
 
@@ -677,6 +1050,7 @@ impl AuditLog {
             actor: Arc::clone(actor),
             input_hash: Some(*subject),
             outcome,
+            subject: None,
         })
     }
 
@@ -693,6 +1067,22 @@ impl AuditLog {
         let result = f();
         self.record(actor, operation, key, input_hash, &result)?;
         result
+    }
+
+    /// [`audited`](Self::audited) for an operation that reports its subject with its result
+    /// (a failure records none).
+    pub(crate) fn audited_subject<T>(
+        &self,
+        actor: &Arc<Label>,
+        operation: Operation,
+        key: Option<&KeyId>,
+        input_hash: Option<[u8; 32]>,
+        f: impl FnOnce() -> Result<(T, [u8; 32]), HsmError>,
+    ) -> Result<T, HsmError> {
+        let result = f();
+        let subject = result.as_ref().ok().map(|(_, s)| *s);
+        self.record_subject(actor, operation, key, input_hash, subject, &result)?;
+        result.map(|(value, _)| value)
     }
 
     pub(crate) fn append(&self, event: AuditEvent) -> Result<(), HsmError> {
@@ -751,7 +1141,31 @@ impl AuditLog {
     pub(crate) fn verify(&self) -> Result<AuditSummary, HsmError> {
         self.flush()?;
         let store = &self.shared.store;
+        // Read first: the keyed and anchored positions are checked during the walk.
+        let head = match store.get(&self.shared.head_ns, HEAD_KEY)? {
+            None => None,
+            Some(v) => Some(decode_head(&v.value).ok_or(HsmError::AuditChainBroken {
+                seq: 0,
+                reason: AuditBreak::BadHead,
+            })?),
+        };
+        let keyed = head.and_then(|(_, _, keyed)| keyed);
+        let anchored = match &self.shared.anchor {
+            Some(anchor) => anchor.head()?,
+            None => None,
+        };
+        // The chain's hash after `seq` records, where the keyed and anchored positions are.
+        let (mut keyed_hash, mut anchor_hash) = (None, None);
+        let mut note = |seq: u64, hash: &[u8; 32]| {
+            if keyed.is_some_and(|k| k.seq == seq) {
+                keyed_hash = Some(*hash);
+            }
+            if anchored.is_some_and(|a| a.seq == seq) {
+                anchor_hash = Some(*hash);
+            }
+        };
         let (mut expected, mut hash) = (1u64, [0u8; 32]);
+        note(0, &hash);
         let mut last_key: Option<Vec<u8>> = None;
         loop {
             let scan = match &last_key {
@@ -789,11 +1203,12 @@ impl AuditLog {
                     });
                 }
                 hash = hash_encoded(&entry.value);
+                note(expected, &hash);
                 expected += 1;
             }
         }
         let records = expected - 1;
-        match store.get(&self.shared.head_ns, HEAD_KEY)? {
+        match head {
             None if records == 0 => {}
             None => {
                 return Err(HsmError::AuditChainBroken {
@@ -801,11 +1216,7 @@ impl AuditLog {
                     reason: AuditBreak::BadHead,
                 })
             }
-            Some(v) => {
-                let (seq, head_hash) = decode_head(&v.value).ok_or(HsmError::AuditChainBroken {
-                    seq: records,
-                    reason: AuditBreak::BadHead,
-                })?;
+            Some((seq, head_hash, _)) => {
                 if seq != records || head_hash != hash {
                     return Err(HsmError::AuditChainBroken {
                         seq: records,
@@ -814,7 +1225,39 @@ impl AuditLog {
                 }
             }
         }
-        Ok(AuditSummary { records, head: hash })
+        let key = self.shared.mac_key.read().map_err(|_| HsmError::Poisoned)?.clone();
+        let broken = |reason| HsmError::AuditChainBroken { seq: records, reason };
+        let authenticated = match (key, keyed) {
+            (None, _) => 0,
+            (Some(_), None) if records == 0 => 0,
+            (Some(_), None) => return Err(broken(AuditBreak::Unauthenticated)),
+            (Some(key), Some(k)) => {
+                if head_mac(&key, k.seq, &k.hash) != k.mac {
+                    return Err(broken(AuditBreak::BadMac));
+                }
+                if k.seq > records {
+                    return Err(broken(AuditBreak::Truncated));
+                }
+                if keyed_hash != Some(k.hash) {
+                    return Err(broken(AuditBreak::Rewritten));
+                }
+                k.seq
+            }
+        };
+        if let Some(point) = anchored {
+            if records < point.seq || anchor_hash != Some(point.hash) {
+                return Err(HsmError::RolledBack {
+                    store: records,
+                    anchor: point.seq,
+                    diverged: records >= point.seq,
+                });
+            }
+        }
+        Ok(AuditSummary {
+            records,
+            head: hash,
+            authenticated,
+        })
     }
 }
 
@@ -837,22 +1280,38 @@ fn key_seq(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
-fn encode_head(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(41);
-    out.push(RECORD_FORMAT);
+fn encode_head(seq: u64, hash: &[u8; 32], keyed: Option<&Keyed>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 40 + 72);
+    out.push(if keyed.is_some() {
+        HEAD_FORMAT_KEYED
+    } else {
+        RECORD_FORMAT
+    });
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(hash);
+    if let Some(k) = keyed {
+        out.extend_from_slice(&k.seq.to_be_bytes());
+        out.extend_from_slice(&k.hash);
+        out.extend_from_slice(&k.mac);
+    }
     out
 }
 
-fn decode_head(bytes: &[u8]) -> Option<(u64, [u8; 32])> {
+fn decode_head(bytes: &[u8]) -> Option<(u64, [u8; 32], Option<Keyed>)> {
     let mut r = Reader(bytes);
-    if r.u8()? != RECORD_FORMAT {
-        return None;
-    }
+    let format = r.u8()?;
     let seq = u64::from_be_bytes(r.array()?);
     let hash = r.array()?;
-    r.0.is_empty().then_some((seq, hash))
+    let keyed = match format {
+        RECORD_FORMAT => None,
+        HEAD_FORMAT_KEYED => Some(Keyed {
+            seq: u64::from_be_bytes(r.array()?),
+            hash: r.array()?,
+            mac: r.array()?,
+        }),
+        _ => return None,
+    };
+    r.0.is_empty().then_some((seq, hash, keyed))
 }
 
 /// SHA-256 of an operation's input, as recorded.
@@ -871,7 +1330,8 @@ mod tests {
         assert_eq!(Operation::SignWithNonce.code(), 20);
         assert_eq!(Operation::Decision.code(), 21);
         assert_eq!(Operation::SignP256.code(), 22);
-        assert_eq!(Operation::from_code(23), None);
+        assert_eq!(Operation::AcceptRollback.code(), 23);
+        assert_eq!(Operation::from_code(24), None);
     }
 
     #[test]
@@ -885,15 +1345,22 @@ mod tests {
             actor: Label::new("ops").expect("valid"),
             input_hash: Some([1; 32]),
             outcome: 0,
+            subject: None,
         };
         assert_eq!(AuditRecord::decode(&r.encode()), Some(r.clone()));
         let r2 = AuditRecord {
             key_id: None,
             input_hash: None,
             outcome: 12,
-            ..r
+            ..r.clone()
         };
         assert_eq!(AuditRecord::decode(&r2.encode()), Some(r2));
+        let r3 = AuditRecord {
+            subject: Some([5; 32]),
+            ..r
+        };
+        assert_eq!(r3.encode()[0], RECORD_FORMAT_SUBJECT);
+        assert_eq!(AuditRecord::decode(&r3.encode()), Some(r3));
     }
 
     #[test]

@@ -453,7 +453,8 @@ pub fn bip32_sign_at_path_matches_xpub(p: &dyn HsmProvider) {
     }
 }
 
-/// A committed nonce signs once, with the announced R; the second use is `NonceAlreadyUsed`.
+/// A committed nonce signs one message, with the announced R; the same message again gets the
+/// same signature, another message is `NonceAlreadyUsed`.
 pub fn nonce_signs_once(p: &dyn HsmProvider) {
     let Some(id) = secp_key(p, "oracle") else { return };
     let n = label("event-1");
@@ -472,10 +473,12 @@ pub fn nonce_signs_once(p: &dyn HsmProvider) {
     );
     secp.verify_schnorr(&sig, &Message::from_digest([8; 32]), &xonly)
         .expect("verifies");
-    for msg in [[8u8; 32], [9u8; 32]] {
-        let again = p.sign_with_nonce(&id, &n, &msg);
-        assert!(matches!(again, Err(HsmError::NonceAlreadyUsed { .. })), "{again:?}");
-    }
+    // The same message again is the same signature (a retry after a lost reply); any other
+    // message is refused.
+    let again = p.sign_with_nonce(&id, &n, &[8; 32]).expect("same message again");
+    assert_eq!(again, sig, "a retry returns the same signature");
+    let other = p.sign_with_nonce(&id, &n, &[9; 32]);
+    assert!(matches!(other, Err(HsmError::NonceAlreadyUsed { .. })), "{other:?}");
     assert!(matches!(p.commit_nonce(&id, &n), Err(HsmError::NonceExists { .. })));
     let missing = p.sign_with_nonce(&id, &label("never"), &[8; 32]);
     assert!(matches!(missing, Err(HsmError::NonceNotFound { .. })), "{missing:?}");

@@ -119,6 +119,21 @@ pub enum HsmError {
         /// Lanes.
         parallelism: u32,
     },
+    /// The keystore header asks for more Argon2id work than the caller's ceiling allows
+    /// (`SoftwareOptions::kdf_ceiling`): refused before any memory is allocated, so that a
+    /// tampered header cannot stall or exhaust the host.
+    #[error(
+        "the keystore asks for argon2id with {} KiB, {} passes, {} lanes: above the ceiling of {} KiB, {} passes, {} lanes",
+        stored.memory_kib(), stored.iterations(), stored.parallelism(),
+        ceiling.memory_kib(), ceiling.iterations(), ceiling.parallelism()
+    )]
+    #[cfg(feature = "software")]
+    KdfAboveCeiling {
+        /// The parameters in the keystore header.
+        stored: crate::KdfParams,
+        /// The ceiling.
+        ceiling: crate::KdfParams,
+    },
     /// The key-derivation function failed.
     #[cfg(feature = "software")]
     #[error("argon2id key derivation failed")]
@@ -232,6 +247,38 @@ pub enum HsmError {
         /// What is wrong.
         reason: AuditBreak,
     },
+    /// The store was restored or rewritten behind the keystore's back: its audit chain ends
+    /// before the position the rollback anchor holds, or holds another chain at that position
+    /// (`diverged`). Nothing is read from or written to such a store until an operator accepts
+    /// it ([`SoftwareHsm::accept_rollback`](crate::SoftwareHsm::accept_rollback)).
+    #[error(
+        "the store was rolled back or rewritten: its audit chain has {store} records, the rollback anchor holds record {anchor}{}",
+        if *diverged { " and the store's chain there is another chain" } else { "" }
+    )]
+    RolledBack {
+        /// Records in the store's audit chain.
+        store: u64,
+        /// The anchored record.
+        anchor: u64,
+        /// Whether the store's chain reaches the anchored record but is another chain there.
+        diverged: bool,
+    },
+    /// The stored entry of key `id` is not the one the audit chain last recorded: an older
+    /// entry (with another policy) or a deleted one was put back in the store.
+    #[error("the stored entry of key {id} is not the one the audit chain recorded: it was rolled back or resurrected")]
+    StaleEntry {
+        /// The key.
+        id: KeyId,
+    },
+    /// The rollback anchor could not be read or written.
+    #[error("rollback anchor: {reason}")]
+    Anchor {
+        /// What failed.
+        reason: String,
+    },
+    /// The rollback anchor already holds this nonce as consumed for another message.
+    #[error("the rollback anchor holds this nonce as consumed for another message")]
+    AnchorNonceConflict,
     /// Other writers kept moving the audit head; the operation's record was not written.
     #[error("audit append lost {attempts} races for the chain head")]
     AuditContention {
@@ -361,6 +408,12 @@ impl HsmError {
             HsmError::TokenKekNotFound { .. } => 34,
             #[cfg(feature = "pkcs11")]
             HsmError::KekUnwrapFailed { .. } => 35,
+            #[cfg(feature = "software")]
+            HsmError::KdfAboveCeiling { .. } => 36,
+            HsmError::RolledBack { .. } => 37,
+            HsmError::Anchor { .. } => 38,
+            HsmError::AnchorNonceConflict => 39,
+            HsmError::StaleEntry { .. } => 40,
         }
     }
 
@@ -376,6 +429,8 @@ impl HsmError {
         match self {
             HsmError::Locked | HsmError::Poisoned | HsmError::TokenNotFound { .. } => true,
             HsmError::AllProvidersUnavailable { .. } => true,
+            // The anchor's disk or database failed; the keystore itself may be fine.
+            HsmError::Anchor { .. } => true,
             HsmError::Store { source } => matches!(
                 source,
                 StoreError::Backend { .. } | StoreError::Corrupt { .. } | StoreError::Poisoned

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod anchor;
 pub mod audit;
 pub mod bip32;
 mod capability;
@@ -21,6 +22,7 @@ pub mod failover;
 #[cfg(feature = "test-utils")]
 pub mod conformance;
 
+pub use anchor::{AnchorPoint, FileAnchor, RollbackAnchor, StoreAnchor};
 pub use anya_core_types::Label;
 pub use audit::{AuditBreak, AuditMode, AuditRecord, AuditSummary, Operation};
 pub use capability::{Capabilities, Capability};

@@ -65,8 +65,30 @@ impl KeyMaterial {
 ///   [`HsmError::UsageNotAllowed`]; a use its spec cannot serve is [`HsmError::WrongKeyType`].
 /// - **Durability**: a key that `generate_key`/`import_key` returned is stored durably; a
 ///   deleted key is gone once `delete_key` returns.
-/// - **Nonces**: a committed oracle nonce signs at most once, across threads, handles and
-///   restarts; the second attempt is [`HsmError::NonceAlreadyUsed`].
+/// - **Nonces**: a committed oracle nonce signs at most one message, across threads, handles
+///   and restarts; asking again with the same message returns the same signature (so a reply
+///   lost to a crash or a failed audit append can be asked for again: BIP340 with the same
+///   nonce and message is the same signature and leaks nothing), any other message is
+///   [`HsmError::NonceAlreadyUsed`]. The signature is recorded in the audit chain before it is
+///   returned. A nonce id, once committed, cannot be committed again.
+/// - **Rolled-back or rewritten stores** (the software provider): the audit chain is the
+///   keystore's history. Every key entry written and deleted, every nonce committed and every
+///   signature a nonce made is recorded in it (with the digest of the entry or nonce), and the
+///   head is MACed under a key derived from the key-encryption key. So someone who can write
+///   the store but does not know the passphrase cannot cut or rewrite the chain
+///   ([`HsmError::AuditChainBroken`]), put back an older or deleted key entry
+///   ([`HsmError::StaleEntry`]), or put back a nonce record to sign a second message
+///   ([`HsmError::NonceAlreadyUsed`]). What the store cannot detect by itself is being
+///   replaced *whole* by an older copy (a restored backup or VM snapshot): that takes a
+///   [rollback anchor](crate::anchor) kept elsewhere, which makes such a store
+///   [`HsmError::RolledBack`]. Back the anchor up with the store and never restore one without
+///   the other. The limits: records appended while the keystore is locked are keyed only by
+///   the next head written unlocked; a key created before its entry was recorded (an older
+///   build) is checked from its first recorded change on; the PKCS#11 provider keeps keys on
+///   its token, and its audit head is not keyed.
+/// - **Unlocking** (the software provider): Argon2id parameters read from the store are capped
+///   by the caller's ceiling ([`SoftwareOptions::kdf_ceiling`](crate::SoftwareOptions)), checked
+///   before any memory is allocated.
 /// - **Audit**: every call (successful or not) appends one record to the provider's audit chain;
 ///   how soon that record is durable is the provider's documented audit mode.
 /// - **Signatures**: ECDSA is low-S, and RFC 6979 where the provider reports
@@ -158,8 +180,9 @@ pub trait HsmProvider: Send + Sync {
     /// (x-only, even y), to be announced. Needs `OracleNonces`.
     fn commit_nonce(&self, key: &KeyId, nonce: &Label) -> Result<XOnlyPublicKey, HsmError>;
 
-    /// Signs `message` with `key` using the committed nonce, consuming it first: the signature's
-    /// R is the announced point. Needs `OracleNonces`.
+    /// Signs `message` with `key` using the committed nonce, consuming it for this message:
+    /// the signature's R is the announced point. The same message again returns the same
+    /// signature; another message is [`HsmError::NonceAlreadyUsed`]. Needs `OracleNonces`.
     fn sign_with_nonce(&self, key: &KeyId, nonce: &Label, message: &[u8; 32]) -> Result<schnorr::Signature, HsmError>;
 
     /// Appends to the audit chain a decision taken outside the provider about a use of `key`,

@@ -256,6 +256,7 @@ impl Pkcs11Hsm {
             head_ns,
             options.audit,
             Arc::clone(&options.clock),
+            None,
         );
         Ok(Self {
             inner: Arc::new(Inner {

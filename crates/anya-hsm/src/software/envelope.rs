@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::software::seal::Kek;
 use anya_storage::KvStore;
-use ring::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
 use zeroize::Zeroizing;
 
 use super::seal::{self, KekOrigin, Meta, MAX_KEY_LABEL_LEN, MECHANISM_AES_GCM};
@@ -17,9 +17,8 @@ use crate::{HsmError, Pkcs11Options};
 /// Suffix of the token key's `CKA_LABEL` after the options' label prefix.
 const TOKEN_KEY_SUFFIX: &str = "keystore-kek";
 
-fn aes_key(kek: &[u8; 32]) -> Result<LessSafeKey, HsmError> {
-    let unbound = UnboundKey::new(&AES_256_GCM, kek).map_err(|_| HsmError::Crypto { what: "aes key" })?;
-    Ok(LessSafeKey::new(unbound))
+fn aes_key(kek: &[u8; 32]) -> Result<Kek, HsmError> {
+    Kek::from_bytes(kek)
 }
 
 impl SoftwareHsm {
@@ -36,6 +35,7 @@ impl SoftwareHsm {
         options: SoftwareOptions,
     ) -> Result<Self, HsmError> {
         let hsm = Self::build(store, &options)?;
+        hsm.inner.audit.check_anchor()?;
         let result = hsm.create_enveloped_keystore(token);
         hsm.record(Operation::Create, None, None, &result)?;
         result.map(|()| hsm)
@@ -58,7 +58,7 @@ impl SoftwareHsm {
             mechanism: MECHANISM_AES_GCM,
             wrapped,
         };
-        let meta = Meta::new(&kek, &inner.rng, origin)?;
+        let meta = Meta::new(&kek.aead, &inner.rng, origin)?;
         self.install(&meta, kek)
     }
 
@@ -77,6 +77,7 @@ impl SoftwareHsm {
     }
 
     fn unlock_enveloped_inner(&self, token: &Pkcs11Options) -> Result<(), HsmError> {
+        self.inner.audit.check_anchor()?;
         let meta = self.meta()?;
         let KekOrigin::Token {
             key_label,
@@ -95,7 +96,7 @@ impl SoftwareHsm {
         }
         let kek_bytes = unwrap_kek(token, key_label, wrapped)?;
         let kek = aes_key(&kek_bytes)?;
-        if !meta.check(&kek) {
+        if !meta.check(&kek.aead) {
             return Err(HsmError::KeystoreCorrupt {
                 defect: SealedDefect::AuthenticationFailed,
             });

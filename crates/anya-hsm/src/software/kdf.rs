@@ -1,7 +1,7 @@
 //! The key-encryption key: Argon2id over the passphrase.
 
+use crate::software::seal::Kek;
 use argon2::{Algorithm, Argon2, Params, Version};
-use ring::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
 use zeroize::Zeroizing;
 
 use crate::HsmError;
@@ -53,6 +53,37 @@ impl KdfParams {
         }
     }
 
+    /// The default ceiling on parameters read from a keystore header: four times the default
+    /// work (256 MiB, 12 passes, 4 lanes).
+    pub fn default_ceiling() -> Self {
+        let d = Self::default();
+        Self {
+            memory_kib: d.memory_kib * 4,
+            iterations: d.iterations * 4,
+            parallelism: 4,
+        }
+    }
+
+    /// Whether every cost of these parameters is at most `ceiling`'s.
+    pub fn within(&self, ceiling: &KdfParams) -> bool {
+        self.memory_kib <= ceiling.memory_kib
+            && self.iterations <= ceiling.iterations
+            && self.parallelism <= ceiling.parallelism
+    }
+
+    /// [`HsmError::KdfAboveCeiling`] unless these parameters are [`within`](Self::within)
+    /// `ceiling`.
+    pub(crate) fn check_ceiling(&self, ceiling: &KdfParams) -> Result<(), HsmError> {
+        if self.within(ceiling) {
+            Ok(())
+        } else {
+            Err(HsmError::KdfAboveCeiling {
+                stored: *self,
+                ceiling: *ceiling,
+            })
+        }
+    }
+
     /// Memory in KiB.
     pub fn memory_kib(&self) -> u32 {
         self.memory_kib
@@ -101,13 +132,12 @@ impl KdfParams {
     }
 
     /// Derives the AES-256-GCM key-encryption key from `passphrase` and `salt`.
-    pub(crate) fn derive_kek(&self, passphrase: &[u8], salt: &[u8]) -> Result<LessSafeKey, HsmError> {
+    pub(crate) fn derive_kek(&self, passphrase: &[u8], salt: &[u8]) -> Result<Kek, HsmError> {
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, self.argon2_params()?);
         let mut kek = Zeroizing::new([0u8; 32]);
         argon
             .hash_password_into(passphrase, salt, kek.as_mut())
             .map_err(|source| HsmError::Kdf { source })?;
-        let unbound = UnboundKey::new(&AES_256_GCM, kek.as_ref()).map_err(|_| HsmError::Crypto { what: "aes key" })?;
-        Ok(LessSafeKey::new(unbound))
+        Kek::from_bytes(&kek)
     }
 }

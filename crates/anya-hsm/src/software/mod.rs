@@ -30,10 +30,11 @@ use secp256k1::{All, Secp256k1};
 
 pub use kdf::KdfParams;
 
-use crate::audit::{AuditLog, AuditMode, Operation};
+use crate::anchor::{AnchorPoint, RollbackAnchor};
+use crate::audit::{input_hash, AuditLog, AuditMode, Operation};
 use crate::error::{KekSource, SealedDefect};
 use crate::software::material::{Material, UnsealedKey};
-use crate::software::seal::{KekOrigin, Meta, META_KEY};
+use crate::software::seal::{Kek, KekOrigin, Meta, META_KEY};
 use crate::{HsmError, KeyId, SecretString};
 
 /// Options of a [`SoftwareHsm`].
@@ -45,12 +46,23 @@ pub struct SoftwareOptions {
     pub namespace_prefix: String,
     /// Argon2id parameters for a keystore being created (an existing one uses its stored ones).
     pub kdf: KdfParams,
+    /// The most Argon2id work an unlock will do: parameters read from a keystore header above
+    /// it are [`HsmError::KdfAboveCeiling`] before any memory is allocated (the header is in
+    /// the store, which someone without the passphrase may have written). Default
+    /// [`KdfParams::default_ceiling`]; creating a keystore with parameters above it is refused
+    /// the same way, so that it can be unlocked with the same options.
+    pub kdf_ceiling: KdfParams,
     /// When audit records become durable; default [`AuditMode::Durable`].
     pub audit: AuditMode,
     /// The actor recorded for operations of this handle; default `anya`.
     pub actor: Label,
     /// The clock of audit records and key creation times.
     pub clock: Arc<dyn Clock>,
+    /// Where a copy of the audit head and of every consumed nonce is kept, out of reach of a
+    /// restore of the store ([`crate::anchor`]); default none. With one, a store that was
+    /// rolled back or rewritten behind it is [`HsmError::RolledBack`] at create, open and
+    /// unlock, on every audit append and before every nonce signature.
+    pub anchor: Option<Arc<dyn RollbackAnchor>>,
 }
 
 impl Default for SoftwareOptions {
@@ -58,9 +70,11 @@ impl Default for SoftwareOptions {
         Self {
             namespace_prefix: "anya.hsm".to_owned(),
             kdf: KdfParams::default(),
+            kdf_ceiling: KdfParams::default_ceiling(),
             audit: AuditMode::Durable,
             actor: Label::new("anya").expect("a valid label"),
             clock: Arc::new(SystemClock),
+            anchor: None,
         }
     }
 }
@@ -70,8 +84,10 @@ impl fmt::Debug for SoftwareOptions {
         f.debug_struct("SoftwareOptions")
             .field("namespace_prefix", &self.namespace_prefix)
             .field("kdf", &self.kdf)
+            .field("kdf_ceiling", &self.kdf_ceiling)
             .field("audit", &self.audit)
             .field("actor", &self.actor)
+            .field("anchor", &self.anchor)
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +97,13 @@ impl SoftwareOptions {
     #[must_use]
     pub fn with_kdf(mut self, kdf: KdfParams) -> Self {
         self.kdf = kdf;
+        self
+    }
+
+    /// These options with another ceiling on the Argon2id work an unlock will do.
+    #[must_use]
+    pub fn with_kdf_ceiling(mut self, ceiling: KdfParams) -> Self {
+        self.kdf_ceiling = ceiling;
         self
     }
 
@@ -105,6 +128,13 @@ impl SoftwareOptions {
         self
     }
 
+    /// These options with a rollback anchor.
+    #[must_use]
+    pub fn with_anchor(mut self, anchor: Arc<dyn RollbackAnchor>) -> Self {
+        self.anchor = Some(anchor);
+        self
+    }
+
     /// These options with another actor.
     #[must_use]
     pub fn with_actor(mut self, actor: Label) -> Self {
@@ -126,6 +156,7 @@ pub(crate) struct Inner {
     secp: Secp256k1<All>,
     rng: SystemRandom,
     audit: AuditLog,
+    kdf_ceiling: KdfParams,
     state: RwLock<Option<Unlocked>>,
 }
 
@@ -169,6 +200,7 @@ impl SoftwareHsm {
             head_ns,
             options.audit,
             Arc::clone(&options.clock),
+            options.anchor.clone(),
         );
         Ok(Self {
             inner: Arc::new(Inner {
@@ -179,6 +211,7 @@ impl SoftwareHsm {
                 secp: Secp256k1::new(),
                 rng: SystemRandom::new(),
                 audit,
+                kdf_ceiling: options.kdf_ceiling,
                 state: RwLock::new(None),
             }),
             actor: Arc::new(options.actor.clone()),
@@ -193,6 +226,8 @@ impl SoftwareHsm {
         options: SoftwareOptions,
     ) -> Result<Self, HsmError> {
         let hsm = Self::build(store, &options)?;
+        // A store wiped behind an anchor that has seen records is a rollback too.
+        hsm.inner.audit.check_anchor()?;
         let result = hsm.create_keystore(passphrase, options.kdf);
         hsm.record(Operation::Create, None, None, &result)?;
         result.map(|()| hsm)
@@ -201,9 +236,10 @@ impl SoftwareHsm {
     fn create_keystore(&self, passphrase: &SecretString, params: KdfParams) -> Result<(), HsmError> {
         let inner = &self.inner;
         self.ensure_no_keystore()?;
+        params.check_ceiling(&inner.kdf_ceiling)?;
         let salt = seal::random::<16>(&inner.rng)?;
         let kek = params.derive_kek(passphrase.expose().as_bytes(), &salt)?;
-        let meta = Meta::new(&kek, &inner.rng, KekOrigin::Passphrase { params, salt })?;
+        let meta = Meta::new(&kek.aead, &inner.rng, KekOrigin::Passphrase { params, salt })?;
         self.install(&meta, kek)
     }
 
@@ -218,7 +254,7 @@ impl SoftwareHsm {
 
     /// Writes the header of a new keystore (unless another writer got there first) and
     /// unlocks it with `kek`.
-    fn install(&self, meta: &Meta, kek: LessSafeKey) -> Result<(), HsmError> {
+    fn install(&self, meta: &Meta, kek: Kek) -> Result<(), HsmError> {
         let inner = &self.inner;
         match inner
             .store
@@ -231,12 +267,12 @@ impl SoftwareHsm {
         self.set_unlocked(kek)
     }
 
-    fn set_unlocked(&self, kek: LessSafeKey) -> Result<(), HsmError> {
+    fn set_unlocked(&self, kek: Kek) -> Result<(), HsmError> {
         *self.inner.state.write().map_err(|_| HsmError::Poisoned)? = Some(Unlocked {
-            kek,
+            kek: kek.aead,
             keys: HashMap::new(),
         });
-        Ok(())
+        self.inner.audit.set_mac_key(Some(kek.audit))
     }
 
     /// The stored keystore header.
@@ -256,7 +292,39 @@ impl SoftwareHsm {
         if hsm.inner.store.get(&hsm.inner.meta_ns, META_KEY)?.is_none() {
             return Err(HsmError::KeystoreMissing);
         }
+        hsm.inner.audit.check_anchor()?;
         Ok(hsm)
+    }
+
+    /// The operator's override after a restore of the store that was meant (the anchor says
+    /// [`HsmError::RolledBack`]): opens the keystore, unlocks it with `passphrase`, moves the
+    /// anchor to the store's audit head and records the override in the audit chain (its input
+    /// hash commits to both positions). Returns the unlocked keystore and the positions: the
+    /// anchored one it replaced and the store's.
+    ///
+    /// Nonces the anchor holds as consumed stay consumed: after the override, each still signs
+    /// only the message it signed before, though the restored store may say it is unused.
+    pub fn accept_rollback(
+        store: Arc<dyn KvStore>,
+        passphrase: &SecretString,
+        options: SoftwareOptions,
+    ) -> Result<(Self, Option<AnchorPoint>, AnchorPoint), HsmError> {
+        let hsm = Self::build(store, &options)?;
+        if hsm.inner.store.get(&hsm.inner.meta_ns, META_KEY)?.is_none() {
+            return Err(HsmError::KeystoreMissing);
+        }
+        // The passphrase first: only someone who can unlock the keystore may accept its store.
+        hsm.unlock_key_only(passphrase)?;
+        let old = hsm.inner.audit.reset_anchor()?;
+        let new = hsm.inner.audit.store_point()?;
+        let mut subject = Vec::with_capacity(2 * 40);
+        for p in old.iter().chain(std::iter::once(&new)) {
+            subject.extend_from_slice(&p.seq.to_be_bytes());
+            subject.extend_from_slice(&p.hash);
+        }
+        hsm.record(Operation::AcceptRollback, None, Some(input_hash(&subject)), &Ok(()))?;
+        hsm.record(Operation::Unlock, None, None, &Ok(()))?;
+        Ok((hsm, old, new))
     }
 
     /// Derives the KEK from `passphrase` with the stored parameters and unlocks the keystore.
@@ -268,14 +336,21 @@ impl SoftwareHsm {
     }
 
     fn unlock_inner(&self, passphrase: &SecretString) -> Result<(), HsmError> {
+        self.inner.audit.check_anchor()?;
+        self.unlock_key_only(passphrase)
+    }
+
+    /// Derives the KEK and unlocks, without checking the anchor.
+    fn unlock_key_only(&self, passphrase: &SecretString) -> Result<(), HsmError> {
         let meta = self.meta()?;
         let KekOrigin::Passphrase { params, salt } = &meta.origin else {
             return Err(HsmError::KekSourceMismatch {
                 keystore: meta.origin.kind(),
             });
         };
+        params.check_ceiling(&self.inner.kdf_ceiling)?;
         let kek = params.derive_kek(passphrase.expose().as_bytes(), salt)?;
-        if !meta.check(&kek) {
+        if !meta.check(&kek.aead) {
             return Err(HsmError::WrongPassphrase);
         }
         self.set_unlocked(kek)
@@ -283,9 +358,13 @@ impl SoftwareHsm {
 
     /// Flushes the audit log and drops the KEK and every unsealed key (erasing them).
     pub fn lock(&self) -> Result<(), HsmError> {
+        // Recorded and written while the head key is still there, so that the lock is keyed.
+        let recorded = self
+            .record(Operation::Lock, None, None, &Ok(()))
+            .and_then(|()| self.inner.audit.flush());
         *self.inner.state.write().map_err(|_| HsmError::Poisoned)? = None;
-        self.record(Operation::Lock, None, None, &Ok(()))?;
-        self.inner.audit.flush()
+        self.inner.audit.set_mac_key(None)?;
+        recorded
     }
 
     /// Whether the keystore is unlocked.
@@ -327,6 +406,19 @@ impl SoftwareHsm {
         self.inner.audit.record(&self.actor, operation, key, input_hash, result)
     }
 
+    /// [`audited`](Self::audited) for an operation that reports its record's subject.
+    fn audited_subject<T>(
+        &self,
+        operation: Operation,
+        key: Option<&KeyId>,
+        input_hash: Option<[u8; 32]>,
+        f: impl FnOnce() -> Result<(T, [u8; 32]), HsmError>,
+    ) -> Result<T, HsmError> {
+        self.inner
+            .audit
+            .audited_subject(&self.actor, operation, key, input_hash, f)
+    }
+
     /// Runs `f` and records it; the result is withheld if the record cannot be appended.
     fn audited<T>(
         &self,
@@ -352,6 +444,14 @@ impl SoftwareHsm {
             .store
             .get(&inner.keys_ns, id.as_str().as_bytes())?
             .ok_or_else(|| HsmError::KeyNotFound { id: id.clone() })?;
+        // The entry must be the one the audit chain last recorded for this id: an older entry
+        // put back (another policy) or a deleted one is refused.
+        match inner.audit.key_entry(id.as_str())? {
+            Some(recorded) if recorded != seal::entry_digest(&stored.value) => {
+                return Err(HsmError::StaleEntry { id: id.clone() })
+            }
+            _ => {}
+        }
         let mut state = inner.state.write().map_err(|_| HsmError::Poisoned)?;
         let unlocked = state.as_mut().ok_or(HsmError::Locked)?;
         let (header, secret) = seal::open_entry(&unlocked.kek, id.as_str(), &stored.value)

@@ -1,10 +1,14 @@
 //! One-time BIP340 nonces for oracles (dlcspecs attestations).
 //!
 //! A committed nonce is a sealed secret `k` (with `R = kG` of even y) stored under
-//! `key id ‖ 0x00 ‖ nonce id`. Signing first replaces the record, by compare-and-swap on its
-//! version, with a tombstone that keeps only `R`; only the caller whose swap succeeded computes
-//! a signature. A crash after the swap burns the nonce without a signature, which is safe; no
-//! interleaving of threads, handles or restarts lets `k` sign twice.
+//! `key id ‖ 0x00 ‖ nonce id`. Signing computes the signature, then replaces the record, by
+//! compare-and-swap on its version, with a consumed record that keeps `R`, the message and the
+//! signature (never `k`); only the caller whose swap succeeded returns it. Asking again for the
+//! same message returns the same signature (BIP340 with the same `k` and message is the same
+//! signature, so this leaks nothing), which is how a crash between the swap and the reply, or a
+//! failed audit append, is recovered; any other message is `NonceAlreadyUsed`. No interleaving
+//! of threads, handles or restarts lets `k` sign two messages on one store; a store that is
+//! restored from a backup is what the rollback anchor is for.
 
 use bitcoin::hashes::{sha256, Hash, HashEngine};
 use secp256k1::{
@@ -16,7 +20,11 @@ use crate::HsmError;
 
 const MAGIC: &[u8; 4] = b"AHN\x01";
 const STATE_COMMITTED: u8 = 1;
+/// Consumed by a build that kept only `R` (no message): every request is refused.
 const STATE_CONSUMED: u8 = 2;
+/// Consumed for a message, whose signature is kept.
+const STATE_SIGNED: u8 = 3;
+const SIGNED_LEN: usize = 37 + 32 + 64;
 const AAD_DOMAIN: &[u8] = b"anya-hsm/nonce/v1";
 
 /// The store key of a nonce record.
@@ -41,8 +49,15 @@ pub(crate) fn aad(key: &str, nonce: &str, r: &[u8; 32]) -> Vec<u8> {
 
 /// A stored nonce record.
 pub(crate) enum NonceRecord<'a> {
-    Committed { r: [u8; 32], sealed: &'a [u8] },
-    Consumed,
+    Committed {
+        r: [u8; 32],
+        sealed: &'a [u8],
+    },
+    /// Consumed; with the message and signature when the record kept them.
+    Consumed {
+        r: [u8; 32],
+        signed: Option<([u8; 32], [u8; 64])>,
+    },
 }
 
 pub(crate) fn encode_committed(r: &[u8; 32], sealed: &[u8]) -> Vec<u8> {
@@ -54,11 +69,13 @@ pub(crate) fn encode_committed(r: &[u8; 32], sealed: &[u8]) -> Vec<u8> {
     out
 }
 
-pub(crate) fn encode_consumed(r: &[u8; 32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(37);
+pub(crate) fn encode_signed(r: &[u8; 32], message: &[u8; 32], signature: &schnorr::Signature) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SIGNED_LEN);
     out.extend_from_slice(MAGIC);
-    out.push(STATE_CONSUMED);
+    out.push(STATE_SIGNED);
     out.extend_from_slice(r);
+    out.extend_from_slice(message);
+    out.extend_from_slice(signature.as_ref());
     out
 }
 
@@ -75,7 +92,14 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<NonceRecord<'_>, SealedDefect> {
             r,
             sealed: &bytes[37..],
         }),
-        STATE_CONSUMED if bytes.len() == 37 => Ok(NonceRecord::Consumed),
+        STATE_CONSUMED if bytes.len() == 37 => Ok(NonceRecord::Consumed { r, signed: None }),
+        STATE_SIGNED if bytes.len() == SIGNED_LEN => Ok(NonceRecord::Consumed {
+            r,
+            signed: Some((
+                bytes[37..69].try_into().expect("32-byte slice"),
+                bytes[69..].try_into().expect("64-byte slice"),
+            )),
+        }),
         _ => Err(SealedDefect::BadHeader),
     }
 }
@@ -162,6 +186,21 @@ pub(crate) fn sign_with_k(
     secp.verify_schnorr(&sig, &Message::from_digest(*message), &p)
         .map_err(|_| FAIL)?;
     Ok(sig)
+}
+
+/// The stored `signature` if it is a valid BIP340 signature of `message` by `keypair` with the
+/// nonce point `r`; `None` for a record that does not hold one (damaged or written by someone
+/// else).
+pub(crate) fn check_signed(
+    secp: &Secp256k1<All>,
+    keypair: &Keypair,
+    r: &[u8; 32],
+    message: &[u8; 32],
+    signature: &[u8; 64],
+) -> Option<schnorr::Signature> {
+    let sig = schnorr::Signature::from_slice(signature).ok()?;
+    let (p, _) = keypair.x_only_public_key();
+    (signature[..32] == r[..] && secp.verify_schnorr(&sig, &Message::from_digest(*message), &p).is_ok()).then_some(sig)
 }
 
 #[cfg(test)]

@@ -138,7 +138,15 @@ impl SoftwareHsm {
         }
     }
 
-    fn new_key(&self, id: &KeyId, spec: KeySpec, policy: KeyPolicy, material: Material) -> Result<KeyInfo, HsmError> {
+    /// Seals and stores a new key; returns it and the digest of its sealed entry (recorded in
+    /// the audit chain, which is how a later load knows the entry is this one).
+    fn new_key(
+        &self,
+        id: &KeyId,
+        spec: KeySpec,
+        policy: KeyPolicy,
+        material: Material,
+    ) -> Result<(KeyInfo, [u8; 32]), HsmError> {
         let inner = &self.inner;
         let policy = KeyPolicy {
             allowed: policy.allowed.intersect(spec.possible_usages()),
@@ -166,7 +174,7 @@ impl SoftwareHsm {
         });
         let info = info(&key);
         self.remember(key)?;
-        Ok(info)
+        Ok((info, seal::entry_digest(&bytes)))
     }
 
     fn generate_material(&self, spec: KeySpec) -> Result<Material, HsmError> {
@@ -250,36 +258,80 @@ impl SoftwareHsm {
             key: key_id.clone(),
             nonce: nonce_id.clone(),
         };
-        let stored = inner.store.get(&inner.nonces_ns, &store_key)?.ok_or_else(not_found)?;
         let corrupt = |defect| HsmError::SealedEntry {
             id: nonce_id.clone(),
             defect,
         };
-        let (r, k) = match nonce::decode(&stored.value).map_err(corrupt)? {
-            nonce::NonceRecord::Consumed => return Err(used()),
-            nonce::NonceRecord::Committed { r, sealed } => {
-                let aad = nonce::aad(key_id.as_str(), nonce_id.as_str(), &r);
-                let k = self.with_kek(|kek| seal::open(kek, &aad, sealed).map_err(corrupt))?;
-                let k: Zeroizing<[u8; 32]> = Zeroizing::new(
-                    k.as_slice()
-                        .try_into()
-                        .map_err(|_| corrupt(SealedDefect::BadKeyMaterial))?,
-                );
-                (r, k)
-            }
-        };
-        // Consume before signing: only the caller whose swap lands ever computes a signature.
-        match inner.store.compare_and_swap(
-            &inner.nonces_ns,
-            &store_key,
-            Some(stored.version),
-            Some(&nonce::encode_consumed(&r)),
-        ) {
-            Ok(_) => {}
-            Err(e) if e.is_conflict() => return Err(used()),
-            Err(e) => return Err(e.into()),
+        // With an anchor: the store must not be behind it, and a nonce it holds as consumed
+        // signs only the message it was consumed for, whatever the store says.
+        let anchor = inner.audit.anchor();
+        let digest = crate::anchor::nonce_digest(key_id, nonce_id);
+        // The chain records every signature a nonce made (before it was returned): a record put
+        // back in the store cannot make it sign another message.
+        if inner
+            .audit
+            .nonce_history(&digest)?
+            .signed
+            .is_some_and(|h| h != input_hash(message))
+        {
+            return Err(used());
         }
-        nonce::sign_with_k(&inner.secp, &kp.0, &k, message)
+        if let Some(anchor) = anchor {
+            inner.audit.check_anchor()?;
+            if anchor.consumed(&digest)?.is_some_and(|m| m != *message) {
+                return Err(used());
+            }
+        }
+        // Recorded in the anchor before any signature leaves.
+        let anchored = |signature: schnorr::Signature| match anchor {
+            None => Ok(signature),
+            Some(anchor) => match anchor.consume(&digest, message) {
+                Ok(()) => Ok(signature),
+                Err(HsmError::AnchorNonceConflict) => Err(used()),
+                Err(e) => Err(e),
+            },
+        };
+        // Twice at most: a lost swap re-reads the record, which is then consumed.
+        for _ in 0..2 {
+            let stored = inner.store.get(&inner.nonces_ns, &store_key)?.ok_or_else(not_found)?;
+            let (r, k) = match nonce::decode(&stored.value).map_err(corrupt)? {
+                nonce::NonceRecord::Consumed {
+                    r,
+                    signed: Some((signed_message, signature)),
+                } if signed_message == *message => {
+                    // The same message again (a retry after a crash or a failed audit append):
+                    // the same signature, checked before it is handed out.
+                    let signature = nonce::check_signed(&inner.secp, &kp.0, &r, message, &signature)
+                        .ok_or_else(|| corrupt(SealedDefect::AuthenticationFailed))?;
+                    return anchored(signature);
+                }
+                nonce::NonceRecord::Consumed { .. } => return Err(used()),
+                nonce::NonceRecord::Committed { r, sealed } => {
+                    let aad = nonce::aad(key_id.as_str(), nonce_id.as_str(), &r);
+                    let k = self.with_kek(|kek| seal::open(kek, &aad, sealed).map_err(corrupt))?;
+                    let k: Zeroizing<[u8; 32]> = Zeroizing::new(
+                        k.as_slice()
+                            .try_into()
+                            .map_err(|_| corrupt(SealedDefect::BadKeyMaterial))?,
+                    );
+                    (r, k)
+                }
+            };
+            let signature = nonce::sign_with_k(&inner.secp, &kp.0, &k, message)?;
+            // Consume, keeping the message and signature: only the caller whose swap lands
+            // returns a signature, and only for this message.
+            match inner.store.compare_and_swap(
+                &inner.nonces_ns,
+                &store_key,
+                Some(stored.version),
+                Some(&nonce::encode_signed(&r, message, &signature)),
+            ) {
+                Ok(_) => return anchored(signature),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(used())
     }
 }
 
@@ -289,7 +341,7 @@ impl HsmProvider for SoftwareHsm {
     }
 
     fn generate_key(&self, id: &KeyId, spec: KeySpec, policy: KeyPolicy) -> Result<KeyInfo, HsmError> {
-        self.audited(Operation::GenerateKey, Some(id), None, || {
+        self.audited_subject(Operation::GenerateKey, Some(id), None, || {
             let material = self.generate_material(spec)?;
             self.new_key(id, spec, policy, material)
         })
@@ -302,20 +354,20 @@ impl HsmProvider for SoftwareHsm {
         passphrase: &SecretString,
         policy: KeyPolicy,
     ) -> Result<(KeyInfo, SecretString), HsmError> {
-        self.audited(Operation::GenerateMnemonic, Some(id), None, || {
+        self.audited_subject(Operation::GenerateMnemonic, Some(id), None, || {
             let mut entropy = Zeroizing::new([0u8; 32]);
             let entropy = &mut entropy[..length.entropy_bytes()];
             ring::rand::SecureRandom::fill(&self.inner.rng, entropy).map_err(|_| HsmError::Random)?;
             let mnemonic = bip39::Mnemonic::from_entropy(entropy)?;
             let seed = Zeroizing::new(mnemonic.to_seed(passphrase.expose()));
             let material = hd_root(&self.inner.secp, Xpriv::new_master(NetworkKind::Main, seed.as_ref())?);
-            let info = self.new_key(id, KeySpec::Bip32Root, policy, material)?;
-            Ok((info, SecretString::new(mnemonic.to_string())))
+            let (info, digest) = self.new_key(id, KeySpec::Bip32Root, policy, material)?;
+            Ok(((info, SecretString::new(mnemonic.to_string())), digest))
         })
     }
 
     fn import_key(&self, id: &KeyId, material: KeyMaterial, policy: KeyPolicy) -> Result<KeyInfo, HsmError> {
-        self.audited(Operation::ImportKey, Some(id), None, || {
+        self.audited_subject(Operation::ImportKey, Some(id), None, || {
             let spec = material.spec();
             let material = self.import_material(material)?;
             self.new_key(id, spec, policy, material)
@@ -356,7 +408,7 @@ impl HsmProvider for SoftwareHsm {
     }
 
     fn delete_key(&self, id: &KeyId) -> Result<(), HsmError> {
-        self.audited(Operation::DeleteKey, Some(id), None, || {
+        self.audited_subject(Operation::DeleteKey, Some(id), None, || {
             let inner = &self.inner;
             // Deleting needs the keystore unlocked, like every other key operation.
             self.with_kek(|_| Ok(()))?;
@@ -369,7 +421,8 @@ impl HsmProvider for SoftwareHsm {
                 .store
                 .compare_and_swap(&inner.keys_ns, id.as_str().as_bytes(), Some(stored.version), None)
             {
-                Ok(_) => Ok(()),
+                // Tombstoned in the chain: the id's old entry can never be put back.
+                Ok(_) => Ok(((), crate::audit::DELETED)),
                 Err(e) if e.is_conflict() => Err(HsmError::KeyNotFound { id: id.clone() }),
                 Err(e) => Err(e.into()),
             }
@@ -556,7 +609,7 @@ impl HsmProvider for SoftwareHsm {
     }
 
     fn commit_nonce(&self, key_id: &KeyId, nonce_id: &Label) -> Result<XOnlyPublicKey, HsmError> {
-        self.audited(Operation::CommitNonce, Some(key_id), None, || {
+        self.audited_subject(Operation::CommitNonce, Some(key_id), None, || {
             let inner = &self.inner;
             let key = self.key(key_id)?;
             Self::check_usage(&key, Usage::OracleNonce)?;
@@ -565,6 +618,15 @@ impl HsmProvider for SoftwareHsm {
                     id: key_id.clone(),
                     spec: key.header.spec,
                     usage: Usage::OracleNonce,
+                });
+            }
+            // A nonce id the chain has seen committed never comes back, even if its record was
+            // removed from the store.
+            let digest = crate::anchor::nonce_digest(key_id, nonce_id);
+            if inner.audit.nonce_history(&digest)?.committed {
+                return Err(HsmError::NonceExists {
+                    key: key_id.clone(),
+                    nonce: nonce_id.clone(),
                 });
             }
             let (k, r) = nonce::fresh_nonce(&inner.secp, &inner.rng)?;
@@ -577,7 +639,7 @@ impl HsmProvider for SoftwareHsm {
                 .store
                 .compare_and_swap(&inner.nonces_ns, &store_key, None, Some(&record))
             {
-                Ok(_) => Ok(r),
+                Ok(_) => Ok((r, digest)),
                 Err(e) if e.is_conflict() => Err(HsmError::NonceExists {
                     key: key_id.clone(),
                     nonce: nonce_id.clone(),
@@ -593,11 +655,14 @@ impl HsmProvider for SoftwareHsm {
         nonce_id: &Label,
         message: &[u8; 32],
     ) -> Result<schnorr::Signature, HsmError> {
-        self.audited(
+        self.audited_subject(
             Operation::SignWithNonce,
             Some(key_id),
             Some(input_hash(message)),
-            || self.sign_nonce_inner(key_id, nonce_id, message),
+            || {
+                let signature = self.sign_nonce_inner(key_id, nonce_id, message)?;
+                Ok((signature, crate::anchor::nonce_digest(key_id, nonce_id)))
+            },
         )
     }
 

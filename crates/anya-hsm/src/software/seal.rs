@@ -33,6 +33,30 @@ const VERIFIER_PLAINTEXT: [u8; 32] = [0u8; 32];
 /// The store key of the keystore header.
 pub(crate) const META_KEY: &[u8] = b"keystore";
 
+/// The key-encryption key, and the audit-head key derived from it.
+pub(crate) struct Kek {
+    /// AES-256-GCM under the KEK seals entries, nonces and the header's verifier.
+    pub(crate) aead: LessSafeKey,
+    /// HMAC-SHA256 key of the audit head: HMAC-SHA256(KEK, "anya-hsm/audit-key/v1").
+    pub(crate) audit: ring::hmac::Key,
+}
+
+impl Kek {
+    /// Both keys from the KEK's 32 bytes.
+    pub(crate) fn from_bytes(bytes: &[u8; 32]) -> Result<Self, HsmError> {
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, bytes)
+            .map_err(|_| HsmError::Crypto { what: "aes key" })?;
+        let derive = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes);
+        let audit = Zeroizing::new(ring::hmac::sign(&derive, AUDIT_KEY_DOMAIN).as_ref().to_vec());
+        Ok(Self {
+            aead: LessSafeKey::new(unbound),
+            audit: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &audit),
+        })
+    }
+}
+
+const AUDIT_KEY_DOMAIN: &[u8] = b"anya-hsm/audit-key/v1";
+
 pub(crate) fn random<const N: usize>(rng: &SystemRandom) -> Result<[u8; N], HsmError> {
     let mut out = [0u8; N];
     rng.fill(&mut out).map_err(|_| HsmError::Random)?;
@@ -143,6 +167,15 @@ pub(crate) fn seal_entry(
     out.extend_from_slice(&head);
     out.extend_from_slice(&sealed);
     Ok(out)
+}
+
+/// The digest of a sealed key entry, as the audit chain records it.
+pub(crate) fn entry_digest(bytes: &[u8]) -> [u8; 32] {
+    use bitcoin::hashes::{sha256, Hash, HashEngine};
+    let mut engine = sha256::Hash::engine();
+    engine.input(b"anya-hsm/entry/v1");
+    engine.input(bytes);
+    sha256::Hash::from_engine(engine).to_byte_array()
 }
 
 /// Opens a key entry stored under `id`.
