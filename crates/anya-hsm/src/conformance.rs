@@ -30,12 +30,45 @@ use crate::{
 };
 
 /// A provider whose backing files live in a temporary directory removed on drop.
-#[derive(Debug)]
 pub struct TempHsm<P> {
     /// The provider (dropped before the directory).
     pub provider: P,
+    /// The store holding its state.
+    pub store: std::sync::Arc<dyn anya_storage::KvStore>,
     /// The directory holding its store.
     pub dir: tempfile::TempDir,
+}
+
+impl<P: std::fmt::Debug> std::fmt::Debug for TempHsm<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TempHsm")
+            .field("provider", &self.provider)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "software")]
+impl StoreBacked for TempHsm<crate::SoftwareHsm> {
+    fn provider(&self) -> &dyn HsmProvider {
+        &self.provider
+    }
+
+    fn store(&self) -> &dyn anya_storage::KvStore {
+        &*self.store
+    }
+
+    fn state_namespaces(&self) -> Vec<anya_storage::Namespace> {
+        software_state_namespaces("anya.hsm")
+    }
+}
+
+/// The namespaces of a software keystore's state under `prefix`, without its audit chain.
+pub fn software_state_namespaces(prefix: &str) -> Vec<anya_storage::Namespace> {
+    ["keys", "meta", "nonces"]
+        .iter()
+        .map(|n| anya_storage::Namespace::new(format!("{prefix}.{n}")).expect("valid namespace"))
+        .collect()
 }
 
 impl<P> Deref for TempHsm<P> {
@@ -53,8 +86,9 @@ pub fn software_fixture() -> TempHsm<crate::SoftwareHsm> {
     let dir = tempfile::tempdir().expect("temp dir for the fixture");
     let store = anya_storage::SqliteStore::open(dir.path().join("hsm.db"), anya_storage::SqliteOptions::default())
         .expect("fresh sqlite store");
-    let provider = software_on(Arc::new(store));
-    TempHsm { provider, dir }
+    let store: Arc<dyn anya_storage::KvStore> = Arc::new(store);
+    let provider = software_on(Arc::clone(&store));
+    TempHsm { provider, store, dir }
 }
 
 /// A fresh, unlocked [`SoftwareHsm`](crate::SoftwareHsm) in `store` (which it may share with
@@ -103,6 +137,124 @@ macro_rules! hsm_conformance_suite {
             }
         )*
     };
+}
+
+/// Generates one `#[test]` per rollback case for the store-backed provider built by `$make`
+/// (an `Option` of something implementing [`StoreBacked`]; `None` skips).
+#[macro_export]
+macro_rules! hsm_rollback_suite {
+    ($make:expr) => {
+        $crate::hsm_rollback_suite!(@cases $make;
+            nonce_record_put_back_signs_no_other_message, key_entry_put_back_does_not_export,
+            deleted_key_put_back_stays_deleted);
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                if let Some(fixture) = $make {
+                    $crate::conformance::$case(&fixture);
+                }
+            }
+        )*
+    };
+}
+
+/// A provider and the store its state lives in: the rollback cases put records of that
+/// store back as an attacker who can write it (but does not know its secrets) would.
+pub trait StoreBacked {
+    /// The provider.
+    fn provider(&self) -> &dyn HsmProvider;
+    /// The store holding its state (for a failover pair, the active provider's).
+    fn store(&self) -> &dyn anya_storage::KvStore;
+    /// The namespaces of its state, without its audit chain.
+    fn state_namespaces(&self) -> Vec<anya_storage::Namespace>;
+}
+
+type StateSnapshot = Vec<(anya_storage::Namespace, std::collections::BTreeMap<Vec<u8>, Vec<u8>>)>;
+
+fn state_snapshot(f: &dyn StoreBacked) -> StateSnapshot {
+    f.state_namespaces()
+        .into_iter()
+        .map(|ns| {
+            let records = f
+                .store()
+                .scan(&ns, anya_storage::Scan::all())
+                .expect("scan")
+                .into_iter()
+                .map(|e| (e.key, e.value))
+                .collect();
+            (ns, records)
+        })
+        .collect()
+}
+
+/// Puts the state records back as `snapshot` holds them (the audit chain is left alone): each
+/// record that changed since, or disappeared, is written back; records made since are removed.
+fn put_back(f: &dyn StoreBacked, snapshot: &StateSnapshot) {
+    for (ns, records) in snapshot {
+        for e in f.store().scan(ns, anya_storage::Scan::all()).expect("scan") {
+            if !records.contains_key(&e.key) {
+                f.store().delete(ns, &e.key).expect("delete");
+            }
+        }
+        for (k, v) in records {
+            f.store().put(ns, k, v).expect("put back");
+        }
+    }
+}
+
+/// A nonce whose committed record is put back after it signed signs no other message, and
+/// still signs its own.
+pub fn nonce_record_put_back_signs_no_other_message(f: &dyn StoreBacked) {
+    let p = f.provider();
+    let Some(id) = secp_key(p, "oracle-rb") else { return };
+    let n = label("event-rb");
+    if needs(p, Capability::OracleNonces, || p.commit_nonce(&id, &n)).is_none() {
+        return;
+    }
+    p.commit_nonce(&id, &n).expect("commit");
+    let before = state_snapshot(f);
+    let first = p.sign_with_nonce(&id, &n, &[1; 32]).expect("first message");
+    put_back(f, &before);
+    let second = p.sign_with_nonce(&id, &n, &[2; 32]);
+    assert!(matches!(second, Err(HsmError::NonceAlreadyUsed { .. })), "{second:?}");
+    assert_eq!(p.sign_with_nonce(&id, &n, &[1; 32]).expect("its own message"), first);
+}
+
+/// A key's entry put back from when it was exportable, after it was deleted and imported
+/// again non-exportable, does not export.
+pub fn key_entry_put_back_does_not_export(f: &dyn StoreBacked) {
+    let p = f.provider();
+    let id = label("imported-rb");
+    let secret = [0x21u8; 32];
+    let material = || KeyMaterial::Secp256k1(SecretBytes::from_slice(&secret));
+    let exportable = KeyPolicy {
+        exportable: true,
+        ..KeyPolicy::default_for(KeySpec::Secp256k1)
+    };
+    if needs(p, Capability::Import, || p.import_key(&id, material(), exportable)).is_none() {
+        return;
+    }
+    p.import_key(&id, material(), exportable).expect("import exportable");
+    let before = state_snapshot(f);
+    p.delete_key(&id).expect("delete");
+    p.import_key(&id, material(), KeyPolicy::default_for(KeySpec::Secp256k1))
+        .expect("import again, non-exportable");
+    put_back(f, &before);
+    let export = p.export_key(&id);
+    assert!(export.is_err(), "the old entry exported the secret");
+}
+
+/// A deleted key whose entry is put back stays deleted: it signs nothing.
+pub fn deleted_key_put_back_stays_deleted(f: &dyn StoreBacked) {
+    let p = f.provider();
+    let Some(id) = secp_key(p, "deleted-rb") else { return };
+    let before = state_snapshot(f);
+    p.delete_key(&id).expect("delete");
+    put_back(f, &before);
+    let sign = p.sign_ecdsa(KeyRef::Key(&id), &[1; 32]);
+    assert!(sign.is_err(), "a deleted key signed again: {sign:?}");
 }
 
 fn label(s: &str) -> Label {

@@ -47,6 +47,23 @@ fn pair() -> Pair {
 
 anya_hsm::hsm_conformance_suite!(Some(pair()));
 
+impl anya_hsm::conformance::StoreBacked for Pair {
+    fn provider(&self) -> &dyn HsmProvider {
+        &self.failover
+    }
+
+    /// The primary's: it serves every call while it is up.
+    fn store(&self) -> &dyn anya_storage::KvStore {
+        &*self._primary.store
+    }
+
+    fn state_namespaces(&self) -> Vec<anya_storage::Namespace> {
+        anya_hsm::conformance::software_state_namespaces("anya.hsm")
+    }
+}
+
+anya_hsm::hsm_rollback_suite!(Some(pair()));
+
 /// A provider whose device can be pulled: while `down`, every call fails as a lost store
 /// backend does.
 struct Pullable {

@@ -19,6 +19,7 @@ use secp256k1::{Message, Secp256k1};
 /// A provider on the shared token whose keys are deleted on drop.
 struct TokenHsm {
     provider: Pkcs11Hsm,
+    store: Arc<dyn anya_storage::KvStore>,
     _dir: tempfile::TempDir,
 }
 
@@ -70,11 +71,33 @@ fn token() -> Option<TokenHsm> {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = anya_storage::SqliteStore::open(dir.path().join("hsm.db"), anya_storage::SqliteOptions::default())
         .expect("sqlite store");
-    let provider = Pkcs11Hsm::open(Arc::new(store), options).expect("token opens and the pin logs in");
-    Some(TokenHsm { provider, _dir: dir })
+    let store: Arc<dyn anya_storage::KvStore> = Arc::new(store);
+    let provider = Pkcs11Hsm::open(Arc::clone(&store), options).expect("token opens and the pin logs in");
+    Some(TokenHsm {
+        provider,
+        store,
+        _dir: dir,
+    })
 }
 
 anya_hsm::hsm_conformance_suite!(token());
+
+impl anya_hsm::conformance::StoreBacked for TokenHsm {
+    fn provider(&self) -> &dyn HsmProvider {
+        &self.provider
+    }
+
+    fn store(&self) -> &dyn anya_storage::KvStore {
+        &*self.store
+    }
+
+    /// The key records; the keys themselves are objects on the token.
+    fn state_namespaces(&self) -> Vec<anya_storage::Namespace> {
+        vec![anya_storage::Namespace::new("anya.pkcs11.keys").expect("ns")]
+    }
+}
+
+anya_hsm::hsm_rollback_suite!(token());
 
 fn label(s: &str) -> Label {
     Label::new(s).expect("label")
@@ -277,6 +300,22 @@ mod enveloped {
     }
 
     anya_hsm::hsm_conformance_suite!(enveloped());
+
+    impl anya_hsm::conformance::StoreBacked for Enveloped {
+        fn provider(&self) -> &dyn anya_hsm::HsmProvider {
+            &self.hsm
+        }
+
+        fn store(&self) -> &dyn KvStore {
+            &*self.store
+        }
+
+        fn state_namespaces(&self) -> Vec<Namespace> {
+            anya_hsm::conformance::software_state_namespaces("anya.hsm")
+        }
+    }
+
+    anya_hsm::hsm_rollback_suite!(enveloped());
 
     /// Offset of the wrapped KEK in a version 2 header: magic, source, mechanism, label length,
     /// label, wrapped length.
