@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anya_hsm::anchor::FileAnchor;
 use anya_hsm::{
     AuxRand, HsmError, HsmProvider, KeyInfo, KeyPolicy, KeyRef, KeySpec, Label, PublicKey, SecretString, SoftwareHsm,
     SoftwareOptions,
@@ -64,6 +65,13 @@ struct Cli {
     #[arg(long, global = true, env = "ANYA_DATA_DIR", default_value = "./anya-data")]
     data_dir: PathBuf,
 
+    /// Directory of the keystore's rollback anchor: a copy of its audit head and spent nonces,
+    /// so that a data directory restored from an older backup is refused instead of used. Keep
+    /// it where restores of the data directory do not reach, and back it up with it
+    /// (docs/OPERATIONS.md). Without it, such a restore goes unnoticed.
+    #[arg(long, global = true, env = "ANYA_ANCHOR_DIR")]
+    anchor_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -106,6 +114,10 @@ enum HsmCommand {
     Init,
     /// Check that the passphrase unlocks the keystore.
     UnlockCheck,
+    /// Accept a data directory restored behind its rollback anchor (after a restore that was
+    /// meant): moves the anchor to the restored store and records the override in the audit
+    /// chain. Needs the passphrase and --anchor-dir. Spent oracle nonces stay spent.
+    AcceptRollback,
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,15 +240,44 @@ fn panic_line(info: &std::panic::PanicHookInfo<'_>) {
     eprintln!("error: internal error, please report it: {message}{location}");
 }
 
+/// The rollback anchor's directory (`--anchor-dir`), set once from the command line.
+static ANCHOR_DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// The keystore's options: the defaults, with the rollback anchor when one is given.
+pub(crate) fn hsm_options() -> Result<SoftwareOptions, CliError> {
+    let options = SoftwareOptions::default();
+    Ok(match ANCHOR_DIR.get() {
+        Some(Some(dir)) => options.with_anchor(Arc::new(FileAnchor::open(dir)?)),
+        _ => options,
+    })
+}
+
 fn run(cli: Cli) -> Result<(), CliError> {
+    let _ = ANCHOR_DIR.set(cli.anchor_dir.clone());
     let dir = &cli.data_dir;
     match cli.command {
         Command::Hsm(HsmCommand::Init) => {
             std::fs::create_dir_all(dir).map_err(|e| CliError::Io("cannot create the data directory", e))?;
             let store = open_store(dir, true)?;
             let pass = passphrase(true)?;
-            SoftwareHsm::create(store, &pass, SoftwareOptions::default())?;
+            SoftwareHsm::create(store, &pass, hsm_options()?)?;
             println!("created keystore in {}", dir.display());
+        }
+        Command::Hsm(HsmCommand::AcceptRollback) => {
+            if cli.anchor_dir.is_none() {
+                return Err(CliError::Usage(
+                    "accept-rollback moves the rollback anchor: pass --anchor-dir".to_owned(),
+                ));
+            }
+            let store = open_store(dir, false)?;
+            let (_, old, new) = SoftwareHsm::accept_rollback(store, &passphrase(false)?, hsm_options()?)?;
+            match old {
+                Some(old) => println!(
+                    "accepted: the anchor held audit record {}, the store ends at record {}",
+                    old.seq, new.seq
+                ),
+                None => println!("accepted: the anchor was empty, the store ends at record {}", new.seq),
+            }
         }
         Command::Hsm(HsmCommand::UnlockCheck) => {
             let hsm = unlocked(dir)?;
@@ -296,7 +337,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Psbt(command) => onchain::psbt(dir, command)?,
         Command::Audit(AuditCommand::Verify) => {
             let store = open_store(dir, false)?;
-            let hsm = SoftwareHsm::open(store, SoftwareOptions::default())?;
+            let hsm = SoftwareHsm::open(store, hsm_options()?)?;
             let summary = hsm.verify_audit_chain()?;
             println!(
                 "audit chain ok: {} records, head {}",
@@ -324,7 +365,7 @@ fn unlocked(dir: &Path) -> Result<SoftwareHsm, CliError> {
 }
 
 fn unlocked_in(store: Arc<dyn KvStore>) -> Result<SoftwareHsm, CliError> {
-    let hsm = SoftwareHsm::open(store, SoftwareOptions::default())?;
+    let hsm = SoftwareHsm::open(store, hsm_options()?)?;
     hsm.unlock(&passphrase(false)?)?;
     Ok(hsm)
 }

@@ -637,3 +637,55 @@ fn help_documents_the_bitcoind_connection() {
         assert!(help.contains(needle), "{needle}:\n{help}");
     }
 }
+
+// ---- rollback anchor ---------------------------------------------------------------------------
+
+fn anya_anchored(dir: &std::path::Path, anchor: &std::path::Path, args: &[&str]) -> Output {
+    let mut all = vec!["--anchor-dir", anchor.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    anya(dir, PASS, &all)
+}
+
+#[test]
+fn a_data_directory_restored_behind_its_anchor_is_refused_until_accepted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (data, anchor) = (dir.path().join("data"), dir.path().join("anchor"));
+    ok(&anya_anchored(&data, &anchor, &["hsm", "init"]));
+    ok(&anya_anchored(
+        &data,
+        &anchor,
+        &["key", "new", "k1", "--type", "secp256k1"],
+    ));
+    // A backup of the data directory (every file: SQLite's WAL goes with the database).
+    let files = |dir: &std::path::Path| -> Vec<(std::ffi::OsString, Vec<u8>)> {
+        std::fs::read_dir(dir)
+            .expect("data dir")
+            .map(|f| {
+                let f = f.expect("entry");
+                (f.file_name(), std::fs::read(f.path()).expect("read"))
+            })
+            .collect()
+    };
+    let backup = files(&data);
+    ok(&anya_anchored(
+        &data,
+        &anchor,
+        &["sign", "k1", "--scheme", "schnorr", "--message-hex", DIGEST],
+    ));
+    // The data directory alone is put back as it was.
+    for (name, _) in files(&data) {
+        std::fs::remove_file(data.join(name)).expect("remove");
+    }
+    for (name, bytes) in &backup {
+        std::fs::write(data.join(name), bytes).expect("restore");
+    }
+    let err = failed(&anya_anchored(&data, &anchor, &["key", "list"]));
+    assert!(err.contains("rolled back"), "{err}");
+    let err = failed(&anya(&data, PASS, &["hsm", "accept-rollback"]));
+    assert!(err.contains("--anchor-dir"), "{err}");
+    let out = ok(&anya_anchored(&data, &anchor, &["hsm", "accept-rollback"]));
+    assert!(out.starts_with("accepted: the anchor held audit record"), "{out}");
+    ok(&anya_anchored(&data, &anchor, &["key", "list"]));
+    let out = ok(&anya_anchored(&data, &anchor, &["audit", "verify"]));
+    assert!(out.starts_with("audit chain ok"), "{out}");
+}

@@ -7,6 +7,11 @@
 //! `EcdsaKeyPair` with `ECDSA_P256_SHA256_FIXED_SIGNING`, loaded from the PKCS#8 document
 //! imported into the provider).
 //!
+//! `rollback_anchor/*` is BIP340 signing with the keyed audit head and a rollback anchor moved
+//! after every write (a `FileAnchor` directory, or a `StoreAnchor` in a second SQLite store), in
+//! both audit modes, and one-time-nonce signing with and without the anchor, beside the same
+//! signing without an anchor.
+//!
 //! `pkcs11/*` signs on a PKCS#11 token (SoftHSM2 as `.ci/softhsm.sh` sets it up:
 //! `ANYA_TEST_PKCS11_MODULE`, `ANYA_TEST_PKCS11_PIN`, `ANYA_TEST_PKCS11_TOKEN_LABEL`) beside the
 //! software provider with the same keys and the same audit mode; without a module it is skipped.
@@ -14,6 +19,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use anya_hsm::anchor::{FileAnchor, RollbackAnchor, StoreAnchor};
 use anya_hsm::{
     AuditMode, AuxRand, HsmProvider, KdfParams, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, Pkcs11Hsm,
     Pkcs11Options, SecretBytes, SecretString, SoftwareHsm, SoftwareOptions,
@@ -48,11 +54,18 @@ struct Bench {
 }
 
 fn hsm(audit: AuditMode) -> Bench {
+    hsm_with(audit, None)
+}
+
+fn hsm_with(audit: AuditMode, anchor: Option<Arc<dyn RollbackAnchor>>) -> Bench {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(dir.path().join("hsm.db"), SqliteOptions::default()).expect("store");
-    let options = SoftwareOptions::default()
+    let mut options = SoftwareOptions::default()
         .with_kdf(KdfParams::insecure_for_tests())
         .with_audit(audit);
+    if let Some(anchor) = anchor {
+        options = options.with_anchor(anchor);
+    }
     let hsm = SoftwareHsm::create(Arc::new(store), &SecretString::from("bench"), options).expect("create");
     let policy = KeyPolicy::default_for(KeySpec::Secp256k1);
     hsm.import_key(
@@ -225,6 +238,73 @@ fn durable(c: &mut Criterion) {
     g.finish();
 }
 
+/// A named anchor (or none) and the directory it lives in.
+type NamedAnchor = (&'static str, Option<Arc<dyn RollbackAnchor>>, tempfile::TempDir);
+
+/// The anchors the `rollback_anchor` group compares, each in a fresh temporary directory.
+fn anchors() -> Vec<NamedAnchor> {
+    let file_dir = tempfile::tempdir().expect("temp dir");
+    let file: Arc<dyn RollbackAnchor> = Arc::new(FileAnchor::open(file_dir.path()).expect("file anchor"));
+    let store_dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(store_dir.path().join("anchor.db"), SqliteOptions::default()).expect("store");
+    let kv: Arc<dyn RollbackAnchor> = Arc::new(StoreAnchor::new(
+        Arc::new(store),
+        Namespace::new("anchor").expect("namespace"),
+    ));
+    vec![
+        ("none", None, tempfile::tempdir().expect("temp dir")),
+        ("file_anchor", Some(file), file_dir),
+        ("store_anchor", Some(kv), store_dir),
+    ]
+}
+
+fn rollback_anchor(c: &mut Criterion) {
+    let secp_id = label("secp");
+    let mut g = c.benchmark_group("rollback_anchor");
+    g.sample_size(10);
+    for (mode_name, mode) in [
+        ("durable", AuditMode::Durable),
+        ("buffered", AuditMode::Buffered { max_pending: 1024 }),
+    ] {
+        for (anchor_name, anchor, _dir) in anchors() {
+            let b = hsm_with(mode, anchor);
+            g.bench_function(format!("bip340_{mode_name}_{anchor_name}"), |bn| {
+                bn.iter(|| {
+                    b.hsm
+                        .sign_schnorr(KeyRef::Key(&secp_id), black_box(&[7u8; 32]), AuxRand::Given([9; 32]))
+                        .expect("sign")
+                })
+            });
+        }
+    }
+    // One-time nonces: each iteration signs with a nonce committed beforehand (not timed).
+    for (anchor_name, anchor, _dir) in anchors() {
+        let b = hsm_with(AuditMode::Durable, anchor);
+        let oracle = label("oracle");
+        b.hsm
+            .generate_key(&oracle, KeySpec::Secp256k1, KeyPolicy::default_for(KeySpec::Secp256k1))
+            .expect("oracle key");
+        let mut next = 0u64;
+        g.bench_function(format!("sign_with_nonce_durable_{anchor_name}"), |bn| {
+            bn.iter_batched(
+                || {
+                    next += 1;
+                    let nonce = label(&format!("n{next}"));
+                    b.hsm.commit_nonce(&oracle, &nonce).expect("commit");
+                    nonce
+                },
+                |nonce| {
+                    b.hsm
+                        .sign_with_nonce(&oracle, &nonce, black_box(&[7u8; 32]))
+                        .expect("sign")
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
 fn unlock(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn KvStore> =
@@ -340,5 +420,5 @@ fn pkcs11(c: &mut Criterion) {
     b.hsm.flush_audit().expect("flush");
 }
 
-criterion_group!(benches, signing, durable, unlock, pkcs11);
+criterion_group!(benches, signing, durable, rollback_anchor, unlock, pkcs11);
 criterion_main!(benches);
