@@ -565,3 +565,58 @@ mod enveloped {
         assert!(matches!(r, Err(HsmError::KeystoreExists)), "{r:?}");
     }
 }
+
+/// The token provider with a rollback anchor: its store restored to an older copy (the keys
+/// are on the token, the audit chain in the store) is refused at open.
+#[test]
+fn token_store_restored_behind_its_anchor_is_refused() {
+    let Some(options) = token_options() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let anchor: Arc<dyn anya_hsm::anchor::RollbackAnchor> =
+        Arc::new(anya_hsm::anchor::FileAnchor::open(dir.path().join("anchor")).expect("anchor"));
+    let store: Arc<dyn anya_storage::KvStore> = Arc::new(
+        anya_storage::SqliteStore::open(dir.path().join("hsm.db"), anya_storage::SqliteOptions::default())
+            .expect("sqlite store"),
+    );
+    let options = options.with_anchor(anchor);
+    let provider = Pkcs11Hsm::open(Arc::clone(&store), options.clone()).expect("open");
+    let id = label("anchored");
+    provider
+        .generate_key(&id, KeySpec::Secp256k1, KeyPolicy::default_for(KeySpec::Secp256k1))
+        .expect("generate");
+    let token = TokenHsm {
+        provider,
+        store: Arc::clone(&store),
+        _dir: tempfile::tempdir().expect("temp dir"),
+    };
+    let audit = [
+        anya_storage::Namespace::new("anya.pkcs11.audit").expect("ns"),
+        anya_storage::Namespace::new("anya.pkcs11.audit-head").expect("ns"),
+    ];
+    let snapshot: Vec<Vec<(Vec<u8>, Vec<u8>)>> = audit
+        .iter()
+        .map(|ns| {
+            store
+                .scan(ns, anya_storage::Scan::all())
+                .expect("scan")
+                .into_iter()
+                .map(|e| (e.key, e.value))
+                .collect()
+        })
+        .collect();
+    token.sign_ecdsa(KeyRef::Key(&id), &[1; 32]).expect("sign");
+    for (ns, records) in audit.iter().zip(&snapshot) {
+        for e in store.scan(ns, anya_storage::Scan::all()).expect("scan") {
+            store.delete(ns, &e.key).expect("delete");
+        }
+        for (k, v) in records {
+            store.put(ns, k, v).expect("restore");
+        }
+    }
+    let reopened = Pkcs11Hsm::open(Arc::clone(&store), options);
+    assert!(
+        matches!(reopened, Err(HsmError::RolledBack { .. })),
+        "{:?}",
+        reopened.err()
+    );
+}

@@ -61,6 +61,12 @@ pub struct Pkcs11Options {
     pub actor: Label,
     /// The clock of audit records and key creation times.
     pub clock: Arc<dyn Clock>,
+    /// Where a copy of the audit head is kept, out of reach of a restore of the store
+    /// ([`crate::anchor`]); default none. With one, a store whose audit chain was rolled back
+    /// behind it is [`HsmError::RolledBack`](crate::HsmError::RolledBack) at open and on every
+    /// append. (This provider's audit head is not keyed: the anchor is what catches a chain
+    /// cut short.)
+    pub anchor: Option<Arc<dyn crate::anchor::RollbackAnchor>>,
 }
 
 impl Pkcs11Options {
@@ -75,7 +81,15 @@ impl Pkcs11Options {
             audit: AuditMode::Durable,
             actor: Label::new("anya").expect("a valid label"),
             clock: Arc::new(SystemClock),
+            anchor: None,
         }
+    }
+
+    /// These options with a rollback anchor.
+    #[must_use]
+    pub fn with_anchor(mut self, anchor: Arc<dyn crate::anchor::RollbackAnchor>) -> Self {
+        self.anchor = Some(anchor);
+        self
     }
 
     /// These options with another object label prefix.
@@ -123,6 +137,7 @@ impl fmt::Debug for Pkcs11Options {
             .field("namespace_prefix", &self.namespace_prefix)
             .field("audit", &self.audit)
             .field("actor", &self.actor)
+            .field("anchor", &self.anchor)
             .finish_non_exhaustive()
     }
 }
@@ -256,8 +271,9 @@ impl Pkcs11Hsm {
             head_ns,
             options.audit,
             Arc::clone(&options.clock),
-            None,
+            options.anchor.clone(),
         );
+        audit.check_anchor()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 session,
