@@ -765,7 +765,10 @@ fn verdicts(node: &Bitcoind, tx: &Transaction, spent: &[TxOut]) -> (Option<Strin
 /// Core's `testmempoolaccept` reaches, with the same reason. `ANYA_DIFF_SEED` (a number)
 /// replays a run; each run prints its seed.
 #[test]
-#[allow(clippy::print_stderr, reason = "the seed and the verdicts seen say how to replay a run")]
+#[allow(
+    clippy::print_stderr,
+    reason = "the seed and the verdicts seen say how to replay a run"
+)]
 fn random_transactions_agree_with_testmempoolaccept() {
     use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
     use std::collections::BTreeMap;
@@ -847,5 +850,46 @@ fn random_transactions_agree_with_testmempoolaccept() {
             seen.contains_key(reason),
             "no generated transaction got {reason}: {seen:?}"
         );
+    }
+}
+
+// ---- amounts at the money limit -----------------------------------------------------------------
+
+/// Values that cluster around the money limit and `u64`'s edge, where sums go wrong.
+fn money_edge() -> impl proptest::strategy::Strategy<Value = u64> {
+    use proptest::prelude::*;
+    let max = Amount::MAX_MONEY.to_sat();
+    prop_oneof![
+        0..=1_000u64,
+        (max - 1_000)..=(max + 1_000),
+        (max / 2 - 10)..=(max / 2 + 10),
+        (u64::MAX - 10)..=u64::MAX,
+        any::<u64>(),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+    /// `check_tx_inputs` is the exact fee when every sum is in the money range, and otherwise
+    /// the error of the first sum that leaves it; it never wraps or panics.
+    #[test]
+    fn check_tx_inputs_is_exact_at_the_money_limit(
+        ins in proptest::collection::vec(money_edge(), 1..5),
+        outs in proptest::collection::vec(money_edge(), 1..5),
+    ) {
+        let max = u128::from(Amount::MAX_MONEY.to_sat());
+        let spent: Vec<TxOut> = ins.iter().map(|v| output(*v)).collect();
+        let t = tx((0..ins.len()).map(|i| input(i as u8 + 1)).collect(), outs.iter().map(|v| output(*v)).collect());
+        let prefix_ok = |values: &[u64]| {
+            values.iter().try_fold(0u128, |sum, v| Some(sum + u128::from(*v)).filter(|s| *s <= max))
+        };
+        let got = check_tx_inputs(&t, &spent);
+        match (prefix_ok(&ins), prefix_ok(&outs)) {
+            (None, _) => proptest::prop_assert!(matches!(got, Err(CheckError::InputValuesOutOfRange { .. })), "{:?}", got),
+            (Some(_), None) => proptest::prop_assert!(matches!(got, Err(CheckError::OutputTotalTooLarge { .. })), "{:?}", got),
+            (Some(i), Some(o)) if i < o => proptest::prop_assert!(matches!(got, Err(CheckError::InputsBelowOutputs { .. })), "{:?}", got),
+            (Some(i), Some(o)) => proptest::prop_assert_eq!(got.map(|f| u128::from(f.to_sat())).ok(), Some(i - o)),
+        }
     }
 }
