@@ -3,13 +3,14 @@
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "the test reports its counts")]
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anya_storage::{KvStore, Namespace, Scan};
 use rand::Rng;
+
+mod common;
 
 const KILLS: u32 = 24;
 const BATCH_KEYS: usize = 10;
@@ -24,43 +25,11 @@ struct Tally {
 
 /// Runs the writer once, kills it `delay` after it reported that its store is open, and
 /// returns the acknowledged puts and batches.
-fn run_and_kill(backend: &str, path: &Path, run: u32, delay: Duration) -> (Vec<String>, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_anya-kill-writer"))
-        .args([backend, path.to_str().expect("utf-8 temp path"), &format!("r{run:03}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn writer");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut stdout = BufReader::new(stdout);
-        let mut all = Vec::new();
-        // The first line is READY, printed once the store is open (after crash recovery,
-        // which can take a while on a loaded machine); the kill timer starts there.
-        stdout.read_until(b'\n', &mut all).expect("read child stdout");
-        let _ = ready_tx.send(());
-        stdout.read_to_end(&mut all).expect("read child stdout");
-        all
-    });
-    // Either READY arrived or the writer died first (the assertions below say which).
-    let _ = ready_rx.recv_timeout(Duration::from_secs(60));
-    std::thread::sleep(delay);
-    child.kill().expect("SIGKILL the writer");
-    let status = child.wait().expect("reap writer");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr)
-        .expect("stderr");
-    let out = reader.join().expect("reader thread");
-    assert!(!status.success(), "writer must have been killed, not exit: {stderr}");
-    assert!(out.starts_with(b"READY\n"), "writer failed to start: {stderr}");
+fn run_writer(backend: &str, path: &Path, run: u32, delay: Duration) -> (Vec<String>, Vec<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_anya-kill-writer"));
+    cmd.args([backend, path.to_str().expect("utf-8 temp path"), &format!("r{run:03}")]);
     let (mut puts, mut batches) = (Vec::new(), Vec::new());
-    // Only complete lines count: a line cut by the kill was not yet an acknowledgement.
-    for line in out.lines_complete() {
+    for line in common::run_and_kill(cmd, delay) {
         if let Some(id) = line.strip_prefix("P ") {
             puts.push(id.to_owned());
         } else if let Some(id) = line.strip_prefix("B ") {
@@ -68,20 +37,6 @@ fn run_and_kill(backend: &str, path: &Path, run: u32, delay: Duration) -> (Vec<S
         }
     }
     (puts, batches)
-}
-
-trait CompleteLines {
-    fn lines_complete(&self) -> Vec<String>;
-}
-
-impl CompleteLines for Vec<u8> {
-    fn lines_complete(&self) -> Vec<String> {
-        let end = self.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        BufReader::new(&self[..end])
-            .lines()
-            .map(|l| l.expect("utf-8 line"))
-            .collect()
-    }
 }
 
 fn check(store: &dyn KvStore, acked_puts: &[String], acked_batches: &HashSet<String>, tally: &mut Tally) {
@@ -127,7 +82,7 @@ fn kill_loop(backend: &str, open: impl Fn(&Path) -> Box<dyn KvStore>) {
     let (mut all_puts, mut all_batches) = (Vec::new(), HashSet::new());
     for run in 0..KILLS {
         let delay = Duration::from_millis(rng.gen_range(150..600));
-        let (puts, batches) = run_and_kill(backend, &path, run, delay);
+        let (puts, batches) = run_writer(backend, &path, run, delay);
         tally.kills += 1;
         tally.acked_puts += puts.len();
         tally.acked_batches += batches.len();

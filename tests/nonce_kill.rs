@@ -8,9 +8,8 @@
 #![allow(clippy::print_stderr, reason = "the test reports its counts")]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +22,8 @@ use bitcoin::hex::{DisplayHex, FromHex};
 use bitcoin::secp256k1::{Message, Secp256k1};
 use rand::Rng;
 
+mod common;
+
 const KILLS: u32 = 16;
 
 /// What one run printed before it was killed.
@@ -33,44 +34,11 @@ struct Run {
     refused: usize,
 }
 
-fn run_and_kill(dir: &Path, run: u32, delay: Duration) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_anya-kill-oracle"))
-        .args([dir.to_str().expect("utf-8 temp path"), &format!("run{run:03}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the oracle");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut stdout = BufReader::new(stdout);
-        let mut all = Vec::new();
-        stdout.read_until(b'\n', &mut all).expect("read child stdout");
-        let _ = ready_tx.send(());
-        stdout.read_to_end(&mut all).expect("read child stdout");
-        all
-    });
-    let _ = ready_rx.recv_timeout(Duration::from_secs(60));
-    std::thread::sleep(delay);
-    child.kill().expect("SIGKILL the oracle");
-    let status = child.wait().expect("reap");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr)
-        .expect("stderr");
-    let out = reader.join().expect("reader thread");
-    assert!(
-        !status.success(),
-        "the oracle must have been killed, not exit: {stderr}"
-    );
-    assert!(out.starts_with(b"READY\n"), "the oracle failed to start: {stderr}");
-    // Only complete lines count: a line the kill cut was not yet said.
-    let end = out.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+fn run_oracle(dir: &Path, run: u32, delay: Duration) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_anya-kill-oracle"));
+    cmd.args([dir.to_str().expect("utf-8 temp path"), &format!("run{run:03}")]);
     let mut r = Run::default();
-    for line in String::from_utf8_lossy(&out[..end]).lines() {
+    for line in common::run_and_kill(cmd, delay) {
         let parts: Vec<&str> = line.split(' ').collect();
         match parts.as_slice() {
             ["REQ", n, m] => r.requested.push((n.parse().expect("nonce"), (*m).to_owned())),
@@ -78,7 +46,6 @@ fn run_and_kill(dir: &Path, run: u32, delay: Duration) -> Run {
                 .signed
                 .push((n.parse().expect("nonce"), (*m).to_owned(), (*s).to_owned())),
             ["USED", _, _] => r.refused += 1,
-            ["READY"] => {}
             other => panic!("unexpected line {other:?}"),
         }
     }
@@ -106,7 +73,7 @@ fn killed_oracles_never_sign_two_messages_with_one_nonce_and_keep_every_signatur
     let mut asked: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
     let (mut signatures, mut refusals) = (0usize, 0usize);
     for run in 0..KILLS {
-        let r = run_and_kill(dir.path(), run, Duration::from_millis(rng.gen_range(30..300)));
+        let r = run_oracle(dir.path(), run, Duration::from_millis(rng.gen_range(30..300)));
         signatures += r.signed.len();
         refusals += r.refused;
         for (n, m) in r.requested {

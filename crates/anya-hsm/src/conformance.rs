@@ -171,37 +171,42 @@ pub trait StoreBacked {
     fn state_namespaces(&self) -> Vec<anya_storage::Namespace>;
 }
 
-type StateSnapshot = Vec<(anya_storage::Namespace, std::collections::BTreeMap<Vec<u8>, Vec<u8>>)>;
+/// Every record of some namespaces of a store, as a backup would hold them.
+pub type Snapshot = Vec<(anya_storage::Namespace, std::collections::BTreeMap<Vec<u8>, Vec<u8>>)>;
 
-fn state_snapshot(f: &dyn StoreBacked) -> StateSnapshot {
-    f.state_namespaces()
-        .into_iter()
+/// The records of `namespaces` in `store`.
+pub fn snapshot(store: &dyn anya_storage::KvStore, namespaces: &[anya_storage::Namespace]) -> Snapshot {
+    namespaces
+        .iter()
         .map(|ns| {
-            let records = f
-                .store()
-                .scan(&ns, anya_storage::Scan::all())
+            let records = store
+                .scan(ns, anya_storage::Scan::all())
                 .expect("scan")
                 .into_iter()
                 .map(|e| (e.key, e.value))
                 .collect();
-            (ns, records)
+            (ns.clone(), records)
         })
         .collect()
 }
 
-/// Puts the state records back as `snapshot` holds them (the audit chain is left alone): each
+/// Puts the namespaces of `snapshot` back as it holds them, as restoring a backup would: each
 /// record that changed since, or disappeared, is written back; records made since are removed.
-fn put_back(f: &dyn StoreBacked, snapshot: &StateSnapshot) {
+pub fn put_back(store: &dyn anya_storage::KvStore, snapshot: &Snapshot) {
     for (ns, records) in snapshot {
-        for e in f.store().scan(ns, anya_storage::Scan::all()).expect("scan") {
+        for e in store.scan(ns, anya_storage::Scan::all()).expect("scan") {
             if !records.contains_key(&e.key) {
-                f.store().delete(ns, &e.key).expect("delete");
+                store.delete(ns, &e.key).expect("delete");
             }
         }
         for (k, v) in records {
-            f.store().put(ns, k, v).expect("put back");
+            store.put(ns, k, v).expect("put back");
         }
     }
+}
+
+fn state_snapshot(f: &dyn StoreBacked) -> Snapshot {
+    snapshot(f.store(), &f.state_namespaces())
 }
 
 /// A nonce whose committed record is put back after it signed signs no other message, and
@@ -216,7 +221,7 @@ pub fn nonce_record_put_back_signs_no_other_message(f: &dyn StoreBacked) {
     p.commit_nonce(&id, &n).expect("commit");
     let before = state_snapshot(f);
     let first = p.sign_with_nonce(&id, &n, &[1; 32]).expect("first message");
-    put_back(f, &before);
+    put_back(f.store(), &before);
     let second = p.sign_with_nonce(&id, &n, &[2; 32]);
     assert!(matches!(second, Err(HsmError::NonceAlreadyUsed { .. })), "{second:?}");
     assert_eq!(p.sign_with_nonce(&id, &n, &[1; 32]).expect("its own message"), first);
@@ -241,7 +246,7 @@ pub fn key_entry_put_back_does_not_export(f: &dyn StoreBacked) {
     p.delete_key(&id).expect("delete");
     p.import_key(&id, material(), KeyPolicy::default_for(KeySpec::Secp256k1))
         .expect("import again, non-exportable");
-    put_back(f, &before);
+    put_back(f.store(), &before);
     let export = p.export_key(&id);
     assert!(export.is_err(), "the old entry exported the secret");
 }
@@ -252,7 +257,7 @@ pub fn deleted_key_put_back_stays_deleted(f: &dyn StoreBacked) {
     let Some(id) = secp_key(p, "deleted-rb") else { return };
     let before = state_snapshot(f);
     p.delete_key(&id).expect("delete");
-    put_back(f, &before);
+    put_back(f.store(), &before);
     let sign = p.sign_ecdsa(KeyRef::Key(&id), &[1; 32]);
     assert!(sign.is_err(), "a deleted key signed again: {sign:?}");
 }

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use anya_hsm::anchor::{FileAnchor, RollbackAnchor, StoreAnchor};
+use anya_hsm::conformance::{put_back, Snapshot};
 use anya_hsm::{
     AuditBreak, HsmError, HsmProvider, KdfParams, KeyMaterial, KeyPolicy, KeySpec, Label, Operation, SecretBytes,
     SecretString, SoftwareHsm, SoftwareOptions,
@@ -89,35 +90,10 @@ fn reopen(store: &Arc<dyn KvStore>, options: SoftwareOptions) -> Result<Software
     Ok(hsm)
 }
 
-type Snapshot = Vec<(Namespace, Vec<(Vec<u8>, Vec<u8>)>)>;
-
 /// Every record of the keystore, as a backup would hold them.
 fn snapshot(store: &dyn KvStore) -> Snapshot {
-    NAMESPACES
-        .iter()
-        .map(|n| {
-            let ns = ns(n);
-            let records = store
-                .scan(&ns, Scan::all())
-                .expect("scan")
-                .into_iter()
-                .map(|e| (e.key, e.value))
-                .collect();
-            (ns, records)
-        })
-        .collect()
-}
-
-/// Puts the keystore back as `snapshot` holds it, as restoring a backup would.
-fn restore(store: &dyn KvStore, snapshot: &Snapshot) {
-    for (ns, records) in snapshot {
-        for e in store.scan(ns, Scan::all()).expect("scan") {
-            store.delete(ns, &e.key).expect("delete");
-        }
-        for (k, v) in records {
-            store.put(ns, k, v).expect("put");
-        }
-    }
+    let all: Vec<Namespace> = NAMESPACES.iter().map(|n| ns(n)).collect();
+    anya_hsm::conformance::snapshot(store, &all)
 }
 
 fn oracle_key(hsm: &SoftwareHsm) -> Label {
@@ -411,7 +387,7 @@ fn a_store_restored_behind_its_anchor_is_refused_and_its_nonces_stay_spent() {
             let first = hsm.sign_with_nonce(&id, &n1, &[1; 32]).expect("signs");
 
             // Restored under the running process: nothing signs from it.
-            restore(&*b.store, &backup);
+            put_back(&*b.store, &backup);
             let r = hsm.sign_with_nonce(&id, &n2, &[2; 32]);
             assert!(
                 matches!(r, Err(HsmError::RolledBack { .. })),
@@ -421,7 +397,7 @@ fn a_store_restored_behind_its_anchor_is_refused_and_its_nonces_stay_spent() {
             drop(hsm);
 
             // Restored, then opened: refused, naming both positions.
-            restore(&*b.store, &backup);
+            put_back(&*b.store, &backup);
             match SoftwareHsm::open(Arc::clone(&b.store), opts()) {
                 Err(HsmError::RolledBack { store, anchor, .. }) => {
                     assert!(store < anchor, "{}/{anchor_name}: {store} < {anchor}", b.name)
