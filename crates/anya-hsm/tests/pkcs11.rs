@@ -302,7 +302,7 @@ mod enveloped {
     anya_hsm::hsm_conformance_suite!(enveloped());
 
     impl anya_hsm::conformance::StoreBacked for Enveloped {
-        fn provider(&self) -> &dyn anya_hsm::HsmProvider {
+        fn provider(&self) -> &dyn HsmProvider {
             &self.hsm
         }
 

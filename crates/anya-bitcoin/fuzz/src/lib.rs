@@ -216,7 +216,7 @@ pub fn wallet_records(data: &[u8]) {
         let wallet_ns = Namespace::new("anya/wallet/w84").expect("ns");
         let policy_ns = Namespace::new("anya/wallet/w84/policy").expect("ns");
         let registry = Namespace::new("anya/wallets").expect("ns");
-        let saved: Vec<(Namespace, Vec<(Vec<u8>, Vec<u8>)>)> = [&wallet_ns, &policy_ns, &registry]
+        let saved: Vec<(Namespace, Records)> = [&wallet_ns, &policy_ns, &registry]
             .into_iter()
             .map(|ns| (ns.clone(), snapshot(&*h.store, ns)))
             .collect();
@@ -272,7 +272,10 @@ pub fn wallet_records(data: &[u8]) {
     });
 }
 
-fn snapshot(store: &dyn KvStore, ns: &Namespace) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// A namespace's records, key and value.
+type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn snapshot(store: &dyn KvStore, ns: &Namespace) -> Records {
     store
         .scan(ns, Scan::all())
         .expect("the store scans")
