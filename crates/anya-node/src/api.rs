@@ -1,0 +1,540 @@
+//! The HTTP API: an axum [`Router`] over a [`Node`], to serve as is (the `anya-node` daemon) or
+//! to mount in another axum server.
+//!
+//! Every route but `GET /health/live` needs a bearer token with the route's scope
+//! ([`ROUTES`]); errors are RFC 9457 problem details ([`ApiError`]).
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use anya_hsm::{AuxRand, HsmProvider, KeyInfo, KeyPolicy, KeyRef, KeySpec, Label, PublicKey};
+use anya_storage::Namespace;
+
+use crate::auth::{Scope, TokenInfo, TokenRefusal};
+use crate::error::ApiError;
+use crate::node::Node;
+
+/// Every route: method, path (axum syntax) and the scope it needs (`None`: no token).
+pub const ROUTES: &[(&str, &str, Option<Scope>)] = &[
+    ("GET", "/health/live", None),
+    ("GET", "/health/ready", Some(Scope::Read)),
+    ("GET", "/v1/keys", Some(Scope::Read)),
+    ("POST", "/v1/keys", Some(Scope::Admin)),
+    ("GET", "/v1/keys/{id}", Some(Scope::Read)),
+    ("POST", "/v1/keys/{id}/sign", Some(Scope::Sign)),
+    ("GET", "/v1/audit/verify", Some(Scope::Read)),
+    ("GET", "/v1/audit/records", Some(Scope::Read)),
+    ("GET", "/v1/tokens", Some(Scope::Admin)),
+    ("POST", "/v1/tokens", Some(Scope::Admin)),
+    ("DELETE", "/v1/tokens/{id}", Some(Scope::Admin)),
+];
+
+/// The API's routes over `node`, with its body limit.
+pub fn router(node: Arc<Node>) -> Router {
+    let limit = node.config().api.body_limit;
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/v1/keys", get(list_keys).post(create_key))
+        .route("/v1/keys/{id}", get(get_key))
+        .route("/v1/keys/{id}/sign", post(sign))
+        .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/audit/records", get(audit_records))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", delete(revoke_token))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(node)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on this route"),
+    )
+}
+
+/// Runs blocking store or HSM work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
+}
+
+// ---- extractors ---------------------------------------------------------------------------------
+
+/// A request authorized with a token holding scope `S` (0 read, 1 sign, 2 admin).
+#[derive(Debug)]
+pub struct Auth<const S: u8>(pub TokenInfo);
+
+/// [`Auth`] for `read`.
+pub type ReadAuth = Auth<0>;
+/// [`Auth`] for `sign`.
+pub type SignAuth = Auth<1>;
+/// [`Auth`] for `admin`.
+pub type AdminAuth = Auth<2>;
+
+const fn scope_of(s: u8) -> Scope {
+    match s {
+        0 => Scope::Read,
+        1 => Scope::Sign,
+        _ => Scope::Admin,
+    }
+}
+
+impl<const S: u8> FromRequestParts<Arc<Node>> for Auth<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::unauthorized("a bearer token is needed (Authorization: Bearer anya_…)"))?;
+        let node = Arc::clone(node);
+        let verdict = blocking(move || Ok(node.tokens().verify(&presented)?)).await?;
+        let info = match verdict {
+            Ok(info) => info,
+            Err(TokenRefusal::Expired) => return Err(ApiError::unauthorized("the token has expired")),
+            Err(TokenRefusal::Malformed | TokenRefusal::Unknown) => {
+                return Err(ApiError::unauthorized("the token is not valid"))
+            }
+        };
+        let scope = scope_of(S);
+        if !info.allows(scope) {
+            return Err(ApiError::forbidden(format!(
+                "the token does not have the {} scope",
+                format!("{scope:?}").to_lowercase()
+            )));
+        }
+        Ok(Auth(info))
+    }
+}
+
+/// A JSON body, refused with a problem-details error (malformed, wrong type, unknown field,
+/// too large, not JSON).
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Body(value))
+    }
+}
+
+/// The `{id}` of a path.
+#[derive(Debug)]
+pub struct Id(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state).await?;
+        Ok(Id(id))
+    }
+}
+
+fn label(id: &str) -> Result<Label, ApiError> {
+    Label::new(id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_label", e.to_string()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Result<Vec<u8>, ApiError> {
+    let bad = || ApiError::new(StatusCode::BAD_REQUEST, "invalid_hex", "not an even-length hex string");
+    if !s.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .ok_or_else(bad)
+        })
+        .collect()
+}
+
+// ---- health -------------------------------------------------------------------------------------
+
+async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "live" }))
+}
+
+async fn ready(_: ReadAuth, axum::extract::State(node): axum::extract::State<Arc<Node>>) -> Result<Response, ApiError> {
+    blocking(move || {
+        let store = Namespace::new("anya/node/health")
+            .map_err(ApiError::internal)
+            .and_then(|ns| {
+                node.store().put(&ns, b"probe", b"1")?;
+                node.store().delete(&ns, b"probe")?;
+                Ok(())
+            });
+        let unlocked = node.hsm().is_unlocked();
+        let ready = store.is_ok() && unlocked;
+        let body = serde_json::json!({
+            "ready": ready,
+            "checks": {
+                "store": if store.is_ok() { "writable" } else { "failing" },
+                "hsm": if unlocked { "unlocked" } else { "locked" },
+                "chain": "regtest (in-process)",
+            }
+        });
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        Ok((status, Json(body)).into_response())
+    })
+    .await
+}
+
+// ---- keys ---------------------------------------------------------------------------------------
+
+/// A key as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct KeyView {
+    /// Its id.
+    pub id: String,
+    /// `secp256k1`, `ed25519`, `p256`, `aes256` or `bip32`.
+    pub spec: &'static str,
+    /// Whether it may be exported.
+    pub exportable: bool,
+    /// Its public key in hex (compressed secp256k1, raw Ed25519, uncompressed P-256); none for
+    /// AES keys.
+    pub public_key: Option<String>,
+    /// When it was made (unix seconds).
+    pub created: u64,
+}
+
+fn spec_name(spec: KeySpec) -> &'static str {
+    match spec {
+        KeySpec::Secp256k1 => "secp256k1",
+        KeySpec::Ed25519 => "ed25519",
+        KeySpec::P256 => "p256",
+        KeySpec::Aes256 => "aes256",
+        KeySpec::Bip32Root => "bip32",
+        _ => "other",
+    }
+}
+
+fn view(node: &Node, info: &KeyInfo) -> Result<KeyView, ApiError> {
+    let public_key = match info.spec {
+        KeySpec::Aes256 => None,
+        _ => Some(match node.hsm().public_key(KeyRef::Key(&info.id))? {
+            PublicKey::Secp256k1(pk) => hex(&pk.serialize()),
+            PublicKey::Ed25519(pk) => hex(&pk),
+            PublicKey::P256(pk) => hex(&pk),
+            _ => return Err(ApiError::internal("a public key of an unknown kind")),
+        }),
+    };
+    Ok(KeyView {
+        id: info.id.as_str().to_owned(),
+        spec: spec_name(info.spec),
+        exportable: info.policy.exportable,
+        public_key,
+        created: info.created.as_secs(),
+    })
+}
+
+fn check_key_access(token: &TokenInfo, id: &str) -> Result<(), ApiError> {
+    if token.may_use_key(id) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!("the token may not use key {id}")))
+    }
+}
+
+async fn list_keys(
+    Auth(token): ReadAuth,
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+) -> Result<Json<Vec<KeyView>>, ApiError> {
+    blocking(move || {
+        let keys = node.hsm().list_keys()?;
+        keys.iter()
+            .filter(|k| token.may_use_key(k.id.as_str()))
+            .map(|k| view(&node, k))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Json)
+    })
+    .await
+}
+
+/// `POST /v1/keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// The new key's id (a label: 1 to 64 of `A-Za-z0-9._-`).
+    pub id: String,
+    /// `secp256k1`, `ed25519`, `p256`, `aes256` or `bip32`.
+    pub spec: String,
+    /// Whether it may be exported (default no).
+    #[serde(default)]
+    pub exportable: bool,
+}
+
+async fn create_key(
+    Auth(token): AdminAuth,
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    Body(req): Body<CreateKey>,
+) -> Result<Response, ApiError> {
+    let id = label(&req.id)?;
+    check_key_access(&token, id.as_str())?;
+    let spec = match req.spec.as_str() {
+        "secp256k1" => KeySpec::Secp256k1,
+        "ed25519" => KeySpec::Ed25519,
+        "p256" => KeySpec::P256,
+        "aes256" => KeySpec::Aes256,
+        "bip32" => KeySpec::Bip32Root,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_spec",
+                format!("unknown key spec {other:?}: secp256k1, ed25519, p256, aes256 or bip32"),
+            ))
+        }
+    };
+    blocking(move || {
+        let policy = KeyPolicy {
+            exportable: req.exportable,
+            ..KeyPolicy::default_for(spec)
+        };
+        let info = node.hsm().generate_key(&id, spec, policy)?;
+        Ok((StatusCode::CREATED, Json(view(&node, &info)?)).into_response())
+    })
+    .await
+}
+
+async fn get_key(
+    Auth(token): ReadAuth,
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    Id(id): Id,
+) -> Result<Json<KeyView>, ApiError> {
+    let id = label(&id)?;
+    check_key_access(&token, id.as_str())?;
+    blocking(move || {
+        let info = node.hsm().key_info(&id)?;
+        view(&node, &info).map(Json)
+    })
+    .await
+}
+
+/// `POST /v1/keys/{id}/sign`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    /// `ecdsa` or `schnorr` (BIP340) over a 32-byte digest; `ed25519` or `p256` over a
+    /// message of any length.
+    pub scheme: String,
+    /// The digest or message, in hex.
+    pub message_hex: String,
+}
+
+/// A signature.
+#[derive(Debug, Serialize)]
+pub struct Signature {
+    /// The scheme it was made with.
+    pub scheme: String,
+    /// DER for `ecdsa` and `p256`, 64 bytes for `schnorr` and `ed25519`; hex.
+    pub signature_hex: String,
+}
+
+async fn sign(
+    Auth(token): SignAuth,
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    Id(id): Id,
+    Body(req): Body<SignRequest>,
+) -> Result<Json<Signature>, ApiError> {
+    let id = label(&id)?;
+    check_key_access(&token, id.as_str())?;
+    let message = from_hex(&req.message_hex)?;
+    let digest = || -> Result<[u8; 32], ApiError> {
+        message.as_slice().try_into().map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_digest",
+                format!("{} signs a 32-byte digest, not {} bytes", req.scheme, message.len()),
+            )
+        })
+    };
+    let scheme = req.scheme.clone();
+    let signature = match req.scheme.as_str() {
+        "ecdsa" => {
+            let d = digest()?;
+            blocking(move || Ok(node.hsm().sign_ecdsa(KeyRef::Key(&id), &d)?.serialize_der().to_vec())).await?
+        }
+        "schnorr" => {
+            let d = digest()?;
+            blocking(move || {
+                Ok(node
+                    .hsm()
+                    .sign_schnorr(KeyRef::Key(&id), &d, AuxRand::Fresh)?
+                    .as_ref()
+                    .to_vec())
+            })
+            .await?
+        }
+        "ed25519" => blocking(move || Ok(node.hsm().sign_ed25519(&id, &message)?.0.to_vec())).await?,
+        "p256" => blocking(move || Ok(node.hsm().sign_p256(&id, &message)?.to_der())).await?,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_scheme",
+                format!("unknown scheme {other:?}: ecdsa, schnorr, ed25519 or p256"),
+            ))
+        }
+    };
+    Ok(Json(Signature {
+        scheme,
+        signature_hex: hex(&signature),
+    }))
+}
+
+// ---- audit --------------------------------------------------------------------------------------
+
+async fn audit_verify(
+    _: ReadAuth,
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    blocking(move || {
+        let s = node.hsm().verify_audit_chain()?;
+        Ok(Json(serde_json::json!({
+            "records": s.records,
+            "head": hex(&s.head),
+            "authenticated": s.authenticated,
+        })))
+    })
+    .await
+}
+
+/// `GET /v1/audit/records?after=N&limit=M`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsQuery {
+    /// Records after this sequence number (default 0: from the first).
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many (default 100, at most 1000).
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+async fn audit_records(
+    _: ReadAuth,
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    query: Result<Query<RecordsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let Query(q) = query?;
+    let limit = q.limit.min(1000);
+    blocking(move || {
+        let records = node.hsm().audit_records(q.after, limit)?;
+        Ok(Json(
+            records
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "seq": r.seq,
+                        "time": r.time.as_secs(),
+                        "operation": format!("{:?}", r.operation),
+                        "key_id": r.key_id.as_ref().map(Label::as_str),
+                        "actor": r.actor.as_str(),
+                        "outcome": r.outcome,
+                        "input_hash": r.input_hash.as_ref().map(|h| hex(h)),
+                    })
+                })
+                .collect(),
+        ))
+    })
+    .await
+}
+
+// ---- tokens -------------------------------------------------------------------------------------
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// A name for people.
+    pub name: String,
+    /// `read`, `sign`, `admin`.
+    pub scopes: Vec<Scope>,
+    /// The only keys it may use.
+    #[serde(default)]
+    pub keys: Option<Vec<String>>,
+    /// Seconds until it expires (none: never).
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+async fn create_token(
+    _: AdminAuth,
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    Body(req): Body<CreateToken>,
+) -> Result<Response, ApiError> {
+    if req.scopes.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_scopes",
+            "a token needs at least one scope",
+        ));
+    }
+    blocking(move || {
+        let expires = req
+            .expires_in_secs
+            .map(|s| node.clock().now().as_secs().saturating_add(s));
+        let (info, token) = node.tokens().create(&req.name, req.scopes, req.keys, expires)?;
+        Ok((
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "token": token, "info": info })),
+        )
+            .into_response())
+    })
+    .await
+}
+
+async fn list_tokens(
+    _: AdminAuth,
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    blocking(move || Ok(Json(node.tokens().list()?))).await
+}
+
+async fn revoke_token(
+    _: AdminAuth,
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    Id(id): Id,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || {
+        if node.tokens().revoke(&id)? {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(ApiError::not_found(format!("no token {id}")))
+        }
+    })
+    .await
+}

@@ -1,0 +1,46 @@
+//! Serving the API with a bounded graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::router;
+use crate::node::Node;
+
+/// Serves the API of `node` on `listener` until `shutdown` completes; then stops accepting,
+/// gives requests in flight up to the configured grace period to finish, and makes every audit
+/// record durable. A request that was answered was applied in full: every write the API does is
+/// one atomic store batch before its reply is sent.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grace = Duration::from_secs(node.config().api.shutdown_grace_secs);
+    let app = router(Arc::clone(&node));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => tracing::error!(error = %join, "the server task failed"),
+        Err(_) => tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "requests still in flight after the grace period were dropped"
+        ),
+    }
+    tokio::task::spawn_blocking(move || node.close())
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)?;
+    tracing::info!("audit log flushed; stopped");
+    Ok(())
+}
