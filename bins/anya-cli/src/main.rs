@@ -19,6 +19,7 @@ use anya_hsm::{
     SoftwareOptions,
 };
 use anya_storage::{KvStore, SqliteOptions, SqliteStore};
+use bitcoin::hex::{DisplayHex, FromHex};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod node;
@@ -461,26 +462,9 @@ fn digest(message: &[u8]) -> Result<[u8; 32], CliError> {
 }
 
 fn from_hex(s: &str) -> Result<Vec<u8>, CliError> {
-    let bad = || CliError::Usage(format!("--message-hex is not hex: {s:?}"));
-    if !s.len().is_multiple_of(2) {
-        return Err(bad());
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            s.get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-                .ok_or_else(bad)
-        })
-        .collect()
+    Vec::<u8>::from_hex(s).map_err(|_| CliError::Usage(format!("--message-hex is not hex: {s:?}")))
 }
 
 fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
+    bytes.to_lower_hex_string()
 }

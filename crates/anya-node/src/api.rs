@@ -15,6 +15,8 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use bitcoin::hex::{DisplayHex, FromHex};
+
 use anya_hsm::{AuxRand, HsmProvider, KeyInfo, KeyPolicy, KeyRef, KeySpec, Label, PublicKey};
 use anya_storage::Namespace;
 
@@ -157,22 +159,11 @@ fn label(id: &str) -> Result<Label, ApiError> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bytes.to_lower_hex_string()
 }
 
 fn from_hex(s: &str) -> Result<Vec<u8>, ApiError> {
-    let bad = || ApiError::new(StatusCode::BAD_REQUEST, "invalid_hex", "not an even-length hex string");
-    if !s.len().is_multiple_of(2) {
-        return Err(bad());
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            s.get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-                .ok_or_else(bad)
-        })
-        .collect()
+    Vec::<u8>::from_hex(s).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_hex", e.to_string()))
 }
 
 // ---- health -------------------------------------------------------------------------------------
