@@ -570,6 +570,88 @@ impl Shared {
         }
     }
 
+    /// Walks the records after position `from` (records, hash), checking that each is where it
+    /// should be and chains on; stops after record `until` when given. `each` sees every record
+    /// with the chain's hash after it. Returns the position reached.
+    fn walk(
+        &self,
+        from: (u64, [u8; 32]),
+        until: Option<u64>,
+        mut each: impl FnMut(u64, &[u8; 32], AuditRecord),
+    ) -> Result<(u64, [u8; 32]), HsmError> {
+        let (mut seq, mut hash) = from;
+        loop {
+            if until.is_some_and(|u| seq >= u) {
+                break;
+            }
+            // From the start, every key is read (a stray one is undecodable, not skipped).
+            let after = seq.to_be_bytes();
+            let scan = if seq == 0 {
+                Scan::all()
+            } else {
+                Scan::all().after(&after)
+            };
+            let page = self.store.scan(&self.records_ns, scan.limit(VERIFY_PAGE))?;
+            if page.is_empty() {
+                break;
+            }
+            for entry in &page {
+                let expected = seq + 1;
+                if until.is_some_and(|u| expected > u) {
+                    break;
+                }
+                let broken = |reason| HsmError::AuditChainBroken { seq: expected, reason };
+                let at = key_seq(&entry.key).ok_or(broken(AuditBreak::Undecodable))?;
+                if at != expected {
+                    return Err(broken(AuditBreak::Gap));
+                }
+                let record = AuditRecord::decode(&entry.value).ok_or(broken(AuditBreak::Undecodable))?;
+                if record.seq != expected {
+                    return Err(broken(AuditBreak::SequenceMismatch));
+                }
+                if record.prev_hash != hash {
+                    return Err(broken(AuditBreak::PrevHashMismatch));
+                }
+                hash = hash_encoded(&entry.value);
+                seq = expected;
+                each(seq, &hash, record);
+            }
+        }
+        Ok((seq, hash))
+    }
+
+    /// How many records the head's keyed position vouches for, checked with the key when the
+    /// keystore is unlocked (0 when locked): its MAC, that it is not past the end of the chain
+    /// (`records`), and that the chain there hashes to what it names (`keyed_hash`; a keyed
+    /// position below `read_before` was checked by an earlier read and is not read again).
+    fn check_keyed(
+        &self,
+        keyed: Option<Keyed>,
+        records: u64,
+        keyed_hash: Option<[u8; 32]>,
+        read_before: u64,
+    ) -> Result<u64, HsmError> {
+        let key = self.mac_key.read().map_err(|_| HsmError::Poisoned)?;
+        let Some(key) = key.as_ref() else { return Ok(0) };
+        let broken = |reason| HsmError::AuditChainBroken { seq: records, reason };
+        match keyed {
+            None if records == 0 => Ok(0),
+            None => Err(broken(AuditBreak::Unauthenticated)),
+            Some(k) => {
+                if head_mac(key, k.seq, &k.hash) != k.mac {
+                    return Err(broken(AuditBreak::BadMac));
+                }
+                if k.seq > records {
+                    return Err(broken(AuditBreak::Truncated));
+                }
+                if k.seq >= read_before && keyed_hash != Some(k.hash) {
+                    return Err(broken(AuditBreak::Rewritten));
+                }
+                Ok(k.seq)
+            }
+        }
+    }
+
     /// Moves the anchor (if any) to `point`.
     fn advance_anchor(&self, point: AnchorPoint) -> Result<(), HsmError> {
         let Some(anchor) = &self.anchor else { return Ok(()) };
@@ -867,62 +949,21 @@ impl AuditLog {
         }
         let keyed = head.keyed;
         let mut keyed_hash = keyed.filter(|k| k.seq == index.through).map(|_| index.hash);
-        let (mut seq, mut hash) = (index.through, index.hash);
         let mut learned = Vec::new();
-        while seq < head.seq {
-            let page = shared.store.scan(
-                &shared.records_ns,
-                Scan::all().after(&seq.to_be_bytes()).limit(VERIFY_PAGE),
-            )?;
-            if page.is_empty() {
-                break;
+        let (seq, hash) = shared.walk((index.through, index.hash), Some(head.seq), |seq, hash, record| {
+            if keyed.is_some_and(|k| k.seq == seq) {
+                keyed_hash = Some(*hash);
             }
-            for entry in &page {
-                let expected = seq + 1;
-                if expected > head.seq {
-                    break;
-                }
-                let broken = |reason| HsmError::AuditChainBroken { seq: expected, reason };
-                if key_seq(&entry.key) != Some(expected) {
-                    return Err(broken(AuditBreak::Gap));
-                }
-                let record = AuditRecord::decode(&entry.value).ok_or(broken(AuditBreak::Undecodable))?;
-                if record.seq != expected {
-                    return Err(broken(AuditBreak::SequenceMismatch));
-                }
-                if record.prev_hash != hash {
-                    return Err(broken(AuditBreak::PrevHashMismatch));
-                }
-                hash = hash_encoded(&entry.value);
-                seq = expected;
-                if keyed.is_some_and(|k| k.seq == seq) {
-                    keyed_hash = Some(hash);
-                }
-                learned.push(record);
-            }
-        }
-        let broken = |reason| HsmError::AuditChainBroken { seq, reason };
+            learned.push(record);
+        })?;
         if seq != head.seq || hash != head.hash {
-            return Err(broken(AuditBreak::HeadMismatch));
+            return Err(HsmError::AuditChainBroken {
+                seq,
+                reason: AuditBreak::HeadMismatch,
+            });
         }
-        if let Some(key) = shared.mac_key.read().map_err(|_| HsmError::Poisoned)?.as_ref() {
-            match keyed {
-                None if seq > 0 => return Err(broken(AuditBreak::Unauthenticated)),
-                None => {}
-                Some(k) => {
-                    if head_mac(key, k.seq, &k.hash) != k.mac {
-                        return Err(broken(AuditBreak::BadMac));
-                    }
-                    if k.seq > seq {
-                        return Err(broken(AuditBreak::Truncated));
-                    }
-                    // A keyed position already read is vouched for by the earlier read.
-                    if k.seq >= index.through && keyed_hash != Some(k.hash) {
-                        return Err(broken(AuditBreak::Rewritten));
-                    }
-                }
-            }
-        }
+        // A keyed position already read is vouched for by the earlier read.
+        shared.check_keyed(keyed, seq, keyed_hash, index.through)?;
         for record in &learned {
             index.learn(record);
         }
@@ -1164,50 +1205,8 @@ impl AuditLog {
                 anchor_hash = Some(*hash);
             }
         };
-        let (mut expected, mut hash) = (1u64, [0u8; 32]);
-        note(0, &hash);
-        let mut last_key: Option<Vec<u8>> = None;
-        loop {
-            let scan = match &last_key {
-                Some(k) => Scan::all().after(k).limit(VERIFY_PAGE),
-                None => Scan::all().limit(VERIFY_PAGE),
-            };
-            let page = store.scan(&self.shared.records_ns, scan)?;
-            let Some(last) = page.last() else { break };
-            last_key = Some(last.key.clone());
-            for entry in &page {
-                let key_seq = key_seq(&entry.key).ok_or(HsmError::AuditChainBroken {
-                    seq: expected,
-                    reason: AuditBreak::Undecodable,
-                })?;
-                if key_seq != expected {
-                    return Err(HsmError::AuditChainBroken {
-                        seq: expected,
-                        reason: AuditBreak::Gap,
-                    });
-                }
-                let record = AuditRecord::decode(&entry.value).ok_or(HsmError::AuditChainBroken {
-                    seq: expected,
-                    reason: AuditBreak::Undecodable,
-                })?;
-                if record.seq != expected {
-                    return Err(HsmError::AuditChainBroken {
-                        seq: expected,
-                        reason: AuditBreak::SequenceMismatch,
-                    });
-                }
-                if record.prev_hash != hash {
-                    return Err(HsmError::AuditChainBroken {
-                        seq: expected,
-                        reason: AuditBreak::PrevHashMismatch,
-                    });
-                }
-                hash = hash_encoded(&entry.value);
-                note(expected, &hash);
-                expected += 1;
-            }
-        }
-        let records = expected - 1;
+        note(0, &[0; 32]);
+        let (records, hash) = self.shared.walk((0, [0; 32]), None, |seq, hash, _| note(seq, hash))?;
         match head {
             None if records == 0 => {}
             None => {
@@ -1225,25 +1224,7 @@ impl AuditLog {
                 }
             }
         }
-        let key = self.shared.mac_key.read().map_err(|_| HsmError::Poisoned)?.clone();
-        let broken = |reason| HsmError::AuditChainBroken { seq: records, reason };
-        let authenticated = match (key, keyed) {
-            (None, _) => 0,
-            (Some(_), None) if records == 0 => 0,
-            (Some(_), None) => return Err(broken(AuditBreak::Unauthenticated)),
-            (Some(key), Some(k)) => {
-                if head_mac(&key, k.seq, &k.hash) != k.mac {
-                    return Err(broken(AuditBreak::BadMac));
-                }
-                if k.seq > records {
-                    return Err(broken(AuditBreak::Truncated));
-                }
-                if keyed_hash != Some(k.hash) {
-                    return Err(broken(AuditBreak::Rewritten));
-                }
-                k.seq
-            }
-        };
+        let authenticated = self.shared.check_keyed(keyed, records, keyed_hash, 0)?;
         if let Some(point) = anchored {
             if records < point.seq || anchor_hash != Some(point.hash) {
                 return Err(HsmError::RolledBack {

@@ -237,6 +237,7 @@ impl SoftwareHsm {
         &self,
         key_id: &KeyId,
         nonce_id: &Label,
+        digest: &[u8; 32],
         message: &[u8; 32],
     ) -> Result<schnorr::Signature, HsmError> {
         let inner = &self.inner;
@@ -265,12 +266,11 @@ impl SoftwareHsm {
         // With an anchor: the store must not be behind it, and a nonce it holds as consumed
         // signs only the message it was consumed for, whatever the store says.
         let anchor = inner.audit.anchor();
-        let digest = crate::anchor::nonce_digest(key_id, nonce_id);
         // The chain records every signature a nonce made (before it was returned): a record put
         // back in the store cannot make it sign another message.
         if inner
             .audit
-            .nonce_history(&digest)?
+            .nonce_history(digest)?
             .signed
             .is_some_and(|h| h != input_hash(message))
         {
@@ -278,14 +278,14 @@ impl SoftwareHsm {
         }
         if let Some(anchor) = anchor {
             inner.audit.check_anchor()?;
-            if anchor.consumed(&digest)?.is_some_and(|m| m != *message) {
+            if anchor.consumed(digest)?.is_some_and(|m| m != *message) {
                 return Err(used());
             }
         }
         // Recorded in the anchor before any signature leaves.
         let anchored = |signature: schnorr::Signature| match anchor {
             None => Ok(signature),
-            Some(anchor) => match anchor.consume(&digest, message) {
+            Some(anchor) => match anchor.consume(digest, message) {
                 Ok(()) => Ok(signature),
                 Err(HsmError::AnchorNonceConflict) => Err(used()),
                 Err(e) => Err(e),
@@ -660,8 +660,8 @@ impl HsmProvider for SoftwareHsm {
             Some(key_id),
             Some(input_hash(message)),
             || {
-                let signature = self.sign_nonce_inner(key_id, nonce_id, message)?;
-                Ok((signature, crate::anchor::nonce_digest(key_id, nonce_id)))
+                let digest = crate::anchor::nonce_digest(key_id, nonce_id);
+                Ok((self.sign_nonce_inner(key_id, nonce_id, &digest, message)?, digest))
             },
         )
     }
