@@ -8,7 +8,6 @@
     reason = "a command line prints its results and errors"
 )]
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -399,57 +398,7 @@ fn key_line(hsm: &SoftwareHsm, info: &KeyInfo) -> Result<String, CliError> {
 
 /// The passphrase from `ANYA_PASSPHRASE`, or read from the terminal without echo.
 fn passphrase(confirm: bool) -> Result<SecretString, CliError> {
-    if let Ok(p) = std::env::var("ANYA_PASSPHRASE") {
-        return Ok(SecretString::new(p));
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(CliError::Usage(
-            "no passphrase: set ANYA_PASSPHRASE or run on a terminal".to_owned(),
-        ));
-    }
-    let first = prompt("passphrase: ")?;
-    if confirm {
-        let again = prompt("passphrase again: ")?;
-        if first.expose() != again.expose() {
-            return Err(CliError::Usage("the passphrases differ".to_owned()));
-        }
-    }
-    Ok(first)
-}
-
-/// Reads one line from the terminal with echo turned off (through `stty`, so that no terminal
-/// library or unsafe code is needed), restoring echo afterwards.
-fn prompt(text: &str) -> Result<SecretString, CliError> {
-    let tty = |what| move |e| CliError::Io(what, e);
-    eprint!("{text}");
-    std::io::stderr().flush().map_err(tty("cannot write the prompt"))?;
-    let stty = |arg: &str| -> Result<(), CliError> {
-        let tty_in = std::fs::File::open("/dev/tty").map_err(tty("cannot open the terminal"))?;
-        let status = std::process::Command::new("stty")
-            .arg(arg)
-            .stdin(tty_in)
-            .status()
-            .map_err(tty("cannot run stty to hide the passphrase"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(CliError::Usage(
-                "stty failed: refusing to read the passphrase with echo on".to_owned(),
-            ))
-        }
-    };
-    stty("-echo")?;
-    let mut line = String::new();
-    let read = std::io::stdin().lock().read_line(&mut line);
-    let restored = stty("echo");
-    eprintln!();
-    read.map_err(tty("cannot read the passphrase"))?;
-    restored?;
-    let trimmed = line.trim_end_matches(['\r', '\n']).to_owned();
-    // Wipe the buffer the line was read into.
-    let secret = SecretString::new(trimmed);
-    drop(SecretString::new(line));
-    Ok(secret)
+    anya_hsm::passphrase::read_passphrase(None, confirm).map_err(|e| CliError::Usage(e.to_string()))
 }
 
 fn digest(message: &[u8]) -> Result<[u8; 32], CliError> {

@@ -279,31 +279,7 @@ impl RegtestChain {
     /// On any error nothing changes.
     pub fn mine(&mut self, coinbase_to: &ScriptBuf, txs: Vec<Transaction>) -> Result<&Block, RegtestError> {
         let height = self.height() + 1;
-        let mut pending = Pending::default();
-        let mut fees = Amount::ZERO;
-        for tx in &txs {
-            let txid = tx.compute_txid();
-            // Checked against the UTXO set after the block's earlier transactions.
-            let spent = self.spent_from(&pending, tx)?;
-            verify_transaction(tx, &spent, VerifyFlags::consensus())
-                .map_err(|source| RegtestError::Script { txid, source })?;
-            // Core's CheckTxInputs, with checked sums: inputs come from the UTXO set, but a sum
-            // is checked wherever it is taken rather than trusted to be small.
-            let fee = check_tx_inputs(tx, &spent).map_err(|e| match e {
-                CheckError::InputsBelowOutputs { inputs, outputs } => {
-                    RegtestError::ValueCreated { txid, inputs, outputs }
-                }
-                CheckError::InputValuesOutOfRange { .. } | CheckError::OutputTotalTooLarge { .. } => {
-                    RegtestError::ValueOutOfRange { txid }
-                }
-                source => RegtestError::Check { txid, source },
-            })?;
-            fees = fees.checked_add(fee).ok_or(RegtestError::ValueOutOfRange { txid })?;
-            for input in &tx.input {
-                pending.spend(input.previous_output);
-            }
-            add_outputs(&mut pending.created, tx, height, false);
-        }
+        let (mut pending, fees) = self.connect(&txs)?;
         let reward = Self::subsidy(height)
             .checked_add(fees)
             .filter(|r| *r <= Amount::MAX_MONEY);
@@ -329,6 +305,45 @@ impl RegtestChain {
         }
         self.utxos.extend(pending.created);
         Ok(self.tip())
+    }
+
+    /// Whether the next block could hold `txs` (in order; one may spend an earlier one): the
+    /// checks [`mine`](Self::mine) makes, without mining. Returns their fees. A mempool uses it
+    /// to admit a transaction on top of the ones it holds.
+    pub fn accepts(&self, txs: &[Transaction]) -> Result<Amount, RegtestError> {
+        self.connect(txs).map(|(_, fees)| fees)
+    }
+
+    /// Checks `txs` as the next block's transactions: what they do to the UTXO set, and their
+    /// fees.
+    fn connect(&self, txs: &[Transaction]) -> Result<(Pending, Amount), RegtestError> {
+        let height = self.height() + 1;
+        let mut pending = Pending::default();
+        let mut fees = Amount::ZERO;
+        for tx in txs {
+            let txid = tx.compute_txid();
+            // Checked against the UTXO set after the block's earlier transactions.
+            let spent = self.spent_from(&pending, tx)?;
+            verify_transaction(tx, &spent, VerifyFlags::consensus())
+                .map_err(|source| RegtestError::Script { txid, source })?;
+            // Core's CheckTxInputs, with checked sums: inputs come from the UTXO set, but a sum
+            // is checked wherever it is taken rather than trusted to be small.
+            let fee = check_tx_inputs(tx, &spent).map_err(|e| match e {
+                CheckError::InputsBelowOutputs { inputs, outputs } => {
+                    RegtestError::ValueCreated { txid, inputs, outputs }
+                }
+                CheckError::InputValuesOutOfRange { .. } | CheckError::OutputTotalTooLarge { .. } => {
+                    RegtestError::ValueOutOfRange { txid }
+                }
+                source => RegtestError::Check { txid, source },
+            })?;
+            fees = fees.checked_add(fee).ok_or(RegtestError::ValueOutOfRange { txid })?;
+            for input in &tx.input {
+                pending.spend(input.previous_output);
+            }
+            add_outputs(&mut pending.created, tx, height, false);
+        }
+        Ok((pending, fees))
     }
 
     /// Mines `n` blocks with no transactions, paying `coinbase_to`.

@@ -8,6 +8,7 @@ mod capability;
 mod error;
 mod key;
 mod p256;
+pub mod passphrase;
 mod provider;
 mod secret;
 

@@ -34,6 +34,9 @@ pub struct TokenInfo {
     /// The only keys it may use, if limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<Vec<String>>,
+    /// The only wallets it may use, if limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallets: Option<Vec<String>>,
     /// Unix time after which it is refused, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<u64>,
@@ -56,6 +59,11 @@ impl TokenInfo {
     pub fn may_use_key(&self, id: &str) -> bool {
         self.keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == id))
     }
+
+    /// Whether this token may use wallet `name`.
+    pub fn may_use_wallet(&self, name: &str) -> bool {
+        self.wallets.as_ref().is_none_or(|w| w.iter().any(|k| k == name))
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -64,6 +72,15 @@ struct Stored {
     info: TokenInfo,
     /// SHA-256 of the secret, hex.
     hash: String,
+}
+
+/// What a token is limited to (`None`: everything).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenLimits {
+    /// The only keys it may use.
+    pub keys: Option<Vec<String>>,
+    /// The only wallets it may use.
+    pub wallets: Option<Vec<String>>,
 }
 
 /// Why a presented token was refused. The API says only "missing" or "invalid", never which
@@ -110,7 +127,7 @@ impl std::fmt::Debug for Tokens {
 const PREFIX: &str = "anya_";
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bitcoin::hex::DisplayHex::to_lower_hex_string(bytes)
 }
 
 fn secret_hash(secret: &str) -> String {
@@ -149,9 +166,10 @@ impl Tokens {
         &self,
         name: &str,
         scopes: Vec<Scope>,
-        keys: Option<Vec<String>>,
+        limits: TokenLimits,
         expires: Option<u64>,
     ) -> Result<(TokenInfo, String), TokenError> {
+        let TokenLimits { keys, wallets } = limits;
         let id = self.random_hex::<8>()?;
         let secret = self.random_hex::<32>()?;
         let info = TokenInfo {
@@ -159,6 +177,7 @@ impl Tokens {
             name: name.to_owned(),
             scopes,
             keys,
+            wallets,
             expires,
             created: self.clock.now().as_secs(),
         };
@@ -241,6 +260,7 @@ mod tests {
             name: String::new(),
             scopes,
             keys: None,
+            wallets: None,
             expires: None,
             created: 0,
         };

@@ -3,10 +3,13 @@
 //!
 //! Unknown keys are an error, so a misspelt setting is never silently ignored.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use anya_bitcoin::policy::SpendPolicy;
+use bitcoin::{Address, Amount, FeeRate, Network};
+use serde::{Deserialize, Serialize};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +68,176 @@ pub struct NodeConfig {
     pub api: ApiConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Rate limits (reloadable).
+    pub rate_limit: RateLimitConfig,
+    /// The event stream.
+    pub events: EventsConfig,
+    /// bitcoind, when `chain = "bitcoind"`.
+    pub bitcoind: Option<BitcoindConfig>,
+    /// Spending policies by wallet name (reloadable). A wallet named here has its policy set
+    /// from this file at start and on every reload; the API refuses to change it.
+    pub policy: BTreeMap<String, PolicyBody>,
+}
+
+/// Rate limits: requests per second and burst, per API token and per client address. A rate
+/// of 0 turns that limit off.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per token; default 200.
+    pub per_token_per_sec: u32,
+    /// Burst per token; default 400.
+    pub per_token_burst: u32,
+    /// Sustained requests per second per client IP; default 500.
+    pub per_ip_per_sec: u32,
+    /// Burst per client IP; default 1000.
+    pub per_ip_burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_token_per_sec: 200,
+            per_token_burst: 400,
+            per_ip_per_sec: 500,
+            per_ip_burst: 1000,
+        }
+    }
+}
+
+/// The event stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct EventsConfig {
+    /// How many events a subscriber may fall behind before it is told it missed some; default
+    /// 1024.
+    pub queue: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { queue: 1024 }
+    }
+}
+
+/// How to reach bitcoind.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BitcoindConfig {
+    /// `http://127.0.0.1:18443`.
+    pub url: String,
+    /// Its cookie file (`<datadir>/regtest/.cookie`); or `user` and `password_file`.
+    #[serde(default)]
+    pub cookie_file: Option<PathBuf>,
+    /// An `-rpcuser`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A file whose first line is the RPC password (never the password itself in the file).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The network it must serve: `bitcoin`, `testnet`, `signet` or `regtest`.
+    pub network: Network,
+}
+
+/// A wallet's spending policy, as the config file and the API write it. Absent limits are no
+/// limit.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PolicyBody {
+    /// Most satoshis one transaction may send out of the wallet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_tx_sat: Option<u64>,
+    /// Most satoshis all approved transactions may send out in any rolling 24 hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_24h_sat: Option<u64>,
+    /// The only addresses a transaction may pay outside the wallet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowlist: Option<Vec<String>>,
+    /// Highest fee rate, sat/vB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fee_rate_sat_vb: Option<u64>,
+    /// Highest absolute fee, satoshis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fee_sat: Option<u64>,
+    /// Every output that claims to be change must pay the wallet (default true).
+    #[serde(default = "yes")]
+    pub change_to_wallet: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PolicyBody {
+    /// The rules, with each allowlisted address checked to be of `network`.
+    pub fn to_policy(&self, network: Network) -> Result<SpendPolicy, String> {
+        let amount = |sat: Option<u64>, what: &str| -> Result<Option<Amount>, String> {
+            sat.map(|s| {
+                let a = Amount::from_sat(s);
+                if a > Amount::MAX_MONEY {
+                    Err(format!("{what}: {s} sat is past the money limit"))
+                } else {
+                    Ok(a)
+                }
+            })
+            .transpose()
+        };
+        let allowlist = self
+            .allowlist
+            .as_ref()
+            .map(|list| {
+                list.iter()
+                    .map(|a| {
+                        a.parse::<Address<_>>()
+                            .map_err(|e| format!("allowlist {a}: {e}"))?
+                            .require_network(network)
+                            .map(|a| a.script_pubkey())
+                            .map_err(|e| format!("allowlist {a}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let max_fee_rate = self
+            .max_fee_rate_sat_vb
+            .map(|r| FeeRate::from_sat_per_vb(r).ok_or_else(|| format!("max_fee_rate_sat_vb: {r} is too large")))
+            .transpose()?;
+        Ok(SpendPolicy {
+            max_per_tx: amount(self.max_per_tx_sat, "max_per_tx_sat")?,
+            max_per_24h: amount(self.max_per_24h_sat, "max_per_24h_sat")?,
+            allowlist,
+            max_fee_rate,
+            max_fee: amount(self.max_fee_sat, "max_fee_sat")?,
+            change_to_wallet: self.change_to_wallet,
+        })
+    }
+
+    /// The rules as the API shows them (a script that is not an address shows as
+    /// `script:<hex>`).
+    pub fn from_policy(policy: &SpendPolicy, network: Network) -> Self {
+        Self {
+            max_per_tx_sat: policy.max_per_tx.map(Amount::to_sat),
+            max_per_24h_sat: policy.max_per_24h.map(Amount::to_sat),
+            allowlist: policy.allowlist.as_ref().map(|list| {
+                list.iter()
+                    .map(|script| {
+                        Address::from_script(script, network)
+                            .map_or_else(|_| format!("script:{script:x}"), |a| a.to_string())
+                    })
+                    .collect()
+            }),
+            max_fee_rate_sat_vb: policy.max_fee_rate.map(FeeRate::to_sat_per_vb_ceil),
+            max_fee_sat: policy.max_fee.map(Amount::to_sat),
+            change_to_wallet: policy.change_to_wallet,
+        }
+    }
 }
 
 /// HSM settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct HsmConfig {
@@ -97,8 +266,21 @@ pub struct ApiConfig {
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct LogConfig {
-    /// A `tracing` filter (`info`, `anya_node=debug`, …); default `info`.
+    /// A `tracing` filter (`info`, `anya_node=debug`, …); default `info`. Reloadable.
     pub level: String,
+    /// `pretty` (default) or `json`, one object per line.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for NodeConfig {
@@ -110,6 +292,10 @@ impl Default for NodeConfig {
             hsm: HsmConfig::default(),
             api: ApiConfig::default(),
             log: LogConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            events: EventsConfig::default(),
+            bitcoind: None,
+            policy: BTreeMap::new(),
         }
     }
 }
@@ -127,6 +313,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".to_owned(),
+            format: LogFormat::Pretty,
         }
     }
 }
@@ -142,6 +329,12 @@ const ENV_KEYS: &[(&str, &str, &str)] = &[
     ("ANYA_API_BODY_LIMIT", "api", "body_limit"),
     ("ANYA_API_SHUTDOWN_GRACE_SECS", "api", "shutdown_grace_secs"),
     ("ANYA_LOG_LEVEL", "log", "level"),
+    ("ANYA_LOG_FORMAT", "log", "format"),
+    ("ANYA_RATE_LIMIT_PER_TOKEN_PER_SEC", "rate_limit", "per_token_per_sec"),
+    ("ANYA_RATE_LIMIT_PER_TOKEN_BURST", "rate_limit", "per_token_burst"),
+    ("ANYA_RATE_LIMIT_PER_IP_PER_SEC", "rate_limit", "per_ip_per_sec"),
+    ("ANYA_RATE_LIMIT_PER_IP_BURST", "rate_limit", "per_ip_burst"),
+    ("ANYA_EVENTS_QUEUE", "events", "queue"),
 ];
 
 impl NodeConfig {
@@ -196,7 +389,13 @@ impl NodeConfig {
     /// An environment value as TOML: numbers stay numbers, anything else is a string.
     fn env_value(key: &str, value: &str) -> toml::Value {
         match key {
-            "body_limit" | "shutdown_grace_secs" => value
+            "body_limit"
+            | "shutdown_grace_secs"
+            | "per_token_per_sec"
+            | "per_token_burst"
+            | "per_ip_per_sec"
+            | "per_ip_burst"
+            | "queue" => value
                 .parse::<i64>()
                 .map_or_else(|_| toml::Value::String(value.to_owned()), toml::Value::Integer),
             _ => toml::Value::String(value.to_owned()),
@@ -217,7 +416,42 @@ impl NodeConfig {
                 message: "at most 600".to_owned(),
             });
         }
+        if !(1..=1 << 20).contains(&self.events.queue) {
+            return Err(ConfigError::Invalid {
+                key: "events.queue",
+                message: "1 to 1048576 events".to_owned(),
+            });
+        }
+        if self.chain == ChainKind::Bitcoind && self.bitcoind.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "bitcoind",
+                message: "chain = \"bitcoind\" needs a [bitcoind] section".to_owned(),
+            });
+        }
+        if let Some(b) = &self.bitcoind {
+            if b.cookie_file.is_some() == (b.user.is_some() || b.password_file.is_some()) {
+                return Err(ConfigError::Invalid {
+                    key: "bitcoind",
+                    message: "give either cookie_file or user and password_file".to_owned(),
+                });
+            }
+        }
+        let network = self.network();
+        for (wallet, body) in &self.policy {
+            body.to_policy(network).map_err(|message| ConfigError::Invalid {
+                key: "policy",
+                message: format!("[policy.{wallet}] {message}"),
+            })?;
+        }
         Ok(())
+    }
+
+    /// The network the node serves.
+    pub fn network(&self) -> Network {
+        match (&self.chain, &self.bitcoind) {
+            (ChainKind::Bitcoind, Some(b)) => b.network,
+            _ => Network::Regtest,
+        }
     }
 
     /// The rollback anchor directory, or `None` when configured as `"none"`.

@@ -17,6 +17,10 @@ pub struct ApiError {
     pub code: &'static str,
     /// What happened, for people.
     pub detail: String,
+    /// Seconds to wait before trying again (a `Retry-After` header), for `429`.
+    pub retry_after: Option<u64>,
+    /// The spending-policy rule code a `policy_refused` broke.
+    pub rule: Option<u16>,
 }
 
 /// The problem-details body.
@@ -28,6 +32,10 @@ struct Problem<'a> {
     status: u16,
     detail: &'a str,
     code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -37,7 +45,27 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            retry_after: None,
+            rule: None,
         }
+    }
+
+    /// This error with the policy rule it is about.
+    pub fn with_rule(mut self, rule: u16) -> Self {
+        self.rule = Some(rule);
+        self
+    }
+
+    /// 429 `rate_limited`, to retry after `wait` (rounded up to whole seconds).
+    pub fn too_many_requests(limit: &str, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("the {limit} rate limit is reached; retry after {secs} s"),
+        );
+        e.retry_after = Some(secs.max(1));
+        e
     }
 
     /// 400 `bad_request`.
@@ -80,9 +108,16 @@ impl IntoResponse for ApiError {
             status: self.status.as_u16(),
             detail: &self.detail,
             code: self.code,
+            rule: self.rule,
+            retry_after: self.retry_after,
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], json).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -148,5 +183,71 @@ impl From<HsmError> for ApiError {
             _ => return Self::internal(&e),
         };
         Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<anya_bitcoin::psbt::PsbtError> for ApiError {
+    fn from(e: anya_bitcoin::psbt::PsbtError) -> Self {
+        use anya_bitcoin::psbt::PsbtError as E;
+        let (status, code) = match &e {
+            E::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "psbt_too_large"),
+            E::NotFinalized { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "psbt_not_finalized"),
+            E::Verify(_) | E::Check(_) | E::Extract(_) => (StatusCode::UNPROCESSABLE_ENTITY, "transaction_invalid"),
+            E::DifferentTransactions { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "psbt_mismatch"),
+            _ => (StatusCode::BAD_REQUEST, "invalid_psbt"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<anya_bitcoin::wallet::WalletError> for ApiError {
+    fn from(e: anya_bitcoin::wallet::WalletError) -> Self {
+        use anya_bitcoin::policy::PolicyError;
+        use anya_bitcoin::signer::SignError;
+        use anya_bitcoin::wallet::WalletError as E;
+        let e = match e {
+            E::Hsm(h) | E::Sign(SignError::Hsm(h)) => return h.into(),
+            E::InvalidPsbt(p) | E::Sign(SignError::Psbt(p)) => return p.into(),
+            E::Store(s) => return s.into(),
+            E::Policy(PolicyError::Refused(v)) => {
+                return Self::new(StatusCode::FORBIDDEN, "policy_refused", v.to_string()).with_rule(v.code())
+            }
+            other => other,
+        };
+        let (status, code) = match &e {
+            E::Policy(PolicyError::Contended) => (StatusCode::CONFLICT, "policy_contended"),
+            E::AlreadyExists { .. } => (StatusCode::CONFLICT, "wallet_exists"),
+            E::NotFound { .. } => (StatusCode::NOT_FOUND, "wallet_not_found"),
+            E::Descriptor(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_descriptor"),
+            E::Build(_) => (StatusCode::UNPROCESSABLE_ENTITY, "cannot_build"),
+            E::BelowDust { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "below_dust"),
+            E::Sign(_) | E::Psbt(_) => (StatusCode::UNPROCESSABLE_ENTITY, "cannot_sign"),
+            E::NotFinalized { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "psbt_not_finalized"),
+            E::Verify(_) => (StatusCode::UNPROCESSABLE_ENTITY, "transaction_invalid"),
+            E::UnknownTransaction { .. } => (StatusCode::NOT_FOUND, "transaction_not_found"),
+            E::AlreadyReplaced { .. } => (StatusCode::CONFLICT, "already_replaced"),
+            E::AlreadyConfirmed { .. } => (StatusCode::CONFLICT, "already_confirmed"),
+            E::NotInMempool { .. } => (StatusCode::CONFLICT, "not_in_mempool"),
+            E::ParentFeeUnknown { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "parent_fee_unknown"),
+            E::WatchOnly { .. } => (StatusCode::CONFLICT, "watch_only"),
+            E::Chain(_) => (StatusCode::CONFLICT, "chain_mismatch"),
+            _ => return Self::internal(&e),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<crate::chain::ChainError> for ApiError {
+    fn from(e: crate::chain::ChainError) -> Self {
+        use crate::chain::ChainError as E;
+        match e {
+            E::Wallet(w) => w.into(),
+            E::Store(s) => s.into(),
+            E::Rejected { .. } => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "transaction_rejected", e.to_string()),
+            E::NotRegtest(_) => Self::new(StatusCode::CONFLICT, "not_regtest", e.to_string()),
+            E::ForeignTip { .. } => Self::new(StatusCode::CONFLICT, "chain_mismatch", e.to_string()),
+            E::Rpc(_) => Self::new(StatusCode::BAD_GATEWAY, "chain_unavailable", e.to_string()),
+            E::Corrupt(_) => Self::internal(e),
+        }
     }
 }

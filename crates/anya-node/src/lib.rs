@@ -3,13 +3,18 @@
 
 pub mod api;
 pub mod auth;
+pub mod chain;
 pub mod config;
 pub mod error;
+pub mod events;
+pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod server;
+pub mod wallets;
 
 pub use api::router;
 pub use config::NodeConfig;
 pub use error::ApiError;
-pub use node::{Node, NodeError, Started};
+pub use node::{Node, NodeError, ReloadError, Reloader, Started};
 pub use server::serve;

@@ -1,15 +1,25 @@
-//! The node's state: its store, its keystore and its tokens, opened from a configuration.
+//! The node's state: its store, keystore, tokens, chain, wallets, events, metrics and limits,
+//! opened from a configuration; and its reload.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-use anya_core_types::{Clock, SystemClock};
+use anya_bitcoin::rpc::{BitcoindChain, RpcAuth, RpcConfig};
+use anya_bitcoin::wallet::WalletError;
+use anya_core_types::{Clock, Label, SystemClock};
 use anya_hsm::anchor::FileAnchor;
-use anya_hsm::{HsmError, SecretString, SoftwareHsm, SoftwareOptions};
+use anya_hsm::{HsmError, HsmProvider, SecretString, SoftwareHsm, SoftwareOptions};
 use anya_storage::{KvStore, SqliteOptions, SqliteStore, StoreError};
+use tokio::sync::Notify;
 
-use crate::auth::{write_cookie, Scope, TokenError, Tokens};
-use crate::config::NodeConfig;
+use crate::auth::{write_cookie, Scope, TokenError, TokenLimits, Tokens};
+use crate::chain::{Chain, ChainError, Regtest};
+use crate::config::{ChainKind, ConfigError, NodeConfig};
+use crate::events::{Event, Events};
+use crate::limits::Limits;
+use crate::metrics::{MeteredStore, Metrics};
+use crate::wallets::{lock, Wallets};
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,21 +42,85 @@ pub enum NodeError {
     /// The token store failed.
     #[error("tokens: {0}")]
     Token(#[from] TokenError),
+    /// The chain source failed.
+    #[error("chain: {0}")]
+    Chain(#[from] ChainError),
+    /// A configured policy could not be applied.
+    #[error("policy of wallet {wallet}: {source}")]
+    Policy {
+        /// The wallet.
+        wallet: String,
+        /// Why.
+        source: WalletError,
+    },
+}
+
+/// Why a reload was refused; the running configuration is unchanged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The node has no configuration source to reload from.
+    #[error("this node was started without a configuration source to reload")]
+    NoSource,
+    /// The new configuration is invalid.
+    #[error("the new configuration is invalid: {0}")]
+    Invalid(String),
+    /// A setting changed that only a restart applies.
+    #[error("{0} changed; it takes effect only on a restart (nothing was reloaded)")]
+    NeedsRestart(&'static str),
+    /// Applying it failed.
+    #[error("{0}")]
+    Apply(String),
+}
+
+impl From<ConfigError> for ReloadError {
+    fn from(e: ConfigError) -> Self {
+        Self::Invalid(e.to_string())
+    }
+}
+
+/// Reads the configuration again.
+pub type LoadConfig = Box<dyn Fn() -> Result<NodeConfig, ConfigError> + Send + Sync>;
+/// Checks and applies a configuration's settings that live outside the node.
+pub type ApplyConfig = Box<dyn Fn(&NodeConfig) -> Result<(), String> + Send + Sync>;
+
+/// Where a reload reads its configuration and how it applies what the library cannot (the
+/// daemon's log filter).
+pub struct Reloader {
+    /// Reads the configuration again (file, environment, command line).
+    pub load: LoadConfig,
+    /// Checks and applies what lives outside the node (the log filter); an error refuses the
+    /// reload before anything changed.
+    pub apply: ApplyConfig,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader").finish_non_exhaustive()
+    }
 }
 
 /// A running node's state, shared by every request.
 pub struct Node {
-    config: NodeConfig,
+    config: RwLock<Arc<NodeConfig>>,
     store: Arc<dyn KvStore>,
-    hsm: SoftwareHsm,
+    hsm: Arc<SoftwareHsm>,
     tokens: Tokens,
     clock: Arc<dyn Clock>,
+    wallets: Wallets,
+    events: Events,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    reloader: Mutex<Option<Reloader>>,
+    /// The last audit record published as an event.
+    audit_seen: Mutex<u64>,
+    audit_changed: Notify,
 }
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
-            .field("data_dir", &self.config.data_dir)
+            .field("data_dir", &self.config().data_dir)
             .field("hsm", &self.hsm)
             .finish_non_exhaustive()
     }
@@ -65,15 +139,52 @@ pub struct Started {
 
 const COOKIE_NAME: &str = "cookie";
 
+fn read_first_line(path: &std::path::Path) -> Result<SecretString, NodeError> {
+    let text = std::fs::read_to_string(path).map_err(|source| NodeError::Io {
+        what: format!("reading {}", path.display()),
+        source,
+    })?;
+    Ok(SecretString::new(text.lines().next().unwrap_or_default().to_owned()))
+}
+
+fn open_chain(config: &NodeConfig, store: &Arc<dyn KvStore>) -> Result<Chain, NodeError> {
+    match (config.chain, &config.bitcoind) {
+        (ChainKind::Bitcoind, Some(b)) => {
+            let auth = match (&b.cookie_file, &b.user, &b.password_file) {
+                (Some(cookie), _, _) => RpcAuth::Cookie(cookie.clone()),
+                (None, Some(user), Some(file)) => RpcAuth::UserPass {
+                    user: user.clone(),
+                    pass: read_first_line(file)?,
+                },
+                _ => {
+                    return Err(NodeError::Chain(ChainError::Corrupt(
+                        "[bitcoind] needs cookie_file or user and password_file".to_owned(),
+                    )))
+                }
+            };
+            let client = BitcoindChain::connect(RpcConfig::new(b.url.clone(), auth)).map_err(ChainError::from)?;
+            client.check_network(b.network).map_err(ChainError::from)?;
+            Ok(Chain::Bitcoind {
+                client: Box::new(client),
+                network: b.network,
+            })
+        }
+        _ => Ok(Chain::Regtest(Regtest::open(Arc::clone(store))?)),
+    }
+}
+
 impl Node {
     /// Opens the node in `config.data_dir`: the SQLite store `anya.db` and the software keystore
     /// in it, created on the first start and unlocked with `passphrase`, with the configured
-    /// rollback anchor. Writes a fresh cookie (revoking the last run's).
+    /// rollback anchor; the chain source; the configured wallet policies. Writes a fresh cookie
+    /// (revoking the last run's).
     pub fn open(config: NodeConfig, passphrase: &SecretString) -> Result<(Self, Started), NodeError> {
         let io = |what: String| move |source| NodeError::Io { what, source };
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        let store: Arc<dyn KvStore> = Arc::new(SqliteStore::open(dir.join("anya.db"), SqliteOptions::default())?);
+        let metrics = Arc::new(Metrics::new());
+        let sqlite: Arc<dyn KvStore> = Arc::new(SqliteStore::open(dir.join("anya.db"), SqliteOptions::default())?);
+        let store: Arc<dyn KvStore> = Arc::new(MeteredStore::new(sqlite, Arc::clone(&metrics)));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let mut options = SoftwareOptions::default().with_clock(Arc::clone(&clock));
         if let Some(anchor) = config.anchor_dir() {
@@ -87,25 +198,49 @@ impl Node {
             Err(HsmError::KeystoreMissing) => (SoftwareHsm::create(Arc::clone(&store), passphrase, options)?, true),
             Err(e) => return Err(e.into()),
         };
+        let hsm = Arc::new(hsm);
         let tokens = Tokens::new(Arc::clone(&store), Arc::clone(&clock))?;
         let admin_token = if created_keystore {
-            Some(tokens.create("initial admin", vec![Scope::Admin], None, None)?.1)
+            Some(
+                tokens
+                    .create("initial admin", vec![Scope::Admin], TokenLimits::default(), None)?
+                    .1,
+            )
         } else {
             None
         };
         for old in tokens.list()?.into_iter().filter(|t| t.name == COOKIE_NAME) {
             tokens.revoke(&old.id)?;
         }
-        let (_, cookie_token) = tokens.create(COOKIE_NAME, vec![Scope::Admin], None, None)?;
+        let (_, cookie_token) = tokens.create(COOKIE_NAME, vec![Scope::Admin], TokenLimits::default(), None)?;
         let cookie = dir.join(".cookie");
         write_cookie(&cookie, &cookie_token).map_err(io(format!("writing {}", cookie.display())))?;
+        let chain = Arc::new(open_chain(&config, &store)?);
+        let events = Events::new(config.events.queue);
+        let dyn_hsm: Arc<dyn HsmProvider> = Arc::clone(&hsm) as Arc<dyn HsmProvider>;
+        let wallets = Wallets::new(Arc::clone(&store), dyn_hsm, Arc::clone(&clock), chain, events.clone());
+        let audit_head = hsm.verify_audit_chain()?.records;
+        let audit_seen = hsm
+            .audit_records(audit_head.saturating_sub(2), 8)?
+            .last()
+            .map_or(0, |r| r.seq);
+        let limits = Limits::new(&config.rate_limit);
         let node = Self {
-            config,
+            config: RwLock::new(Arc::new(config)),
             store,
             hsm,
             tokens,
             clock,
+            wallets,
+            events,
+            metrics,
+            limits,
+            reloader: Mutex::new(None),
+            audit_seen: Mutex::new(audit_seen),
+            audit_changed: Notify::new(),
         };
+        let config = node.config();
+        node.apply_policies(&config)?;
         Ok((
             node,
             Started {
@@ -116,12 +251,12 @@ impl Node {
         ))
     }
 
-    /// The configuration it runs with.
-    pub fn config(&self) -> &NodeConfig {
-        &self.config
+    /// The configuration it runs with now.
+    pub fn config(&self) -> Arc<NodeConfig> {
+        Arc::clone(&self.config.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    /// Its store.
+    /// Its store (timed into the metrics).
     pub fn store(&self) -> &Arc<dyn KvStore> {
         &self.store
     }
@@ -141,8 +276,170 @@ impl Node {
         &self.clock
     }
 
+    /// Its wallets.
+    pub fn wallets(&self) -> &Wallets {
+        &self.wallets
+    }
+
+    /// Its chain source.
+    pub fn chain(&self) -> &Arc<Chain> {
+        self.wallets.chain()
+    }
+
+    /// Its event bus.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Its rate limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Whether the configuration names `wallet`'s policy (then the API may not change it).
+    pub fn policy_from_config(&self, wallet: &str) -> bool {
+        self.config().policy.contains_key(wallet)
+    }
+
+    /// Sets the policy of every existing wallet the configuration names.
+    fn apply_policies(&self, config: &NodeConfig) -> Result<(), NodeError> {
+        let existing = self.wallets.list().map_err(|source| NodeError::Policy {
+            wallet: "*".to_owned(),
+            source,
+        })?;
+        for (name, body) in &config.policy {
+            let Some(label) = existing.iter().find(|l| l.as_str() == name) else {
+                continue;
+            };
+            self.apply_policy(label, body, config)
+                .map_err(|source| NodeError::Policy {
+                    wallet: name.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn apply_policy(
+        &self,
+        wallet: &Label,
+        body: &crate::config::PolicyBody,
+        config: &NodeConfig,
+    ) -> Result<(), WalletError> {
+        let rules = body
+            .to_policy(config.network())
+            .map_err(|e| WalletError::Descriptor(e.into()))?;
+        let handle = self.wallets.get(wallet)?;
+        let w = lock(&handle);
+        if w.policy().rules()? != rules {
+            w.policy().set_rules(&rules)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the configured policy of a wallet just created.
+    pub fn on_wallet_created(&self, wallet: &Label) -> Result<(), WalletError> {
+        let config = self.config();
+        match config.policy.get(wallet.as_str()) {
+            Some(body) => self.apply_policy(wallet, body, &config),
+            None => Ok(()),
+        }
+    }
+
+    /// Sets where [`reload`](Self::reload) reads the configuration from.
+    pub fn set_reloader(&self, reloader: Reloader) {
+        *self.reloader.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reloader);
+    }
+
+    /// Reads the configuration again and applies what may change while running: rate limits,
+    /// wallet policies, the log filter, the shutdown grace period. A new configuration that
+    /// is invalid, or that changes what only a restart applies (listen address, data
+    /// directory, chain, HSM, body limit, event queue), is refused and the running one stays.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let guard = self.reloader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reloader = guard.as_ref().ok_or(ReloadError::NoSource)?;
+        let new = (reloader.load)()?;
+        let old = self.config();
+        for (key, same) in [
+            ("listen", old.listen == new.listen),
+            ("data_dir", old.data_dir == new.data_dir),
+            ("chain", old.chain == new.chain),
+            ("bitcoind", old.bitcoind == new.bitcoind),
+            ("hsm", old.hsm == new.hsm),
+            ("api.body_limit", old.api.body_limit == new.api.body_limit),
+            ("events.queue", old.events.queue == new.events.queue),
+            ("log.format", old.log.format == new.log.format),
+        ] {
+            if !same {
+                return Err(ReloadError::NeedsRestart(key));
+            }
+        }
+        // Every policy must apply before anything changes.
+        for body in new.policy.values() {
+            body.to_policy(new.network()).map_err(ReloadError::Invalid)?;
+        }
+        (reloader.apply)(&new).map_err(ReloadError::Invalid)?;
+        self.apply_policies(&new)
+            .map_err(|e| ReloadError::Apply(e.to_string()))?;
+        self.limits.reload(&new.rate_limit);
+        *self.config.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
+        self.events.publish(Event::ConfigReloaded);
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Says that audit records were appended (the background task publishes them as events).
+    pub fn audit_changed(&self) {
+        self.audit_changed.notify_one();
+    }
+
+    /// Publishes every audit record appended since the last call as an event.
+    fn publish_audit(&self) -> Result<(), HsmError> {
+        let mut seen = self
+            .audit_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            let records = self.hsm.audit_records(*seen, 1000)?;
+            let Some(last) = records.last() else { return Ok(()) };
+            *seen = last.seq;
+            for r in &records {
+                self.events.publish(Event::AuditAppended {
+                    record: r.seq,
+                    operation: format!("{:?}", r.operation),
+                    key_id: r.key_id.as_ref().map(|k| k.as_str().to_owned()),
+                    outcome: r.outcome,
+                });
+            }
+        }
+    }
+
+    /// Work the node does beside requests, until dropped: publishing audit appends as events,
+    /// forgetting idle rate-limit buckets.
+    pub async fn background(self: Arc<Self>) {
+        let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                () = self.audit_changed.notified() => {
+                    let node = Arc::clone(&self);
+                    match tokio::task::spawn_blocking(move || node.publish_audit()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "reading the audit chain for events"),
+                        Err(e) => tracing::warn!(error = %e, "the audit event task failed"),
+                    }
+                }
+                _ = sweep.tick() => self.limits.sweep(),
+            }
+        }
+    }
+
     /// Makes every audit record durable (at shutdown).
     pub fn close(&self) -> Result<(), HsmError> {
-        anya_hsm::HsmProvider::flush_audit(&self.hsm)
+        HsmProvider::flush_audit(&*self.hsm)
     }
 }

@@ -1,6 +1,7 @@
 //! Serving the API with a bounded graceful shutdown.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +17,8 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let grace = Duration::from_secs(node.config().api.shutdown_grace_secs);
-    let app = router(Arc::clone(&node));
+    let app = router(Arc::clone(&node)).into_make_service_with_connect_info::<SocketAddr>();
+    let background = tokio::spawn(Arc::clone(&node).background());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -27,6 +28,7 @@ pub async fn serve(
             .await
     });
     shutdown.await;
+    let grace = Duration::from_secs(node.config().api.shutdown_grace_secs);
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     let _ = stop_tx.send(());
     match tokio::time::timeout(grace, server).await {
@@ -37,6 +39,7 @@ pub async fn serve(
             "requests still in flight after the grace period were dropped"
         ),
     }
+    background.abort();
     tokio::task::spawn_blocking(move || node.close())
         .await
         .map_err(std::io::Error::other)?

@@ -3,137 +3,15 @@
 //! large get problem details; and SIGTERM during a burst of writes loses no acknowledged
 //! request and leaves none half applied.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-
-const PASS: &str = "node test passphrase";
-
-/// A running daemon, killed on drop.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    admin: Option<String>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(data: &Path) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_anya-node"))
-        .args([
-            "--regtest",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-            "--data-dir",
-        ])
-        .arg(data)
-        .env("ANYA_PASSPHRASE", PASS)
-        .env_remove("ANYA_DATA_DIR")
-        .env_remove("ANYA_LISTEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn anya-node");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let (mut admin, mut addr) = (None, None);
-    let mut line = String::new();
-    while addr.is_none() {
-        line.clear();
-        if out.read_line(&mut line).expect("read stdout") == 0 {
-            panic!("anya-node exited before listening: {:?}", child.wait());
-        }
-        if let Some(t) = line.trim().strip_prefix("admin token (shown once): ") {
-            admin = Some(t.to_owned());
-        }
-        if let Some(a) = line.trim().strip_prefix("listening on http://") {
-            addr = Some(a.parse().expect("an address"));
-        }
-    }
-    Daemon {
-        child,
-        addr: addr.expect("an address"),
-        admin,
-    }
-}
-
-/// One HTTP/1.1 request; returns the status, the content type and the body.
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<(&str, &[u8])>,
-) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    let (ctype, bytes) = body.unwrap_or(("", b""));
-    if body.is_some() {
-        head.push_str(&format!("Content-Type: {ctype}\r\nContent-Length: {}\r\n", bytes.len()));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).expect("write");
-    s.write_all(bytes).expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header end");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status");
-    let ctype = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
-        .unwrap_or_default();
-    let mut body = raw[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
-    (status, ctype, body)
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).expect("size").trim(), 16).expect("hex size");
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
-        b = &b[eol + 2 + size + 2..];
-    }
-}
-
-fn json_of(body: &[u8]) -> Value {
-    serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
-
-fn post(addr: SocketAddr, path: &str, token: &str, body: &Value) -> (u16, Value) {
-    let bytes = serde_json::to_vec(body).expect("json");
-    let (status, _, out) = request(addr, "POST", path, Some(token), Some(("application/json", &bytes)));
-    (status, if out.is_empty() { Value::Null } else { json_of(&out) })
-}
-
-fn token(addr: SocketAddr, admin: &str, body: Value) -> String {
-    let (status, v) = post(addr, "/v1/tokens", admin, &body);
-    assert_eq!(status, 201, "{v}");
-    v["token"].as_str().expect("token").to_owned()
-}
+use common::{json_of, post, request, start, token};
+use serde_json::json;
 
 #[test]
 fn every_route_refuses_missing_wrong_expired_and_underscoped_tokens() {
@@ -161,8 +39,9 @@ fn every_route_refuses_missing_wrong_expired_and_underscoped_tokens() {
     assert_eq!(status, 201);
     let wrong = "anya_0123456789abcdef_00";
     for (method, path, scope) in anya_node::api::ROUTES {
-        let path = path.replace("{id}", "k1");
-        let body: Option<(&str, &[u8])> = (*method == "POST").then_some(("application/json", b"{}".as_slice()));
+        let path = path.replace("{id}", "k1").replace("{name}", "w1");
+        let body: Option<(&str, &[u8])> =
+            matches!(*method, "POST" | "PUT").then_some(("application/json", b"{}".as_slice()));
         let (status, ctype, _) = request(d.addr, method, &path, None, body);
         let Some(scope) = scope else {
             assert_eq!(status, 200, "{method} {path} needs no token");

@@ -5,8 +5,9 @@
 //! ```
 //!
 //! The configuration is a TOML file (`--config`), overridden by `ANYA_*` environment variables,
-//! overridden by these flags. The passphrase comes from `hsm.passphrase_file` or
-//! `ANYA_PASSPHRASE`, never from an argument.
+//! overridden by these flags. The passphrase comes from `hsm.passphrase_file`,
+//! `ANYA_PASSPHRASE` or a prompt on the terminal, never from an argument. SIGHUP (or
+//! `POST /v1/admin/reload`) reloads the configuration; SIGTERM or SIGINT stops gracefully.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -18,16 +19,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anya_hsm::SecretString;
-use anya_node::config::ChainKind;
-use anya_node::{Node, NodeConfig};
+use anya_node::config::{ChainKind, ConfigError, LogFormat};
+use anya_node::{Node, NodeConfig, Reloader};
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer};
 
-/// The anya daemon: keys, signing and the audit chain of a software keystore over HTTP.
-#[derive(Debug, Parser)]
+/// The anya daemon: keys, wallets, PSBTs, policy and the audit chain over HTTP and WebSocket.
+#[derive(Debug, Clone, Parser)]
 #[command(name = "anya-node", version, about)]
 struct Args {
-    /// A TOML configuration file (see docs/anya-node.example.toml).
+    /// A TOML configuration file (see docs/anya-node.example.toml); reread on SIGHUP.
     #[arg(long)]
     config: Option<PathBuf>,
     /// The data directory (store, cookie); overrides `data_dir`.
@@ -42,6 +45,41 @@ struct Args {
     /// A `tracing` filter (`info`, `debug`, `anya_node=debug`); overrides `log.level`.
     #[arg(long)]
     log_level: Option<String>,
+    /// `pretty` or `json`; overrides `log.format`.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+impl Args {
+    /// The configuration: file, then environment, then these flags.
+    fn load(&self) -> Result<NodeConfig, ConfigError> {
+        let mut config = NodeConfig::load(self.config.as_deref(), |var| std::env::var(var).ok())?;
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if self.regtest {
+            config.chain = ChainKind::Regtest;
+        }
+        if let Some(level) = &self.log_level {
+            config.log.level = level.clone();
+        }
+        match self.log_format.as_deref() {
+            Some("json") => config.log.format = LogFormat::Json,
+            Some("pretty") => config.log.format = LogFormat::Pretty,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "log.format",
+                    message: format!("{other:?}: pretty or json"),
+                })
+            }
+            None => {}
+        }
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 fn main() -> ExitCode {
@@ -55,44 +93,33 @@ fn main() -> ExitCode {
     }
 }
 
-fn passphrase(config: &NodeConfig) -> Result<SecretString, String> {
-    if let Some(path) = &config.hsm.passphrase_file {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let line = text.lines().next().unwrap_or_default();
-        if line.is_empty() {
-            return Err(format!("{} holds no passphrase", path.display()));
-        }
-        return Ok(SecretString::new(line.to_owned()));
-    }
-    std::env::var("ANYA_PASSPHRASE")
-        .map(SecretString::new)
-        .map_err(|_| "no passphrase: set ANYA_PASSPHRASE or hsm.passphrase_file".to_owned())
+type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// Installs the log output; returns the handle that swaps its filter on reload.
+fn logging(config: &NodeConfig) -> Result<FilterHandle, String> {
+    let filter = EnvFilter::try_new(&config.log.level).map_err(|e| format!("log.level: {e}"))?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let output = match config.log.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    Ok(handle)
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let mut config =
-        NodeConfig::load(args.config.as_deref(), |var| std::env::var(var).ok()).map_err(|e| e.to_string())?;
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if args.regtest {
-        config.chain = ChainKind::Regtest;
-    }
-    if let Some(level) = args.log_level {
-        config.log.level = level;
-    }
-    if config.chain != ChainKind::Regtest {
-        return Err("only the in-process regtest chain is served so far (chain = \"regtest\")".to_owned());
-    }
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).map_err(|e| format!("log.level: {e}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let pass = passphrase(&config)?;
+    let config = args.load().map_err(|e| e.to_string())?;
+    let filter = logging(&config)?;
+    let first_start = !config.data_dir.join("anya.db").exists();
+    let pass = anya_hsm::passphrase::read_passphrase(config.hsm.passphrase_file.as_deref(), first_start)
+        .map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,6 +133,14 @@ fn run(args: Args) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        let reload_args = args.clone();
+        node.set_reloader(Reloader {
+            load: Box::new(move || reload_args.load()),
+            apply: Box::new(move |config| {
+                let new = EnvFilter::try_new(&config.log.level).map_err(|e| format!("log.level: {e}"))?;
+                filter.reload(new).map_err(|e| format!("log.level: {e}"))
+            }),
+        });
         if started.created_keystore {
             println!("created a keystore in {}", node.config().data_dir.display());
         }
@@ -114,10 +149,28 @@ fn run(args: Args) -> Result<(), String> {
         }
         println!("cookie: {}", started.cookie.display());
         println!("listening on http://{addr}");
-        anya_node::serve(Arc::new(node), listener, shutdown_signal())
+        let node = Arc::new(node);
+        tokio::spawn(reload_on_sighup(Arc::clone(&node)));
+        anya_node::serve(node, listener, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
     })
+}
+
+/// Reloads the configuration on each SIGHUP; a refused reload is logged and the running
+/// configuration stays.
+async fn reload_on_sighup(node: Arc<Node>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let node = Arc::clone(&node);
+        match tokio::task::spawn_blocking(move || node.reload()).await {
+            Ok(Ok(())) => tracing::info!("SIGHUP: configuration reloaded"),
+            Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: reload refused; the running configuration stays"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
+        }
+    }
 }
 
 /// SIGTERM or SIGINT.

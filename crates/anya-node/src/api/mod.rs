@@ -3,12 +3,25 @@
 //!
 //! Every route but `GET /health/live` needs a bearer token with the route's scope
 //! ([`ROUTES`]); errors are RFC 9457 problem details ([`ApiError`]).
+//!
+//! Scopes: `read` sees everything and may do what cannot move money or change keys, policies
+//! or tokens (addresses, syncs, PSBT inspection); `sign` may also sign and send; `admin` may do
+//! everything. A token limited to named keys or wallets sees and uses only those.
 
+mod ops;
+mod psbt;
+mod wallets;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
+};
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -20,8 +33,9 @@ use bitcoin::hex::{DisplayHex, FromHex};
 use anya_hsm::{AuxRand, HsmProvider, KeyInfo, KeyPolicy, KeyRef, KeySpec, Label, PublicKey};
 use anya_storage::Namespace;
 
-use crate::auth::{Scope, TokenInfo, TokenRefusal};
+use crate::auth::{Scope, TokenInfo, TokenLimits, TokenRefusal};
 use crate::error::ApiError;
+use crate::events::Event;
 use crate::node::Node;
 
 /// Every route: method, path (axum syntax) and the scope it needs (`None`: no token).
@@ -37,6 +51,27 @@ pub const ROUTES: &[(&str, &str, Option<Scope>)] = &[
     ("GET", "/v1/tokens", Some(Scope::Admin)),
     ("POST", "/v1/tokens", Some(Scope::Admin)),
     ("DELETE", "/v1/tokens/{id}", Some(Scope::Admin)),
+    ("GET", "/v1/wallets", Some(Scope::Read)),
+    ("POST", "/v1/wallets", Some(Scope::Admin)),
+    ("GET", "/v1/wallets/{name}", Some(Scope::Read)),
+    ("POST", "/v1/wallets/{name}/address", Some(Scope::Read)),
+    ("GET", "/v1/wallets/{name}/balance", Some(Scope::Read)),
+    ("POST", "/v1/wallets/{name}/sync", Some(Scope::Read)),
+    ("GET", "/v1/wallets/{name}/transactions", Some(Scope::Read)),
+    ("POST", "/v1/wallets/{name}/send", Some(Scope::Sign)),
+    ("POST", "/v1/wallets/{name}/bump-fee", Some(Scope::Sign)),
+    ("GET", "/v1/wallets/{name}/policy", Some(Scope::Read)),
+    ("PUT", "/v1/wallets/{name}/policy", Some(Scope::Admin)),
+    ("POST", "/v1/wallets/{name}/psbt", Some(Scope::Sign)),
+    ("POST", "/v1/wallets/{name}/psbt/sign", Some(Scope::Sign)),
+    ("POST", "/v1/psbt/inspect", Some(Scope::Read)),
+    ("POST", "/v1/psbt/combine", Some(Scope::Read)),
+    ("POST", "/v1/psbt/finalize", Some(Scope::Read)),
+    ("GET", "/v1/chain", Some(Scope::Read)),
+    ("POST", "/v1/admin/mine", Some(Scope::Admin)),
+    ("POST", "/v1/admin/reload", Some(Scope::Admin)),
+    ("GET", "/v1/events", Some(Scope::Read)),
+    ("GET", "/metrics", Some(Scope::Read)),
 ];
 
 /// The API's routes over `node`, with its body limit.
@@ -52,10 +87,55 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/audit/records", get(audit_records))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", delete(revoke_token))
+        .route("/v1/wallets", get(wallets::list).post(wallets::create))
+        .route("/v1/wallets/{name}", get(wallets::show))
+        .route("/v1/wallets/{name}/address", post(wallets::address_route))
+        .route("/v1/wallets/{name}/balance", get(wallets::balance))
+        .route("/v1/wallets/{name}/sync", post(wallets::sync))
+        .route("/v1/wallets/{name}/transactions", get(wallets::transactions))
+        .route("/v1/wallets/{name}/send", post(wallets::send))
+        .route("/v1/wallets/{name}/bump-fee", post(wallets::bump_fee))
+        .route(
+            "/v1/wallets/{name}/policy",
+            get(wallets::get_policy).put(wallets::set_policy),
+        )
+        .route("/v1/wallets/{name}/psbt", post(wallets::build_psbt))
+        .route("/v1/wallets/{name}/psbt/sign", post(wallets::sign_psbt))
+        .route("/v1/psbt/inspect", post(psbt::inspect))
+        .route("/v1/psbt/combine", post(psbt::combine))
+        .route("/v1/psbt/finalize", post(psbt::finalize))
+        .route("/v1/chain", get(ops::chain))
+        .route("/v1/admin/mine", post(ops::mine))
+        .route("/v1/admin/reload", post(ops::reload))
+        .route("/v1/events", get(ops::events))
+        .route("/metrics", get(ops::metrics))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&node), track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(node)
+}
+
+/// Per-IP rate limit (when the server gives the peer's address) and request metrics, on every
+/// matched route.
+async fn track(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let response = match peer.map(|ip| node.limits().check_ip(ip)) {
+        Some(Err(wait)) => {
+            node.metrics().rate_limited("ip");
+            ApiError::too_many_requests("per-address", wait).into_response()
+        }
+        _ => next.run(request).await,
+    };
+    node.metrics()
+        .request(&method, &route, response.status().as_u16(), started);
+    response
 }
 
 async fn not_found() -> ApiError {
@@ -107,8 +187,8 @@ impl<const S: u8> FromRequestParts<Arc<Node>> for Auth<S> {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned)
             .ok_or_else(|| ApiError::unauthorized("a bearer token is needed (Authorization: Bearer anya_…)"))?;
-        let node = Arc::clone(node);
-        let verdict = blocking(move || Ok(node.tokens().verify(&presented)?)).await?;
+        let verifier = Arc::clone(node);
+        let verdict = blocking(move || Ok(verifier.tokens().verify(&presented)?)).await?;
         let info = match verdict {
             Ok(info) => info,
             Err(TokenRefusal::Expired) => return Err(ApiError::unauthorized("the token has expired")),
@@ -116,6 +196,10 @@ impl<const S: u8> FromRequestParts<Arc<Node>> for Auth<S> {
                 return Err(ApiError::unauthorized("the token is not valid"))
             }
         };
+        if let Err(wait) = node.limits().check_token(&info.id) {
+            node.metrics().rate_limited("token");
+            return Err(ApiError::too_many_requests("per-token", wait));
+        }
         let scope = scope_of(S);
         if !info.allows(scope) {
             return Err(ApiError::forbidden(format!(
@@ -172,7 +256,7 @@ async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "live" }))
 }
 
-async fn ready(_: ReadAuth, axum::extract::State(node): axum::extract::State<Arc<Node>>) -> Result<Response, ApiError> {
+async fn ready(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     blocking(move || {
         let store = Namespace::new("anya/node/health")
             .map_err(ApiError::internal)
@@ -182,13 +266,14 @@ async fn ready(_: ReadAuth, axum::extract::State(node): axum::extract::State<Arc
                 Ok(())
             });
         let unlocked = node.hsm().is_unlocked();
-        let ready = store.is_ok() && unlocked;
+        let chain = node.chain().health();
+        let ready = store.is_ok() && unlocked && chain.serving;
         let body = serde_json::json!({
             "ready": ready,
             "checks": {
                 "store": if store.is_ok() { "writable" } else { "failing" },
                 "hsm": if unlocked { "unlocked" } else { "locked" },
-                "chain": "regtest (in-process)",
+                "chain": chain,
             }
         });
         let status = if ready {
@@ -257,10 +342,7 @@ fn check_key_access(token: &TokenInfo, id: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn list_keys(
-    Auth(token): ReadAuth,
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
-) -> Result<Json<Vec<KeyView>>, ApiError> {
+async fn list_keys(Auth(token): ReadAuth, State(node): State<Arc<Node>>) -> Result<Json<Vec<KeyView>>, ApiError> {
     blocking(move || {
         let keys = node.hsm().list_keys()?;
         keys.iter()
@@ -287,7 +369,7 @@ pub struct CreateKey {
 
 async fn create_key(
     Auth(token): AdminAuth,
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    State(node): State<Arc<Node>>,
     Body(req): Body<CreateKey>,
 ) -> Result<Response, ApiError> {
     let id = label(&req.id)?;
@@ -311,17 +393,20 @@ async fn create_key(
             exportable: req.exportable,
             ..KeyPolicy::default_for(spec)
         };
-        let info = node.hsm().generate_key(&id, spec, policy)?;
+        let info = node
+            .metrics()
+            .hsm("generate_key", || node.hsm().generate_key(&id, spec, policy))?;
+        node.audit_changed();
+        node.events().publish(Event::KeyCreated {
+            id: info.id.as_str().to_owned(),
+            spec: spec_name(info.spec).to_owned(),
+        });
         Ok((StatusCode::CREATED, Json(view(&node, &info)?)).into_response())
     })
     .await
 }
 
-async fn get_key(
-    Auth(token): ReadAuth,
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
-    Id(id): Id,
-) -> Result<Json<KeyView>, ApiError> {
+async fn get_key(Auth(token): ReadAuth, State(node): State<Arc<Node>>, Id(id): Id) -> Result<Json<KeyView>, ApiError> {
     let id = label(&id)?;
     check_key_access(&token, id.as_str())?;
     blocking(move || {
@@ -353,7 +438,7 @@ pub struct Signature {
 
 async fn sign(
     Auth(token): SignAuth,
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    State(node): State<Arc<Node>>,
     Id(id): Id,
     Body(req): Body<SignRequest>,
 ) -> Result<Json<Signature>, ApiError> {
@@ -370,24 +455,17 @@ async fn sign(
         })
     };
     let scheme = req.scheme.clone();
-    let signature = match req.scheme.as_str() {
-        "ecdsa" => {
-            let d = digest()?;
-            blocking(move || Ok(node.hsm().sign_ecdsa(KeyRef::Key(&id), &d)?.serialize_der().to_vec())).await?
-        }
-        "schnorr" => {
-            let d = digest()?;
-            blocking(move || {
-                Ok(node
-                    .hsm()
-                    .sign_schnorr(KeyRef::Key(&id), &d, AuxRand::Fresh)?
-                    .as_ref()
-                    .to_vec())
-            })
-            .await?
-        }
-        "ed25519" => blocking(move || Ok(node.hsm().sign_ed25519(&id, &message)?.0.to_vec())).await?,
-        "p256" => blocking(move || Ok(node.hsm().sign_p256(&id, &message)?.to_der())).await?,
+    enum Job {
+        Ecdsa([u8; 32]),
+        Schnorr([u8; 32]),
+        Ed25519(Vec<u8>),
+        P256(Vec<u8>),
+    }
+    let job = match req.scheme.as_str() {
+        "ecdsa" => Job::Ecdsa(digest()?),
+        "schnorr" => Job::Schnorr(digest()?),
+        "ed25519" => Job::Ed25519(message),
+        "p256" => Job::P256(message),
         other => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -396,6 +474,27 @@ async fn sign(
             ))
         }
     };
+    let signature = blocking(move || {
+        let hsm = node.hsm();
+        let m = node.metrics();
+        let signature = match job {
+            Job::Ecdsa(d) => m
+                .hsm("sign_ecdsa", || hsm.sign_ecdsa(KeyRef::Key(&id), &d))?
+                .serialize_der()
+                .to_vec(),
+            Job::Schnorr(d) => m
+                .hsm("sign_schnorr", || {
+                    hsm.sign_schnorr(KeyRef::Key(&id), &d, AuxRand::Fresh)
+                })?
+                .as_ref()
+                .to_vec(),
+            Job::Ed25519(msg) => m.hsm("sign_ed25519", || hsm.sign_ed25519(&id, &msg))?.0.to_vec(),
+            Job::P256(msg) => m.hsm("sign_p256", || hsm.sign_p256(&id, &msg))?.to_der(),
+        };
+        node.audit_changed();
+        Ok(signature)
+    })
+    .await?;
     Ok(Json(Signature {
         scheme,
         signature_hex: hex(&signature),
@@ -404,10 +503,7 @@ async fn sign(
 
 // ---- audit --------------------------------------------------------------------------------------
 
-async fn audit_verify(
-    _: ReadAuth,
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn audit_verify(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {
     blocking(move || {
         let s = node.hsm().verify_audit_chain()?;
         Ok(Json(serde_json::json!({
@@ -437,7 +533,7 @@ fn default_limit() -> usize {
 
 async fn audit_records(
     _: ReadAuth,
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    State(node): State<Arc<Node>>,
     query: Result<Query<RecordsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let Query(q) = query?;
@@ -477,6 +573,9 @@ pub struct CreateToken {
     /// The only keys it may use.
     #[serde(default)]
     pub keys: Option<Vec<String>>,
+    /// The only wallets it may use.
+    #[serde(default)]
+    pub wallets: Option<Vec<String>>,
     /// Seconds until it expires (none: never).
     #[serde(default)]
     pub expires_in_secs: Option<u64>,
@@ -484,7 +583,7 @@ pub struct CreateToken {
 
 async fn create_token(
     _: AdminAuth,
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    State(node): State<Arc<Node>>,
     Body(req): Body<CreateToken>,
 ) -> Result<Response, ApiError> {
     if req.scopes.is_empty() {
@@ -498,7 +597,11 @@ async fn create_token(
         let expires = req
             .expires_in_secs
             .map(|s| node.clock().now().as_secs().saturating_add(s));
-        let (info, token) = node.tokens().create(&req.name, req.scopes, req.keys, expires)?;
+        let limits = TokenLimits {
+            keys: req.keys,
+            wallets: req.wallets,
+        };
+        let (info, token) = node.tokens().create(&req.name, req.scopes, limits, expires)?;
         Ok((
             StatusCode::CREATED,
             Json(serde_json::json!({ "token": token, "info": info })),
@@ -508,18 +611,11 @@ async fn create_token(
     .await
 }
 
-async fn list_tokens(
-    _: AdminAuth,
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
-) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+async fn list_tokens(_: AdminAuth, State(node): State<Arc<Node>>) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     blocking(move || Ok(Json(node.tokens().list()?))).await
 }
 
-async fn revoke_token(
-    _: AdminAuth,
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
-    Id(id): Id,
-) -> Result<StatusCode, ApiError> {
+async fn revoke_token(_: AdminAuth, State(node): State<Arc<Node>>, Id(id): Id) -> Result<StatusCode, ApiError> {
     blocking(move || {
         if node.tokens().revoke(&id)? {
             Ok(StatusCode::NO_CONTENT)

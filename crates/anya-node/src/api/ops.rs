@@ -1,0 +1,169 @@
+//! Operations routes: the chain, regtest mining, reload, the event stream and metrics.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bitcoin::Address;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{blocking, AdminAuth, Auth, Body, ReadAuth};
+use crate::auth::TokenInfo;
+use crate::error::ApiError;
+use crate::events::{Event, Events, Numbered};
+use crate::node::{Node, ReloadError};
+use crate::wallets::lock;
+
+/// `GET /v1/chain`: the chain source and its tip.
+pub async fn chain(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {
+    blocking(move || {
+        let (height, hash) = node.chain().tip()?;
+        Ok(Json(serde_json::json!({
+            "source": node.chain().describe(),
+            "network": node.chain().network().to_string(),
+            "height": height,
+            "tip": hash.to_string(),
+        })))
+    })
+    .await
+}
+
+/// `POST /v1/admin/mine`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MineRequest {
+    /// How many blocks (1 to 1000).
+    pub blocks: u32,
+    /// The regtest address the coinbases pay.
+    pub address: String,
+}
+
+/// `POST /v1/admin/mine` (regtest only): mines blocks, the first holding the mempool, then
+/// syncs every wallet so that their confirmations are published.
+pub async fn mine(
+    _: AdminAuth,
+    State(node): State<Arc<Node>>,
+    Body(req): Body<MineRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !(1..=1000).contains(&req.blocks) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_blocks",
+            "1 to 1000 blocks",
+        ));
+    }
+    let network = node.chain().network();
+    let to = req
+        .address
+        .parse::<Address<_>>()
+        .and_then(|a| a.require_network(network))
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_address", e.to_string()))?;
+    blocking(move || {
+        let hashes = node.chain().mine(req.blocks, &to)?;
+        let (height, _) = node.chain().tip()?;
+        node.events().publish(Event::BlocksMined {
+            height,
+            count: req.blocks,
+        });
+        for name in node.wallets().list()? {
+            let handle = node.wallets().get(&name)?;
+            let mut wallet = lock(&handle);
+            if let Err(e) = node.wallets().sync(&mut wallet) {
+                tracing::warn!(wallet = %name, error = %e, "syncing after mining");
+            }
+        }
+        Ok(Json(serde_json::json!({
+            "height": height,
+            "hashes": hashes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })))
+    })
+    .await
+}
+
+/// `POST /v1/admin/reload`: the same as SIGHUP.
+pub async fn reload(_: AdminAuth, State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {
+    blocking(move || match node.reload() {
+        Ok(()) => Ok(Json(serde_json::json!({ "reloaded": true }))),
+        Err(e @ ReloadError::NoSource) => Err(ApiError::new(StatusCode::CONFLICT, "no_config_source", e.to_string())),
+        Err(e @ ReloadError::NeedsRestart(_)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "needs_restart", e.to_string()))
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            e.to_string(),
+        )),
+    })
+    .await
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let text = node
+        .metrics()
+        .render(node.events().subscribers())
+        .map_err(ApiError::internal)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// `GET /v1/events`: a WebSocket of JSON events (`{"seq":…,"type":…,…}`). It starts with
+/// `{"type":"hello","seq":N}` (N: the last event before this subscriber joined); a subscriber
+/// that falls more than `events.queue` events behind gets `{"type":"lagged","missed":M}` and
+/// continues with the oldest event still held. A token limited to some wallets or keys gets
+/// only their events.
+pub async fn events(Auth(token): ReadAuth, State(node): State<Arc<Node>>, ws: WebSocketUpgrade) -> Response {
+    let rx = node.events().subscribe();
+    let hello = serde_json::json!({ "type": "hello", "seq": node.events().last_seq() }).to_string();
+    ws.on_upgrade(move |socket| stream(socket, rx, token, hello))
+}
+
+fn visible(token: &TokenInfo, event: &Numbered) -> bool {
+    match Events::scope_of(&event.event) {
+        (Some(wallet), _) => token.may_use_wallet(wallet),
+        (None, Some(key)) => token.may_use_key(key),
+        (None, None) => true,
+    }
+}
+
+async fn stream(
+    mut socket: WebSocket,
+    mut rx: tokio::sync::broadcast::Receiver<Arc<Numbered>>,
+    token: TokenInfo,
+    hello: String,
+) {
+    if socket.send(Message::Text(hello.into())).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            received = rx.recv() => {
+                let message = match received {
+                    Ok(event) if visible(&token, &event) => Message::Text(event.json.as_str().into()),
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(missed)) => Message::Text(
+                        serde_json::json!({ "type": "lagged", "missed": missed }).to_string().into(),
+                    ),
+                    Err(RecvError::Closed) => break,
+                };
+                if socket.send(message).await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

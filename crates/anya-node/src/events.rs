@@ -1,0 +1,152 @@
+//! The node's event stream, served on the WebSocket `/v1/events`.
+//!
+//! Every event gets a sequence number. Each subscriber reads from one shared ring of the last
+//! `events.queue` events ([`tokio::sync::broadcast`]): a subscriber that falls more than that
+//! far behind is not waited for; it is sent a `lagged` message saying how many events it missed
+//! (and from which sequence number it continues), never a silent gap.
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Something that happened in the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A wallet saw a transaction for the first time (in the mempool or a block).
+    TxSeen {
+        /// The wallet.
+        wallet: String,
+        /// The transaction.
+        txid: String,
+        /// Whether it was already confirmed when first seen.
+        confirmed: bool,
+    },
+    /// A wallet's transaction confirmed.
+    TxConfirmed {
+        /// The wallet.
+        wallet: String,
+        /// The transaction.
+        txid: String,
+        /// The block height.
+        height: u32,
+    },
+    /// The spending policy decided on a spend.
+    PolicyDecision {
+        /// The wallet.
+        wallet: String,
+        /// Whether it was approved.
+        approved: bool,
+        /// The rule codes it broke (empty when approved).
+        violations: Vec<u16>,
+        /// Why, for people.
+        detail: String,
+    },
+    /// A record was appended to the HSM's audit chain.
+    AuditAppended {
+        /// The record's sequence number in the chain.
+        record: u64,
+        /// The operation (`SignEcdsa`, `GenerateKey`, `Decision`, …).
+        operation: String,
+        /// The key it concerns, if any.
+        key_id: Option<String>,
+        /// Its outcome code (0: success).
+        outcome: u16,
+    },
+    /// A key was created.
+    KeyCreated {
+        /// Its id.
+        id: String,
+        /// Its spec.
+        spec: String,
+    },
+    /// A wallet was created.
+    WalletCreated {
+        /// Its name.
+        wallet: String,
+    },
+    /// Blocks were mined on the regtest chain.
+    BlocksMined {
+        /// The new tip height.
+        height: u32,
+        /// How many.
+        count: u32,
+    },
+    /// The configuration was reloaded.
+    ConfigReloaded,
+}
+
+/// An event with its sequence number, as sent to subscribers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Numbered {
+    /// Its sequence number, from 1.
+    pub seq: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+    /// This, as the JSON sent to subscribers (made once, whatever the number of subscribers).
+    #[serde(skip)]
+    pub json: String,
+}
+
+/// The bus events are published on.
+#[derive(Debug, Clone)]
+pub struct Events {
+    sender: broadcast::Sender<Arc<Numbered>>,
+    /// The last sequence number; held while sending, so that subscribers see numbers in order.
+    seq: Arc<Mutex<u64>>,
+}
+
+impl Events {
+    /// A bus keeping the last `queue` events for slow subscribers.
+    pub fn new(queue: usize) -> Self {
+        let (sender, _) = broadcast::channel(queue.max(1));
+        Self {
+            sender,
+            seq: Arc::new(Mutex::new(0)),
+        }
+    }
+
+    /// Publishes `event` to every subscriber (none listening is fine).
+    pub fn publish(&self, event: Event) {
+        let mut last = self.seq.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *last += 1;
+        let mut numbered = Numbered {
+            seq: *last,
+            event,
+            json: String::new(),
+        };
+        numbered.json = serde_json::to_string(&numbered).unwrap_or_default();
+        let _ = self.sender.send(Arc::new(numbered));
+    }
+
+    /// The wallet or key an event concerns, for tokens limited to some.
+    pub fn scope_of(event: &Event) -> (Option<&str>, Option<&str>) {
+        match event {
+            Event::TxSeen { wallet, .. }
+            | Event::TxConfirmed { wallet, .. }
+            | Event::PolicyDecision { wallet, .. }
+            | Event::WalletCreated { wallet } => (Some(wallet), None),
+            Event::AuditAppended { key_id, .. } => (None, key_id.as_deref()),
+            Event::KeyCreated { id, .. } => (None, Some(id)),
+            Event::BlocksMined { .. } | Event::ConfigReloaded => (None, None),
+        }
+    }
+
+    /// A new subscriber, receiving events published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Numbered>> {
+        self.sender.subscribe()
+    }
+
+    /// How many subscribers are connected.
+    pub fn subscribers(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
+    /// The last sequence number handed out.
+    pub fn last_seq(&self) -> u64 {
+        *self.seq.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
