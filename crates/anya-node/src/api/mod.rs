@@ -133,8 +133,16 @@ async fn track(State(node): State<Arc<Node>>, request: Request, next: Next) -> R
         }
         _ => next.run(request).await,
     };
-    node.metrics()
-        .request(&method, &route, response.status().as_u16(), started);
+    let status = response.status().as_u16();
+    node.metrics().request(&method, &route, status, started);
+    tracing::debug!(
+        %method,
+        %route,
+        status,
+        micros = started.elapsed().as_micros() as u64,
+        peer = ?peer,
+        "request"
+    );
     response
 }
 
@@ -397,6 +405,7 @@ async fn create_key(
             .metrics()
             .hsm("generate_key", || node.hsm().generate_key(&id, spec, policy))?;
         node.audit_changed();
+        tracing::info!(id = %info.id, spec = spec_name(info.spec), "key created");
         node.events().publish(Event::KeyCreated {
             id: info.id.as_str().to_owned(),
             spec: spec_name(info.spec).to_owned(),
@@ -602,6 +611,7 @@ async fn create_token(
             wallets: req.wallets,
         };
         let (info, token) = node.tokens().create(&req.name, req.scopes, limits, expires)?;
+        tracing::info!(id = %info.id, name = %info.name, scopes = ?info.scopes, "token created");
         Ok((
             StatusCode::CREATED,
             Json(serde_json::json!({ "token": token, "info": info })),

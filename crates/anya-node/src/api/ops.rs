@@ -136,6 +136,24 @@ fn visible(token: &TokenInfo, event: &Numbered) -> bool {
     }
 }
 
+/// The next message for a subscriber holding `token`: the next event it may see, or a
+/// `lagged` notice when it fell behind by more than the queue; `None` once the bus is gone.
+pub(crate) async fn next_message(
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<Numbered>>,
+    token: &TokenInfo,
+) -> Option<String> {
+    loop {
+        match rx.recv().await {
+            Ok(event) if visible(token, &event) => return Some(event.json.clone()),
+            Ok(_) => {}
+            Err(RecvError::Lagged(missed)) => {
+                return Some(serde_json::json!({ "type": "lagged", "missed": missed }).to_string())
+            }
+            Err(RecvError::Closed) => return None,
+        }
+    }
+}
+
 async fn stream(
     mut socket: WebSocket,
     mut rx: tokio::sync::broadcast::Receiver<Arc<Numbered>>,
@@ -147,16 +165,9 @@ async fn stream(
     }
     loop {
         tokio::select! {
-            received = rx.recv() => {
-                let message = match received {
-                    Ok(event) if visible(&token, &event) => Message::Text(event.json.as_str().into()),
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(missed)) => Message::Text(
-                        serde_json::json!({ "type": "lagged", "missed": missed }).to_string().into(),
-                    ),
-                    Err(RecvError::Closed) => break,
-                };
-                if socket.send(message).await.is_err() {
+            next = next_message(&mut rx, &token) => {
+                let Some(text) = next else { break };
+                if socket.send(Message::Text(text.into())).await.is_err() {
                     break;
                 }
             }
@@ -165,5 +176,64 @@ async fn stream(
                 Some(Ok(_)) => {}
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Event;
+
+    fn token(wallets: Option<Vec<String>>) -> TokenInfo {
+        TokenInfo {
+            id: "t".to_owned(),
+            name: "t".to_owned(),
+            scopes: vec![crate::auth::Scope::Read],
+            keys: None,
+            wallets,
+            expires: None,
+            created: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_how_many_events_it_missed() {
+        let events = Events::new(4);
+        let mut rx = events.subscribe();
+        for height in 1..=10 {
+            events.publish(Event::BlocksMined { height, count: 1 });
+        }
+        let t = token(None);
+        let lagged: serde_json::Value =
+            serde_json::from_str(&next_message(&mut rx, &t).await.expect("a message")).expect("json");
+        assert_eq!(lagged, serde_json::json!({"type": "lagged", "missed": 6}));
+        // It continues with the oldest event still held, in order, none skipped after that.
+        for seq in 7..=10 {
+            let v: serde_json::Value =
+                serde_json::from_str(&next_message(&mut rx, &t).await.expect("a message")).expect("json");
+            assert_eq!(
+                (v["seq"].as_u64(), v["type"].as_str()),
+                (Some(seq), Some("blocks_mined"))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_limited_to_a_wallet_sees_only_its_events() {
+        let events = Events::new(16);
+        let mut rx = events.subscribe();
+        for wallet in ["alice", "bob"] {
+            events.publish(Event::WalletCreated {
+                wallet: wallet.to_owned(),
+            });
+        }
+        events.publish(Event::ConfigReloaded);
+        let t = token(Some(vec!["bob".to_owned()]));
+        let first: serde_json::Value =
+            serde_json::from_str(&next_message(&mut rx, &t).await.expect("a message")).expect("json");
+        assert_eq!(first["wallet"], "bob");
+        let second: serde_json::Value =
+            serde_json::from_str(&next_message(&mut rx, &t).await.expect("a message")).expect("json");
+        assert_eq!(second["type"], "config_reloaded");
     }
 }

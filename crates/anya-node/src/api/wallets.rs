@@ -223,6 +223,7 @@ pub async fn create(
             });
         }
         let handle = node.wallets().create(name.clone(), &template)?;
+        tracing::info!(wallet = %name, template = %req.template, root = %root, "wallet created");
         node.on_wallet_created(&name)?;
         node.audit_changed();
         let mut wallet = lock(&handle);
@@ -438,6 +439,7 @@ pub async fn send(
         let tx = wallet.finalize(&mut psbt)?;
         let fee = wallet.bdk().calculate_fee(&tx).map_or(0, Amount::to_sat);
         let txid = node.wallets().broadcast(&mut wallet, &tx)?;
+        tracing::info!(wallet = %name, %txid, fee_sat = fee, "sent");
         Ok(Json(Sent {
             txid: txid.to_string(),
             fee_sat: fee,
@@ -479,6 +481,7 @@ pub async fn bump_fee(
         let tx = wallet.finalize(&mut psbt)?;
         let fee = wallet.bdk().calculate_fee(&tx).map_or(0, Amount::to_sat);
         let new = node.wallets().broadcast(&mut wallet, &tx)?;
+        tracing::info!(wallet = %name, txid = %new, replaces = %txid, fee_sat = fee, "fee bumped");
         Ok(Json(serde_json::json!({
             "txid": new.to_string(),
             "replaces": txid.to_string(),
