@@ -235,6 +235,12 @@ impl Tokens {
 /// Writes `token` to the cookie file `path`, readable by the owner only (mode 0600), replacing
 /// any earlier one.
 pub fn write_cookie(path: &Path, token: &str) -> std::io::Result<()> {
+    write_private(path, token.as_bytes())
+}
+
+/// Writes `bytes` to `path` through a temporary file, readable by the owner only (mode 0600),
+/// durably, replacing any earlier file.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
@@ -244,7 +250,7 @@ pub fn write_cookie(path: &Path, token: &str) -> std::io::Result<()> {
     #[cfg(unix)]
     options.mode(0o600);
     let mut f = options.open(&tmp)?;
-    f.write_all(token.as_bytes())?;
+    f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }

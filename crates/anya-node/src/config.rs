@@ -74,9 +74,30 @@ pub struct NodeConfig {
     pub events: EventsConfig,
     /// bitcoind, when `chain = "bitcoind"`.
     pub bitcoind: Option<BitcoindConfig>,
+    /// TLS.
+    pub tls: TlsConfig,
     /// Spending policies by wallet name (reloadable). A wallet named here has its policy set
     /// from this file at start and on every reload; the API refuses to change it.
     pub policy: BTreeMap<String, PolicyBody>,
+}
+
+/// TLS settings. Off by default, which only a loopback `listen` allows (unless
+/// `allow_plaintext` says otherwise: behind a TLS-terminating proxy on a private network).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// Serve HTTPS. Changing it needs a restart.
+    pub enabled: bool,
+    /// A PEM certificate chain; without one a self-signed certificate is made on the first
+    /// start in `<data_dir>/tls/cert.pem`. Reread on reload.
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of `cert_file`. Reread on reload.
+    pub key_file: Option<PathBuf>,
+    /// More names (DNS names or IP addresses) for the self-signed certificate.
+    pub names: Vec<String>,
+    /// Allow plain HTTP on an address that is not loopback.
+    pub allow_plaintext: bool,
 }
 
 /// Rate limits: requests per second and burst, per API token and per client address. A rate
@@ -295,6 +316,7 @@ impl Default for NodeConfig {
             rate_limit: RateLimitConfig::default(),
             events: EventsConfig::default(),
             bitcoind: None,
+            tls: TlsConfig::default(),
             policy: BTreeMap::new(),
         }
     }
@@ -335,6 +357,9 @@ const ENV_KEYS: &[(&str, &str, &str)] = &[
     ("ANYA_RATE_LIMIT_PER_IP_PER_SEC", "rate_limit", "per_ip_per_sec"),
     ("ANYA_RATE_LIMIT_PER_IP_BURST", "rate_limit", "per_ip_burst"),
     ("ANYA_EVENTS_QUEUE", "events", "queue"),
+    ("ANYA_TLS_ENABLED", "tls", "enabled"),
+    ("ANYA_TLS_CERT_FILE", "tls", "cert_file"),
+    ("ANYA_TLS_KEY_FILE", "tls", "key_file"),
 ];
 
 impl NodeConfig {
@@ -414,6 +439,21 @@ impl NodeConfig {
             return Err(ConfigError::Invalid {
                 key: "api.shutdown_grace_secs",
                 message: "at most 600".to_owned(),
+            });
+        }
+        if !self.tls.enabled && !self.tls.allow_plaintext && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                key: "tls.enabled",
+                message: format!(
+                    "listening on {} without TLS would send tokens in the clear; enable [tls] (or set tls.allow_plaintext behind a TLS proxy)",
+                    self.listen
+                ),
+            });
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "tls",
+                message: "cert_file and key_file go together".to_owned(),
             });
         }
         if !(1..=1 << 20).contains(&self.events.queue) {

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod server;
+pub mod tls;
 pub mod wallets;
 
 pub use api::router;

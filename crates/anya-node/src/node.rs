@@ -11,6 +11,7 @@ use anya_core_types::{Clock, Label, SystemClock};
 use anya_hsm::anchor::FileAnchor;
 use anya_hsm::{HsmError, HsmProvider, SecretString, SoftwareHsm, SoftwareOptions};
 use anya_storage::{KvStore, SqliteOptions, SqliteStore, StoreError};
+use axum_server::tls_rustls::RustlsConfig;
 use tokio::sync::Notify;
 
 use crate::auth::{write_cookie, Scope, TokenError, TokenLimits, Tokens};
@@ -19,6 +20,7 @@ use crate::config::{ChainKind, ConfigError, NodeConfig};
 use crate::events::{Event, Events};
 use crate::limits::Limits;
 use crate::metrics::{MeteredStore, Metrics};
+use crate::tls;
 use crate::wallets::{lock, Wallets};
 
 /// Why the node could not start.
@@ -45,6 +47,9 @@ pub enum NodeError {
     /// The chain source failed.
     #[error("chain: {0}")]
     Chain(#[from] ChainError),
+    /// TLS could not be set up.
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
     /// A configured policy could not be applied.
     #[error("policy of wallet {wallet}: {source}")]
     Policy {
@@ -111,6 +116,7 @@ pub struct Node {
     events: Events,
     metrics: Arc<Metrics>,
     limits: Limits,
+    tls: Option<RustlsConfig>,
     reloader: Mutex<Option<Reloader>>,
     /// The last audit record published as an event.
     audit_seen: Mutex<u64>,
@@ -225,6 +231,14 @@ impl Node {
             .last()
             .map_or(0, |r| r.seq);
         let limits = Limits::new(&config.rate_limit);
+        let tls = if config.tls.enabled {
+            if tls::ensure_self_signed(&config)? {
+                tracing::info!(cert = %tls::paths(&config).0.display(), "made a self-signed TLS certificate");
+            }
+            Some(RustlsConfig::from_config(tls::server_config(&config)?))
+        } else {
+            None
+        };
         let node = Self {
             config: RwLock::new(Arc::new(config)),
             store,
@@ -235,6 +249,7 @@ impl Node {
             events,
             metrics,
             limits,
+            tls,
             reloader: Mutex::new(None),
             audit_seen: Mutex::new(audit_seen),
             audit_changed: Notify::new(),
@@ -301,6 +316,11 @@ impl Node {
         &self.limits
     }
 
+    /// Its TLS configuration, when it serves HTTPS.
+    pub fn tls(&self) -> Option<&RustlsConfig> {
+        self.tls.as_ref()
+    }
+
     /// Whether the configuration names `wallet`'s policy (then the API may not change it).
     pub fn policy_from_config(&self, wallet: &str) -> bool {
         self.config().policy.contains_key(wallet)
@@ -357,7 +377,7 @@ impl Node {
     }
 
     /// Reads the configuration again and applies what may change while running: rate limits,
-    /// wallet policies, the log filter, the shutdown grace period. A new configuration that
+    /// wallet policies, the log filter, the TLS certificate, the shutdown grace period. A new configuration that
     /// is invalid, or that changes what only a restart applies (listen address, data
     /// directory, chain, HSM, body limit, event queue), is refused and the running one stays.
     pub fn reload(&self) -> Result<(), ReloadError> {
@@ -374,6 +394,7 @@ impl Node {
             ("api.body_limit", old.api.body_limit == new.api.body_limit),
             ("events.queue", old.events.queue == new.events.queue),
             ("log.format", old.log.format == new.log.format),
+            ("tls.enabled", old.tls.enabled == new.tls.enabled),
         ] {
             if !same {
                 return Err(ReloadError::NeedsRestart(key));
@@ -383,7 +404,14 @@ impl Node {
         for body in new.policy.values() {
             body.to_policy(new.network()).map_err(ReloadError::Invalid)?;
         }
+        let certificate = match &self.tls {
+            Some(_) => Some(tls::server_config(&new).map_err(|e| ReloadError::Invalid(e.to_string()))?),
+            None => None,
+        };
         (reloader.apply)(&new).map_err(ReloadError::Invalid)?;
+        if let (Some(current), Some(certificate)) = (&self.tls, certificate) {
+            current.reload_from_config(certificate);
+        }
         self.apply_policies(&new)
             .map_err(|e| ReloadError::Apply(e.to_string()))?;
         self.limits.reload(&new.rate_limit);

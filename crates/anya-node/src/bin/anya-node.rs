@@ -148,7 +148,16 @@ fn run(args: Args) -> Result<(), String> {
             println!("admin token (shown once): {token}");
         }
         println!("cookie: {}", started.cookie.display());
-        println!("listening on http://{addr}");
+        let scheme = if node.tls().is_some() {
+            let config = node.config();
+            let (cert, _) = anya_node::tls::paths(&config);
+            let fingerprint = anya_node::tls::fingerprint(&config).map_err(|e| e.to_string())?;
+            println!("tls certificate: {} (SHA-256 {fingerprint})", cert.display());
+            "https"
+        } else {
+            "http"
+        };
+        println!("listening on {scheme}://{addr}");
         let node = Arc::new(node);
         tokio::spawn(reload_on_sighup(Arc::clone(&node)));
         anya_node::serve(node, listener, shutdown_signal())

@@ -101,7 +101,11 @@ pub fn start_with(data: &Path, options: &Options<'_>) -> Daemon {
         if let Some(t) = line.trim().strip_prefix("admin token (shown once): ") {
             admin = Some(t.to_owned());
         }
-        if let Some(a) = line.trim().strip_prefix("listening on http://") {
+        if let Some(a) = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
+        {
             addr = Some(a.parse().expect("an address"));
         }
     }
