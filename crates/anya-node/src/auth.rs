@@ -10,7 +10,7 @@ use anya_storage::{KvStore, Namespace, Scan, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// What a token may do. `Admin` may do everything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Read keys, public keys, the audit chain, health.
@@ -22,7 +22,7 @@ pub enum Scope {
 }
 
 /// A token as stored: never its secret, only the secret's hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenInfo {
     /// The token's public id (the part before the secret).

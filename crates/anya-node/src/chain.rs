@@ -439,6 +439,12 @@ impl Regtest {
             }
             match self.admit(&inner, tx) {
                 Ok(replaced) => {
+                    let replaced_txids: Vec<Txid> = inner
+                        .mempool
+                        .iter()
+                        .filter(|(s, _)| replaced.contains(s))
+                        .map(|(_, m)| m.compute_txid())
+                        .collect();
                     let seq = inner.next_seq;
                     let mut batch = WriteBatch::new();
                     batch.put(&self.ns, mempool_key(seq), serialize(tx))?;
@@ -449,14 +455,24 @@ impl Regtest {
                     inner.mempool.retain(|(s, _)| !replaced.contains(s));
                     inner.mempool.push((seq, tx.clone()));
                     inner.next_seq += 1;
-                    Ok(())
+                    Ok(replaced_txids)
                 }
                 Err(reason) => Err(reason),
             }
         };
         match verdict {
-            Ok(()) => {
+            Ok(replaced) => {
                 wallet.apply_unconfirmed(vec![tx.clone()], now)?;
+                // The wallet must not keep counting what this replaced (both may carry the
+                // same seen-at second, and BDK cannot tell which came last).
+                let evicted: Vec<(Txid, u64)> = replaced
+                    .into_iter()
+                    .filter(|t| wallet.bdk().get_tx(*t).is_some())
+                    .map(|t| (t, now))
+                    .collect();
+                if !evicted.is_empty() {
+                    wallet.apply_evicted(evicted)?;
+                }
                 Ok(txid)
             }
             Err(reason) => {

@@ -165,7 +165,7 @@ pub struct BitcoindConfig {
 
 /// A wallet's spending policy, as the config file and the API write it. Absent limits are no
 /// limit.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PolicyBody {

@@ -23,19 +23,26 @@ pub struct ApiError {
     pub rule: Option<u16>,
 }
 
-/// The problem-details body.
-#[derive(Debug, Serialize)]
-struct Problem<'a> {
+/// The problem-details body (RFC 9457).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// `https://anya.dev/problems/<code>`.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    code: &'a str,
+    pub kind: String,
+    /// The HTTP status's reason phrase.
+    pub title: &'a str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What happened, for people.
+    pub detail: &'a str,
+    /// A stable machine-readable code.
+    pub code: &'a str,
+    /// The spending-policy rule a `policy_refused` broke.
     #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<u16>,
+    pub rule: Option<u16>,
+    /// Seconds to wait, for `rate_limited`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after: Option<u64>,
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {

@@ -38,10 +38,13 @@ fn every_route_refuses_missing_wrong_expired_and_underscoped_tokens() {
     let (status, _) = post(d.addr, "/v1/keys", &admin, &json!({"id": "k1", "spec": "secp256k1"}));
     assert_eq!(status, 201);
     let wrong = "anya_0123456789abcdef_00";
-    for (method, path, scope) in anya_node::api::ROUTES {
+    let routes = anya_node::api::routes();
+    assert!(routes.len() >= 33, "{routes:?}");
+    for (method, path, scope) in &routes {
+        let method = method.as_str();
         let path = path.replace("{id}", "k1").replace("{name}", "w1");
         let body: Option<(&str, &[u8])> =
-            matches!(*method, "POST" | "PUT").then_some(("application/json", b"{}".as_slice()));
+            matches!(method, "POST" | "PUT").then_some(("application/json", b"{}".as_slice()));
         let (status, ctype, _) = request(d.addr, method, &path, None, body);
         let Some(scope) = scope else {
             assert_eq!(status, 200, "{method} {path} needs no token");
@@ -71,6 +74,20 @@ fn every_route_refuses_missing_wrong_expired_and_underscoped_tokens() {
     }
     let (status, ctype, _) = request(d.addr, "GET", "/v1/nothing", Some(&admin), None);
     assert_eq!((status, ctype.as_str()), (404, "application/problem+json"));
+    // The document served is the one the route table came from.
+    let (status, _, doc) = request(d.addr, "GET", "/v1/openapi.json", Some(&read), None);
+    assert_eq!(status, 200);
+    let doc = json_of(&doc);
+    assert!(doc["openapi"].as_str().expect("version").starts_with("3."), "{doc}");
+    let served = doc["paths"].as_object().expect("paths");
+    for (method, path, _) in &routes {
+        assert!(
+            served[path.as_str()][method.to_lowercase()].is_object(),
+            "{method} {path} is not in the served document"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["schemas"]["SendRequest"].is_object());
 }
 
 #[test]

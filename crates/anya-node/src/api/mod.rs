@@ -23,10 +23,11 @@ use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use bitcoin::hex::{DisplayHex, FromHex};
 
@@ -38,82 +39,121 @@ use crate::error::ApiError;
 use crate::events::Event;
 use crate::node::Node;
 
-/// Every route: method, path (axum syntax) and the scope it needs (`None`: no token).
-pub const ROUTES: &[(&str, &str, Option<Scope>)] = &[
-    ("GET", "/health/live", None),
-    ("GET", "/health/ready", Some(Scope::Read)),
-    ("GET", "/v1/keys", Some(Scope::Read)),
-    ("POST", "/v1/keys", Some(Scope::Admin)),
-    ("GET", "/v1/keys/{id}", Some(Scope::Read)),
-    ("POST", "/v1/keys/{id}/sign", Some(Scope::Sign)),
-    ("GET", "/v1/audit/verify", Some(Scope::Read)),
-    ("GET", "/v1/audit/records", Some(Scope::Read)),
-    ("GET", "/v1/tokens", Some(Scope::Admin)),
-    ("POST", "/v1/tokens", Some(Scope::Admin)),
-    ("DELETE", "/v1/tokens/{id}", Some(Scope::Admin)),
-    ("GET", "/v1/wallets", Some(Scope::Read)),
-    ("POST", "/v1/wallets", Some(Scope::Admin)),
-    ("GET", "/v1/wallets/{name}", Some(Scope::Read)),
-    ("POST", "/v1/wallets/{name}/address", Some(Scope::Read)),
-    ("GET", "/v1/wallets/{name}/balance", Some(Scope::Read)),
-    ("POST", "/v1/wallets/{name}/sync", Some(Scope::Read)),
-    ("GET", "/v1/wallets/{name}/transactions", Some(Scope::Read)),
-    ("POST", "/v1/wallets/{name}/send", Some(Scope::Sign)),
-    ("POST", "/v1/wallets/{name}/bump-fee", Some(Scope::Sign)),
-    ("GET", "/v1/wallets/{name}/policy", Some(Scope::Read)),
-    ("PUT", "/v1/wallets/{name}/policy", Some(Scope::Admin)),
-    ("POST", "/v1/wallets/{name}/psbt", Some(Scope::Sign)),
-    ("POST", "/v1/wallets/{name}/psbt/sign", Some(Scope::Sign)),
-    ("POST", "/v1/psbt/inspect", Some(Scope::Read)),
-    ("POST", "/v1/psbt/combine", Some(Scope::Read)),
-    ("POST", "/v1/psbt/finalize", Some(Scope::Read)),
-    ("GET", "/v1/chain", Some(Scope::Read)),
-    ("POST", "/v1/admin/mine", Some(Scope::Admin)),
-    ("POST", "/v1/admin/reload", Some(Scope::Admin)),
-    ("GET", "/v1/events", Some(Scope::Read)),
-    ("GET", "/metrics", Some(Scope::Read)),
-];
+/// The OpenAPI document's fixed parts; the paths come from each handler's annotation.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "anya-node",
+        description = "The anya node API. Every route but /health/live needs `Authorization: Bearer <token>` with the scope the route names (read < sign < admin). Errors are RFC 9457 problem details with a stable `code`.",
+    ),
+    modifiers(&BearerScheme),
+    components(schemas(crate::error::Problem))
+)]
+struct ApiDoc;
+
+/// Declares the bearer-token security scheme the routes refer to.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("anya_<id>_<secret>")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route with its OpenAPI description, from the handlers' annotations: the one source of
+/// both the router and the document.
+fn api() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(live))
+        .routes(routes!(ready))
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(get_key))
+        .routes(routes!(sign))
+        .routes(routes!(audit_verify))
+        .routes(routes!(audit_records))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(wallets::list, wallets::create))
+        .routes(routes!(wallets::show))
+        .routes(routes!(wallets::address_route))
+        .routes(routes!(wallets::balance))
+        .routes(routes!(wallets::sync))
+        .routes(routes!(wallets::transactions))
+        .routes(routes!(wallets::send))
+        .routes(routes!(wallets::bump_fee))
+        .routes(routes!(wallets::get_policy, wallets::set_policy))
+        .routes(routes!(wallets::build_psbt))
+        .routes(routes!(wallets::sign_psbt))
+        .routes(routes!(psbt::inspect))
+        .routes(routes!(psbt::combine))
+        .routes(routes!(psbt::finalize))
+        .routes(routes!(ops::chain))
+        .routes(routes!(ops::mine))
+        .routes(routes!(ops::reload))
+        .routes(routes!(ops::events))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(openapi_json))
+}
+
+/// The API's OpenAPI 3.1 document.
+pub fn openapi() -> &'static utoipa::openapi::OpenApi {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| api().into_openapi())
+}
+
+/// Every route: method, path (axum syntax) and the scope it needs (`None`: no token), read
+/// from the OpenAPI document.
+pub fn routes() -> Vec<(String, String, Option<Scope>)> {
+    let doc = openapi();
+    let mut out = Vec::new();
+    // The document lists paths in its own order; keep it stable for tests and people.
+    for (path, item) in &doc.paths.paths {
+        let operations = [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("DELETE", &item.delete),
+            ("PATCH", &item.patch),
+        ];
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let scope = operation.security.as_ref().and_then(|reqs| {
+                let json = serde_json::to_value(reqs).ok()?;
+                let scopes = json.as_array()?.first()?.get("bearer")?.as_array()?.clone();
+                serde_json::from_value::<Scope>(scopes.first()?.clone()).ok()
+            });
+            out.push((method.to_owned(), path.clone(), scope));
+        }
+    }
+    out
+}
 
 /// The API's routes over `node`, with its body limit.
 pub fn router(node: Arc<Node>) -> Router {
     let limit = node.config().api.body_limit;
-    Router::new()
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/v1/keys", get(list_keys).post(create_key))
-        .route("/v1/keys/{id}", get(get_key))
-        .route("/v1/keys/{id}/sign", post(sign))
-        .route("/v1/audit/verify", get(audit_verify))
-        .route("/v1/audit/records", get(audit_records))
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{id}", delete(revoke_token))
-        .route("/v1/wallets", get(wallets::list).post(wallets::create))
-        .route("/v1/wallets/{name}", get(wallets::show))
-        .route("/v1/wallets/{name}/address", post(wallets::address_route))
-        .route("/v1/wallets/{name}/balance", get(wallets::balance))
-        .route("/v1/wallets/{name}/sync", post(wallets::sync))
-        .route("/v1/wallets/{name}/transactions", get(wallets::transactions))
-        .route("/v1/wallets/{name}/send", post(wallets::send))
-        .route("/v1/wallets/{name}/bump-fee", post(wallets::bump_fee))
-        .route(
-            "/v1/wallets/{name}/policy",
-            get(wallets::get_policy).put(wallets::set_policy),
-        )
-        .route("/v1/wallets/{name}/psbt", post(wallets::build_psbt))
-        .route("/v1/wallets/{name}/psbt/sign", post(wallets::sign_psbt))
-        .route("/v1/psbt/inspect", post(psbt::inspect))
-        .route("/v1/psbt/combine", post(psbt::combine))
-        .route("/v1/psbt/finalize", post(psbt::finalize))
-        .route("/v1/chain", get(ops::chain))
-        .route("/v1/admin/mine", post(ops::mine))
-        .route("/v1/admin/reload", post(ops::reload))
-        .route("/v1/events", get(ops::events))
-        .route("/metrics", get(ops::metrics))
+    let (routes, _) = api().split_for_parts();
+    routes
         .route_layer(middleware::from_fn_with_state(Arc::clone(&node), track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(node)
+}
+
+/// `GET /v1/openapi.json`.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "this document")), security(("bearer" = ["read"])))]
+async fn openapi_json(_: ReadAuth) -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(openapi())
 }
 
 /// Per-IP rate limit (when the server gives the peer's address) and request metrics, on every
@@ -260,10 +300,12 @@ fn from_hex(s: &str) -> Result<Vec<u8>, ApiError> {
 
 // ---- health -------------------------------------------------------------------------------------
 
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "the process is up"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)))]
 async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "live" }))
 }
 
+#[utoipa::path(get, path = "/health/ready", tag = "health", responses((status = 200, description = "store writable, HSM unlocked, chain serving blocks (503 otherwise; each check in the body)"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 async fn ready(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     blocking(move || {
         let store = Namespace::new("anya/node/health")
@@ -297,7 +339,7 @@ async fn ready(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Response, A
 // ---- keys ---------------------------------------------------------------------------------------
 
 /// A key as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     /// Its id.
     pub id: String,
@@ -350,6 +392,7 @@ fn check_key_access(token: &TokenInfo, id: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", responses((status = 200, description = "success", body = Vec<KeyView>), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 async fn list_keys(Auth(token): ReadAuth, State(node): State<Arc<Node>>) -> Result<Json<Vec<KeyView>>, ApiError> {
     blocking(move || {
         let keys = node.hsm().list_keys()?;
@@ -363,7 +406,7 @@ async fn list_keys(Auth(token): ReadAuth, State(node): State<Arc<Node>>) -> Resu
 }
 
 /// `POST /v1/keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// The new key's id (a label: 1 to 64 of `A-Za-z0-9._-`).
@@ -375,6 +418,7 @@ pub struct CreateKey {
     pub exportable: bool,
 }
 
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKey, responses((status = 201, description = "success", body = KeyView), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["admin"])))]
 async fn create_key(
     Auth(token): AdminAuth,
     State(node): State<Arc<Node>>,
@@ -415,6 +459,7 @@ async fn create_key(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path, description = "the key or token id")), responses((status = 200, description = "success", body = KeyView), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 async fn get_key(Auth(token): ReadAuth, State(node): State<Arc<Node>>, Id(id): Id) -> Result<Json<KeyView>, ApiError> {
     let id = label(&id)?;
     check_key_access(&token, id.as_str())?;
@@ -426,7 +471,7 @@ async fn get_key(Auth(token): ReadAuth, State(node): State<Arc<Node>>, Id(id): I
 }
 
 /// `POST /v1/keys/{id}/sign`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignRequest {
     /// `ecdsa` or `schnorr` (BIP340) over a 32-byte digest; `ed25519` or `p256` over a
@@ -437,7 +482,7 @@ pub struct SignRequest {
 }
 
 /// A signature.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Signature {
     /// The scheme it was made with.
     pub scheme: String,
@@ -445,6 +490,7 @@ pub struct Signature {
     pub signature_hex: String,
 }
 
+#[utoipa::path(post, path = "/v1/keys/{id}/sign", tag = "keys", params(("id" = String, Path, description = "the key or token id")), request_body = SignRequest, responses((status = 200, description = "success", body = Signature), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["sign"])))]
 async fn sign(
     Auth(token): SignAuth,
     State(node): State<Arc<Node>>,
@@ -512,6 +558,7 @@ async fn sign(
 
 // ---- audit --------------------------------------------------------------------------------------
 
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", responses((status = 200, description = "the chain's record count, head and how many records the keyed head authenticates"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 async fn audit_verify(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {
     blocking(move || {
         let s = node.hsm().verify_audit_chain()?;
@@ -525,7 +572,7 @@ async fn audit_verify(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Json
 }
 
 /// `GET /v1/audit/records?after=N&limit=M`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct RecordsQuery {
     /// Records after this sequence number (default 0: from the first).
@@ -540,6 +587,7 @@ fn default_limit() -> usize {
     100
 }
 
+#[utoipa::path(get, path = "/v1/audit/records", tag = "audit", params(RecordsQuery), responses((status = 200, description = "success"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 async fn audit_records(
     _: ReadAuth,
     State(node): State<Arc<Node>>,
@@ -572,7 +620,7 @@ async fn audit_records(
 // ---- tokens -------------------------------------------------------------------------------------
 
 /// `POST /v1/tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// A name for people.
@@ -590,6 +638,7 @@ pub struct CreateToken {
     pub expires_in_secs: Option<u64>,
 }
 
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateToken, responses((status = 201, description = "the token (shown once) and what is stored"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["admin"])))]
 async fn create_token(
     _: AdminAuth,
     State(node): State<Arc<Node>>,
@@ -621,10 +670,12 @@ async fn create_token(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, description = "success", body = Vec<TokenInfo>), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["admin"])))]
 async fn list_tokens(_: AdminAuth, State(node): State<Arc<Node>>) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     blocking(move || Ok(Json(node.tokens().list()?))).await
 }
 
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "the key or token id")), responses((status = 204, description = "revoked"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["admin"])))]
 async fn revoke_token(_: AdminAuth, State(node): State<Arc<Node>>, Id(id): Id) -> Result<StatusCode, ApiError> {
     blocking(move || {
         if node.tokens().revoke(&id)? {

@@ -19,6 +19,7 @@ use crate::node::{Node, ReloadError};
 use crate::wallets::lock;
 
 /// `GET /v1/chain`: the chain source and its tip.
+#[utoipa::path(get, path = "/v1/chain", tag = "chain", responses((status = 200, description = "the chain source, network, height and tip"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn chain(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {
     blocking(move || {
         let (height, hash) = node.chain().tip()?;
@@ -33,7 +34,7 @@ pub async fn chain(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Json<se
 }
 
 /// `POST /v1/admin/mine`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MineRequest {
     /// How many blocks (1 to 1000).
@@ -44,6 +45,7 @@ pub struct MineRequest {
 
 /// `POST /v1/admin/mine` (regtest only): mines blocks, the first holding the mempool, then
 /// syncs every wallet so that their confirmations are published.
+#[utoipa::path(post, path = "/v1/admin/mine", tag = "admin", request_body = MineRequest, responses((status = 200, description = "the new height and block hashes"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["admin"])))]
 pub async fn mine(
     _: AdminAuth,
     State(node): State<Arc<Node>>,
@@ -85,6 +87,7 @@ pub async fn mine(
 }
 
 /// `POST /v1/admin/reload`: the same as SIGHUP.
+#[utoipa::path(post, path = "/v1/admin/reload", tag = "admin", responses((status = 200, description = "reloaded (409 needs_restart or 422 invalid_config otherwise, the running configuration unchanged)"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["admin"])))]
 pub async fn reload(_: AdminAuth, State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {
     blocking(move || match node.reload() {
         Ok(()) => Ok(Json(serde_json::json!({ "reloaded": true }))),
@@ -102,6 +105,7 @@ pub async fn reload(_: AdminAuth, State(node): State<Arc<Node>>) -> Result<Json<
 }
 
 /// `GET /metrics`: Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "metrics", responses((status = 200, description = "Prometheus text exposition"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn metrics(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let text = node
         .metrics()
@@ -122,6 +126,7 @@ pub async fn metrics(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Respo
 /// that falls more than `events.queue` events behind gets `{"type":"lagged","missed":M}` and
 /// continues with the oldest event still held. A token limited to some wallets or keys gets
 /// only their events.
+#[utoipa::path(get, path = "/v1/events", tag = "events", responses((status = 101, description = "a WebSocket of JSON events"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn events(Auth(token): ReadAuth, State(node): State<Arc<Node>>, ws: WebSocketUpgrade) -> Response {
     let rx = node.events().subscribe();
     let hello = serde_json::json!({ "type": "hello", "seq": node.events().last_seq() }).to_string();

@@ -54,6 +54,7 @@ fn info_json(info: &PsbtInfo) -> serde_json::Value {
 }
 
 /// `POST /v1/psbt/inspect`: what a PSBT does, after every hostile-input check.
+#[utoipa::path(post, path = "/v1/psbt/inspect", tag = "psbt", request_body = PsbtBody, responses((status = 200, description = "inputs, outputs, amounts, fee and key origins"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn inspect(
     _: ReadAuth,
     State(node): State<Arc<Node>>,
@@ -69,7 +70,7 @@ pub async fn inspect(
 }
 
 /// `POST /v1/psbt/combine`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CombineBody {
     /// Two to sixteen PSBTs of one unsigned transaction, base64 or hex.
@@ -77,6 +78,7 @@ pub struct CombineBody {
 }
 
 /// `POST /v1/psbt/combine`: the BIP174 combiner.
+#[utoipa::path(post, path = "/v1/psbt/combine", tag = "psbt", request_body = CombineBody, responses((status = 200, description = "the combined PSBT"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn combine(
     _: ReadAuth,
     State(_node): State<Arc<Node>>,
@@ -100,6 +102,7 @@ pub async fn combine(
 
 /// `POST /v1/psbt/finalize`: the BIP174 finalizer and extractor; the transaction is returned
 /// only after Core's script interpreter verified every input.
+#[utoipa::path(post, path = "/v1/psbt/finalize", tag = "psbt", request_body = PsbtBody, responses((status = 200, description = "the finalized PSBT and the verified transaction"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn finalize(
     _: ReadAuth,
     State(_node): State<Arc<Node>>,

@@ -87,7 +87,7 @@ fn amount(sat: u64) -> Result<Amount, ApiError> {
 }
 
 /// A wallet's balance in satoshis.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BalanceView {
     /// Confirmed and mature.
     pub confirmed_sat: u64,
@@ -115,7 +115,7 @@ fn balance_view(node: &Node, wallet: &AnyaWallet) -> BalanceView {
 }
 
 /// A wallet as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WalletView {
     /// Its name.
     pub name: String,
@@ -146,6 +146,7 @@ fn wallet_view(node: &Node, wallet: &AnyaWallet) -> WalletView {
 }
 
 /// `GET /v1/wallets`.
+#[utoipa::path(get, path = "/v1/wallets", tag = "wallets", responses((status = 200, description = "success", body = Vec<String>), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn list(Auth(token): ReadAuth, State(node): State<Arc<Node>>) -> Result<Json<Vec<String>>, ApiError> {
     blocking(move || {
         Ok(Json(
@@ -161,7 +162,7 @@ pub async fn list(Auth(token): ReadAuth, State(node): State<Arc<Node>>) -> Resul
 }
 
 /// `POST /v1/wallets`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWallet {
     /// Its name (a label).
@@ -176,6 +177,7 @@ pub struct CreateWallet {
 }
 
 /// `POST /v1/wallets`.
+#[utoipa::path(post, path = "/v1/wallets", tag = "wallets", request_body = CreateWallet, responses((status = 201, description = "success", body = WalletView), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["admin"])))]
 pub async fn create(
     Auth(token): AdminAuth,
     State(node): State<Arc<Node>>,
@@ -234,6 +236,7 @@ pub async fn create(
 }
 
 /// `GET /v1/wallets/{name}`.
+#[utoipa::path(get, path = "/v1/wallets/{name}", tag = "wallets", params(("name" = String, Path, description = "the wallet name")), responses((status = 200, description = "success", body = WalletView), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn show(
     Auth(token): ReadAuth,
     State(node): State<Arc<Node>>,
@@ -249,6 +252,7 @@ pub async fn show(
 }
 
 /// `POST /v1/wallets/{name}/address`: the next unused receive address.
+#[utoipa::path(post, path = "/v1/wallets/{name}/address", tag = "wallets", params(("name" = String, Path, description = "the wallet name")), responses((status = 200, description = "the next unused receive address and its index"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn address_route(
     Auth(token): ReadAuth,
     State(node): State<Arc<Node>>,
@@ -267,6 +271,7 @@ pub async fn address_route(
 }
 
 /// `GET /v1/wallets/{name}/balance`.
+#[utoipa::path(get, path = "/v1/wallets/{name}/balance", tag = "wallets", params(("name" = String, Path, description = "the wallet name")), responses((status = 200, description = "success", body = BalanceView), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn balance(
     Auth(token): ReadAuth,
     State(node): State<Arc<Node>>,
@@ -282,6 +287,7 @@ pub async fn balance(
 }
 
 /// `POST /v1/wallets/{name}/sync`.
+#[utoipa::path(post, path = "/v1/wallets/{name}/sync", tag = "wallets", params(("name" = String, Path, description = "the wallet name")), responses((status = 200, description = "blocks applied, the height, mempool transactions and the balance"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn sync(
     Auth(token): ReadAuth,
     State(node): State<Arc<Node>>,
@@ -303,7 +309,7 @@ pub async fn sync(
 }
 
 /// One transaction of a wallet.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TxView {
     /// Its id.
     pub txid: String,
@@ -318,6 +324,7 @@ pub struct TxView {
 }
 
 /// `GET /v1/wallets/{name}/transactions`: newest first.
+#[utoipa::path(get, path = "/v1/wallets/{name}/transactions", tag = "wallets", params(("name" = String, Path, description = "the wallet name")), responses((status = 200, description = "success", body = Vec<TxView>), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn transactions(
     Auth(token): ReadAuth,
     State(node): State<Arc<Node>>,
@@ -351,7 +358,7 @@ pub async fn transactions(
 }
 
 /// A payment.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Recipient {
     /// Its address, on the node's network.
@@ -361,7 +368,7 @@ pub struct Recipient {
 }
 
 /// `POST /v1/wallets/{name}/send` and `POST /v1/wallets/{name}/psbt`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     /// Who to pay (1 to 1000).
@@ -385,7 +392,7 @@ fn recipients(req: &SendRequest, network: Network) -> Result<Vec<(ScriptBuf, Amo
 }
 
 /// A sent transaction.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Sent {
     /// Its id.
     pub txid: String,
@@ -421,6 +428,7 @@ fn decided<T>(node: &Node, wallet: &str, result: Result<T, WalletError>) -> Resu
 
 /// `POST /v1/wallets/{name}/send`: builds, checks against the policy, signs, verifies with
 /// Core's interpreter and broadcasts. A refused broadcast releases the policy's reservation.
+#[utoipa::path(post, path = "/v1/wallets/{name}/send", tag = "wallets", params(("name" = String, Path, description = "the wallet name")), request_body = SendRequest, responses((status = 200, description = "success", body = Sent), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["sign"])))]
 pub async fn send(
     Auth(token): SignAuth,
     State(node): State<Arc<Node>>,
@@ -450,7 +458,7 @@ pub async fn send(
 }
 
 /// `POST /v1/wallets/{name}/bump-fee`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BumpRequest {
     /// The unconfirmed transaction to replace.
@@ -460,6 +468,7 @@ pub struct BumpRequest {
 }
 
 /// `POST /v1/wallets/{name}/bump-fee`: a BIP125 replacement, through the policy.
+#[utoipa::path(post, path = "/v1/wallets/{name}/bump-fee", tag = "wallets", params(("name" = String, Path, description = "the wallet name")), request_body = BumpRequest, responses((status = 200, description = "the replacement's txid, fee and raw transaction"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["sign"])))]
 pub async fn bump_fee(
     Auth(token): SignAuth,
     State(node): State<Arc<Node>>,
@@ -493,6 +502,7 @@ pub async fn bump_fee(
 }
 
 /// `GET /v1/wallets/{name}/policy`.
+#[utoipa::path(get, path = "/v1/wallets/{name}/policy", tag = "policy", params(("name" = String, Path, description = "the wallet name")), responses((status = 200, description = "the rules, what counted in the last 24 hours, and whether the config file sets them"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn get_policy(
     Auth(token): ReadAuth,
     State(node): State<Arc<Node>>,
@@ -515,6 +525,7 @@ pub async fn get_policy(
 
 /// `PUT /v1/wallets/{name}/policy`: refused (409) for a wallet whose policy the
 /// configuration file sets.
+#[utoipa::path(put, path = "/v1/wallets/{name}/policy", tag = "policy", params(("name" = String, Path, description = "the wallet name")), request_body = PolicyBody, responses((status = 200, description = "success", body = PolicyBody), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["admin"])))]
 pub async fn set_policy(
     Auth(token): AdminAuth,
     State(node): State<Arc<Node>>,
@@ -542,6 +553,7 @@ pub async fn set_policy(
 }
 
 /// `POST /v1/wallets/{name}/psbt`: an unsigned PSBT paying the recipients.
+#[utoipa::path(post, path = "/v1/wallets/{name}/psbt", tag = "psbt", params(("name" = String, Path, description = "the wallet name")), request_body = SendRequest, responses((status = 200, description = "an unsigned PSBT (base64) and its txid"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["sign"])))]
 pub async fn build_psbt(
     Auth(token): SignAuth,
     State(node): State<Arc<Node>>,
@@ -563,7 +575,7 @@ pub async fn build_psbt(
 }
 
 /// A PSBT in base64 (or hex).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PsbtBody {
     /// The PSBT, base64 or hex.
@@ -572,6 +584,7 @@ pub struct PsbtBody {
 
 /// `POST /v1/wallets/{name}/psbt/sign`: signs what the wallet's keys sign, after the policy
 /// approved the spend.
+#[utoipa::path(post, path = "/v1/wallets/{name}/psbt/sign", tag = "psbt", params(("name" = String, Path, description = "the wallet name")), request_body = PsbtBody, responses((status = 200, description = "the PSBT with the wallet's signatures, after the policy approved"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["sign"])))]
 pub async fn sign_psbt(
     Auth(token): SignAuth,
     State(node): State<Arc<Node>>,
