@@ -58,8 +58,13 @@ pub enum ChainKind {
 pub struct NodeConfig {
     /// Where the API listens; default `127.0.0.1:8470`.
     pub listen: SocketAddr,
-    /// The data directory: the store (`anya.db`), the cookie file; default `./anya-data`.
+    /// The data directory: the default store (`anya.db`), the cookie file, the TLS files;
+    /// default `./anya-data`.
     pub data_dir: PathBuf,
+    /// The store: `sqlite:PATH` (default `sqlite:<data_dir>/anya.db`), `rocksdb:PATH` (with
+    /// the `rocksdb` feature) or `postgres://…`. The keystore, wallets, tokens and the regtest
+    /// chain all live in it.
+    pub store: Option<String>,
     /// The chain source.
     pub chain: ChainKind,
     /// HSM settings.
@@ -309,6 +314,7 @@ impl Default for NodeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8470)),
             data_dir: PathBuf::from("./anya-data"),
+            store: None,
             chain: ChainKind::Regtest,
             hsm: HsmConfig::default(),
             api: ApiConfig::default(),
@@ -345,6 +351,7 @@ impl Default for LogConfig {
 const ENV_KEYS: &[(&str, &str, &str)] = &[
     ("ANYA_LISTEN", "", "listen"),
     ("ANYA_DATA_DIR", "", "data_dir"),
+    ("ANYA_STORE", "", "store"),
     ("ANYA_CHAIN", "", "chain"),
     ("ANYA_HSM_PASSPHRASE_FILE", "hsm", "passphrase_file"),
     ("ANYA_HSM_ANCHOR_DIR", "hsm", "anchor_dir"),
@@ -492,6 +499,13 @@ impl NodeConfig {
             (ChainKind::Bitcoind, Some(b)) => b.network,
             _ => Network::Regtest,
         }
+    }
+
+    /// The store's address.
+    pub fn store_url(&self) -> String {
+        self.store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("anya.db").display()))
     }
 
     /// The rollback anchor directory, or `None` when configured as `"none"`.

@@ -10,7 +10,7 @@ use anya_bitcoin::wallet::WalletError;
 use anya_core_types::{Clock, Label, SystemClock};
 use anya_hsm::anchor::FileAnchor;
 use anya_hsm::{HsmError, HsmProvider, SecretString, SoftwareHsm, SoftwareOptions};
-use anya_storage::{KvStore, SqliteOptions, SqliteStore, StoreError};
+use anya_storage::{KvStore, StoreError};
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::sync::Notify;
 
@@ -38,6 +38,9 @@ pub enum NodeError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    StoreUrl(#[from] anya_storage::StoreUrlError),
     /// The keystore refused (wrong passphrase, rolled-back store, …).
     #[error("keystore: {0}")]
     Hsm(#[from] HsmError),
@@ -180,8 +183,8 @@ fn open_chain(config: &NodeConfig, store: &Arc<dyn KvStore>) -> Result<Chain, No
 }
 
 impl Node {
-    /// Opens the node in `config.data_dir`: the SQLite store `anya.db` and the software keystore
-    /// in it, created on the first start and unlocked with `passphrase`, with the configured
+    /// Opens the node: its store (`config.store`, by default SQLite in `config.data_dir`) and
+    /// the software keystore in it, created on the first start and unlocked with `passphrase`, with the configured
     /// rollback anchor; the chain source; the configured wallet policies. Writes a fresh cookie
     /// (revoking the last run's).
     pub fn open(config: NodeConfig, passphrase: &SecretString) -> Result<(Self, Started), NodeError> {
@@ -189,8 +192,8 @@ impl Node {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let metrics = Arc::new(Metrics::new());
-        let sqlite: Arc<dyn KvStore> = Arc::new(SqliteStore::open(dir.join("anya.db"), SqliteOptions::default())?);
-        let store: Arc<dyn KvStore> = Arc::new(MeteredStore::new(sqlite, Arc::clone(&metrics)));
+        let backend = anya_storage::open_url(&config.store_url())?;
+        let store: Arc<dyn KvStore> = Arc::new(MeteredStore::new(backend, Arc::clone(&metrics)));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let mut options = SoftwareOptions::default().with_clock(Arc::clone(&clock));
         if let Some(anchor) = config.anchor_dir() {
@@ -388,6 +391,7 @@ impl Node {
         for (key, same) in [
             ("listen", old.listen == new.listen),
             ("data_dir", old.data_dir == new.data_dir),
+            ("store", old.store == new.store),
             ("chain", old.chain == new.chain),
             ("bitcoind", old.bitcoind == new.bitcoind),
             ("hsm", old.hsm == new.hsm),

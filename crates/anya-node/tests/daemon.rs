@@ -228,3 +228,57 @@ fn sigterm_during_a_burst_of_writes_loses_no_acknowledged_request() {
     let (status, _, out) = request(d.addr, "GET", "/v1/audit/verify", Some(&cookie), None);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
 }
+
+#[test]
+fn the_daemon_keeps_everything_in_postgres_when_told_to() {
+    let Some(url) = anya_testkit::require_env("ANYA_TEST_POSTGRES_URL", ".ci/run starts PostgreSQL") else {
+        return;
+    };
+    // A database of its own, so that this node's keystore meets no other test's.
+    let name = format!("anya_node_{}_{}", std::process::id(), rand_suffix());
+    let mut admin_db = postgres::Client::connect(&url, postgres::NoTls).expect("connect to PostgreSQL");
+    admin_db
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create a database");
+    let (base, _) = url.rsplit_once('/').expect("a database in the URL");
+    let store = format!("{base}/{name}");
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let options = common::Options {
+        config: None,
+        args: &["--store", &store],
+    };
+    let d = common::start_with(&data, &options);
+    let admin = d.admin.clone().expect("a new keystore in the new database");
+    let (status, _) = post(d.addr, "/v1/keys", &admin, &json!({"id": "pg1", "spec": "secp256k1"}));
+    assert_eq!(status, 201);
+    let (status, w) = post(
+        d.addr,
+        "/v1/wallets",
+        &admin,
+        &json!({"name": "pgw", "template": "bip84", "root": "pgroot"}),
+    );
+    assert_eq!(status, 201, "{w}");
+    assert!(
+        !data.join("anya.db").exists(),
+        "no SQLite file beside a PostgreSQL store"
+    );
+    drop(d);
+    let d = common::start_with(&data, &options);
+    assert!(d.admin.is_none(), "the keystore was found again");
+    let cookie = std::fs::read_to_string(data.join(".cookie")).expect("cookie");
+    let (status, _, out) = request(d.addr, "GET", "/v1/keys/pg1", Some(&cookie), None);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+    let (status, _, out) = request(d.addr, "GET", "/v1/wallets", Some(&cookie), None);
+    assert_eq!((status, json_of(&out)), (200, json!(["pgw"])));
+    drop(d);
+    admin_db
+        .batch_execute(&format!("DROP DATABASE {name}"))
+        .expect("drop the database");
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos().into())
+}

@@ -24,6 +24,8 @@ pub use namespace::{prefix_successor, Namespace, MAX_KEY_LEN, MAX_NAMESPACE_LEN,
 pub use store::{Entry, KvStore, Scan, Versioned};
 pub use version::Version;
 
+pub use backend::{open_url, StoreUrlError};
+
 #[cfg(feature = "tokio")]
 pub use async_store::AsyncStore;
 

@@ -36,6 +36,9 @@ struct Args {
     /// The data directory (store, cookie); overrides `data_dir`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The store: `sqlite:PATH`, `rocksdb:PATH` or `postgres://…`; overrides `store`.
+    #[arg(long)]
+    store: Option<String>,
     /// Where to listen (`127.0.0.1:0` picks a free port and prints it); overrides `listen`.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -56,6 +59,9 @@ impl Args {
         let mut config = NodeConfig::load(self.config.as_deref(), |var| std::env::var(var).ok())?;
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
+        }
+        if let Some(store) = &self.store {
+            config.store = Some(store.clone());
         }
         if let Some(listen) = self.listen {
             config.listen = listen;
@@ -117,7 +123,7 @@ fn logging(config: &NodeConfig) -> Result<FilterHandle, String> {
 fn run(args: Args) -> Result<(), String> {
     let config = args.load().map_err(|e| e.to_string())?;
     let filter = logging(&config)?;
-    let first_start = !config.data_dir.join("anya.db").exists();
+    let first_start = config.store.is_none() && !config.data_dir.join("anya.db").exists();
     let pass = anya_hsm::passphrase::read_passphrase(config.hsm.passphrase_file.as_deref(), first_start)
         .map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
