@@ -267,13 +267,50 @@ impl PolicyBody {
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct HsmConfig {
+    /// `software` (default: a keystore sealed under the passphrase), `envelope` (the software
+    /// keystore with its key-encryption key held by the PKCS#11 token) or `pkcs11` (keys live
+    /// on the token).
+    pub provider: HsmKind,
     /// A file holding the keystore passphrase (its first line). Without it the passphrase comes
     /// from `ANYA_PASSPHRASE` or a prompt; never from a command-line argument.
     pub passphrase_file: Option<PathBuf>,
+    /// The PKCS#11 token, for `envelope` and `pkcs11`.
+    pub pkcs11: Option<Pkcs11Config>,
     /// The keystore's rollback anchor directory; default the data directory's path with
     /// `.anchor` appended (a sibling, outside what a restore of the data directory touches).
     /// `"none"` runs without one.
     pub anchor_dir: Option<PathBuf>,
+}
+
+/// Which HSM provider holds the keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HsmKind {
+    /// The software keystore, sealed under a passphrase.
+    #[default]
+    Software,
+    /// The software keystore, its key-encryption key on a PKCS#11 token.
+    Envelope,
+    /// Keys on a PKCS#11 token.
+    Pkcs11,
+}
+
+/// A PKCS#11 token.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Pkcs11Config {
+    /// The vendor's module (`/usr/lib/softhsm/libsofthsm2.so`, `libyubihsm_pkcs11.so`, …).
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// A file whose first line is the user PIN; without it, `ANYA_HSM_PIN`.
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// The prefix of this node's object labels on the token (default `anya/`), so that
+    /// several nodes can share one token.
+    #[serde(default)]
+    pub label_prefix: Option<String>,
 }
 
 /// API settings.
@@ -353,6 +390,7 @@ const ENV_KEYS: &[(&str, &str, &str)] = &[
     ("ANYA_DATA_DIR", "", "data_dir"),
     ("ANYA_STORE", "", "store"),
     ("ANYA_CHAIN", "", "chain"),
+    ("ANYA_HSM_PROVIDER", "hsm", "provider"),
     ("ANYA_HSM_PASSPHRASE_FILE", "hsm", "passphrase_file"),
     ("ANYA_HSM_ANCHOR_DIR", "hsm", "anchor_dir"),
     ("ANYA_API_BODY_LIMIT", "api", "body_limit"),
@@ -461,6 +499,12 @@ impl NodeConfig {
             return Err(ConfigError::Invalid {
                 key: "tls",
                 message: "cert_file and key_file go together".to_owned(),
+            });
+        }
+        if self.hsm.provider != HsmKind::Software && self.hsm.pkcs11.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "hsm.pkcs11",
+                message: "provider = \"envelope\" or \"pkcs11\" needs an [hsm.pkcs11] token".to_owned(),
             });
         }
         if !(1..=1 << 20).contains(&self.events.queue) {

@@ -9,14 +9,14 @@ use anya_bitcoin::rpc::{BitcoindChain, RpcAuth, RpcConfig};
 use anya_bitcoin::wallet::WalletError;
 use anya_core_types::{Clock, Label, SystemClock};
 use anya_hsm::anchor::FileAnchor;
-use anya_hsm::{HsmError, HsmProvider, SecretString, SoftwareHsm, SoftwareOptions};
+use anya_hsm::{HsmError, HsmProvider, Pkcs11Hsm, Pkcs11Options, SecretString, SoftwareHsm, SoftwareOptions};
 use anya_storage::{KvStore, StoreError};
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::sync::Notify;
 
 use crate::auth::{write_cookie, Scope, TokenError, TokenLimits, Tokens};
 use crate::chain::{Chain, ChainError, Regtest};
-use crate::config::{ChainKind, ConfigError, NodeConfig};
+use crate::config::{ChainKind, ConfigError, HsmKind, NodeConfig};
 use crate::events::{Event, Events};
 use crate::limits::Limits;
 use crate::metrics::{MeteredStore, Metrics};
@@ -112,7 +112,9 @@ impl std::fmt::Debug for Reloader {
 pub struct Node {
     config: RwLock<Arc<NodeConfig>>,
     store: Arc<dyn KvStore>,
-    hsm: Arc<SoftwareHsm>,
+    hsm: Arc<dyn HsmProvider>,
+    /// The software keystore, when that is the provider (its lock state is a readiness check).
+    software: Option<Arc<SoftwareHsm>>,
     tokens: Tokens,
     clock: Arc<dyn Clock>,
     wallets: Wallets,
@@ -130,7 +132,7 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("data_dir", &self.config().data_dir)
-            .field("hsm", &self.hsm)
+            .field("software_hsm", &self.software.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +156,79 @@ fn read_first_line(path: &std::path::Path) -> Result<SecretString, NodeError> {
         source,
     })?;
     Ok(SecretString::new(text.lines().next().unwrap_or_default().to_owned()))
+}
+
+/// The configured HSM: the provider, the software keystore when that is it, and whether this
+/// start created the keystore.
+type OpenedHsm = (Arc<dyn HsmProvider>, Option<Arc<SoftwareHsm>>, bool);
+
+fn open_hsm(
+    config: &NodeConfig,
+    store: &Arc<dyn KvStore>,
+    clock: &Arc<dyn Clock>,
+    passphrase: &SecretString,
+) -> Result<OpenedHsm, NodeError> {
+    let anchor = config
+        .anchor_dir()
+        .map(|dir| FileAnchor::open(dir).map(|a| Arc::new(a) as Arc<dyn anya_hsm::anchor::RollbackAnchor>))
+        .transpose()?;
+    let token = match &config.hsm.pkcs11 {
+        Some(p) => {
+            let pin = match &p.pin_file {
+                Some(file) => read_first_line(file)?,
+                None => std::env::var("ANYA_HSM_PIN")
+                    .map(SecretString::new)
+                    .map_err(|_| NodeError::Io {
+                        what: "the PKCS#11 PIN: set hsm.pkcs11.pin_file or ANYA_HSM_PIN".to_owned(),
+                        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                    })?,
+            };
+            let mut options = Pkcs11Options::new(&p.module, &p.token_label, pin).with_clock(Arc::clone(clock));
+            if let Some(prefix) = &p.label_prefix {
+                options = options.with_label_prefix(prefix.clone());
+            }
+            if let Some(anchor) = &anchor {
+                options = options.with_anchor(Arc::clone(anchor));
+            }
+            Some(options)
+        }
+        None => None,
+    };
+    let mut options = SoftwareOptions::default().with_clock(Arc::clone(clock));
+    if let Some(anchor) = anchor {
+        options = options.with_anchor(anchor);
+    }
+    let software = |hsm: SoftwareHsm, created| {
+        let hsm = Arc::new(hsm);
+        (Arc::clone(&hsm) as Arc<dyn HsmProvider>, Some(hsm), created)
+    };
+    match (config.hsm.provider, token) {
+        (HsmKind::Software, _) => Ok(match SoftwareHsm::open(Arc::clone(store), options.clone()) {
+            Ok(hsm) => {
+                hsm.unlock(passphrase)?;
+                software(hsm, false)
+            }
+            Err(HsmError::KeystoreMissing) => {
+                software(SoftwareHsm::create(Arc::clone(store), passphrase, options)?, true)
+            }
+            Err(e) => return Err(e.into()),
+        }),
+        (HsmKind::Envelope, Some(token)) => Ok(match SoftwareHsm::open(Arc::clone(store), options.clone()) {
+            Ok(hsm) => {
+                hsm.unlock_enveloped(&token)?;
+                software(hsm, false)
+            }
+            Err(HsmError::KeystoreMissing) => {
+                software(SoftwareHsm::create_enveloped(Arc::clone(store), &token, options)?, true)
+            }
+            Err(e) => return Err(e.into()),
+        }),
+        (HsmKind::Pkcs11, Some(token)) => Ok((Arc::new(Pkcs11Hsm::open(Arc::clone(store), token)?), None, false)),
+        (_, None) => Err(NodeError::Io {
+            what: "hsm.pkcs11".to_owned(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        }),
+    }
 }
 
 fn open_chain(config: &NodeConfig, store: &Arc<dyn KvStore>) -> Result<Chain, NodeError> {
@@ -184,7 +259,8 @@ fn open_chain(config: &NodeConfig, store: &Arc<dyn KvStore>) -> Result<Chain, No
 
 impl Node {
     /// Opens the node: its store (`config.store`, by default SQLite in `config.data_dir`) and
-    /// the software keystore in it, created on the first start and unlocked with `passphrase`, with the configured
+    /// its HSM (`config.hsm.provider`; `passphrase` unlocks a software keystore and is not used
+    /// by the token-backed providers), the keystore created on the first start and unlocked with `passphrase`, with the configured
     /// rollback anchor; the chain source; the configured wallet policies. Writes a fresh cookie
     /// (revoking the last run's).
     pub fn open(config: NodeConfig, passphrase: &SecretString) -> Result<(Self, Started), NodeError> {
@@ -195,21 +271,11 @@ impl Node {
         let backend = anya_storage::open_url(&config.store_url())?;
         let store: Arc<dyn KvStore> = Arc::new(MeteredStore::new(backend, Arc::clone(&metrics)));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let mut options = SoftwareOptions::default().with_clock(Arc::clone(&clock));
-        if let Some(anchor) = config.anchor_dir() {
-            options = options.with_anchor(Arc::new(FileAnchor::open(anchor)?));
-        }
-        let (hsm, created_keystore) = match SoftwareHsm::open(Arc::clone(&store), options.clone()) {
-            Ok(hsm) => {
-                hsm.unlock(passphrase)?;
-                (hsm, false)
-            }
-            Err(HsmError::KeystoreMissing) => (SoftwareHsm::create(Arc::clone(&store), passphrase, options)?, true),
-            Err(e) => return Err(e.into()),
-        };
-        let hsm = Arc::new(hsm);
+        let (hsm, software, created_keystore) = open_hsm(&config, &store, &clock, passphrase)?;
         let tokens = Tokens::new(Arc::clone(&store), Arc::clone(&clock))?;
-        let admin_token = if created_keystore {
+        // The first start (a new keystore, or a token-backed node's first run) prints an admin
+        // token once.
+        let admin_token = if created_keystore || tokens.list()?.is_empty() {
             Some(
                 tokens
                     .create("initial admin", vec![Scope::Admin], TokenLimits::default(), None)?
@@ -226,8 +292,13 @@ impl Node {
         write_cookie(&cookie, &cookie_token).map_err(io(format!("writing {}", cookie.display())))?;
         let chain = Arc::new(open_chain(&config, &store)?);
         let events = Events::new(config.events.queue);
-        let dyn_hsm: Arc<dyn HsmProvider> = Arc::clone(&hsm) as Arc<dyn HsmProvider>;
-        let wallets = Wallets::new(Arc::clone(&store), dyn_hsm, Arc::clone(&clock), chain, events.clone());
+        let wallets = Wallets::new(
+            Arc::clone(&store),
+            Arc::clone(&hsm),
+            Arc::clone(&clock),
+            chain,
+            events.clone(),
+        );
         let audit_head = hsm.verify_audit_chain()?.records;
         let audit_seen = hsm
             .audit_records(audit_head.saturating_sub(2), 8)?
@@ -246,6 +317,7 @@ impl Node {
             config: RwLock::new(Arc::new(config)),
             store,
             hsm,
+            software,
             tokens,
             clock,
             wallets,
@@ -279,9 +351,22 @@ impl Node {
         &self.store
     }
 
-    /// Its keystore.
-    pub fn hsm(&self) -> &SoftwareHsm {
-        &self.hsm
+    /// Its HSM.
+    pub fn hsm(&self) -> &dyn HsmProvider {
+        &*self.hsm
+    }
+
+    /// Whether the HSM can sign: the software keystore is unlocked, or the token answers.
+    pub fn hsm_ready(&self) -> Result<&'static str, String> {
+        match &self.software {
+            Some(software) if software.is_unlocked() => Ok("unlocked"),
+            Some(_) => Err("locked".to_owned()),
+            None => self
+                .hsm
+                .list_keys()
+                .map(|_| "token answering")
+                .map_err(|e| e.to_string()),
+        }
     }
 
     /// Its API tokens.
@@ -472,6 +557,6 @@ impl Node {
 
     /// Makes every audit record durable (at shutdown).
     pub fn close(&self) -> Result<(), HsmError> {
-        HsmProvider::flush_audit(&*self.hsm)
+        self.hsm.flush_audit()
     }
 }

@@ -282,3 +282,81 @@ fn rand_suffix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos().into())
 }
+
+/// The SoftHSM2 token `.ci/run` makes: module, label, PIN.
+fn softhsm() -> Option<(String, String, String)> {
+    let module = anya_testkit::require_env("ANYA_TEST_PKCS11_MODULE", ".ci/run sources .ci/softhsm.sh")?;
+    let label = std::env::var("ANYA_TEST_PKCS11_TOKEN_LABEL").unwrap_or_else(|_| "anya-test".to_owned());
+    let pin = std::env::var("ANYA_TEST_PKCS11_PIN").expect("ANYA_TEST_PKCS11_PIN goes with the module");
+    Some((module, label, pin))
+}
+
+#[test]
+fn the_daemon_signs_on_a_pkcs11_token_and_unlocks_an_enveloped_keystore_without_a_passphrase() {
+    let Some((module, label, pin)) = softhsm() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let pin_file = dir.path().join("pin");
+    std::fs::write(&pin_file, format!("{pin}\n")).expect("pin file");
+    let prefix = format!("node-{}-{}/", std::process::id(), rand_suffix());
+    for provider in ["pkcs11", "envelope"] {
+        let config = dir.path().join(format!("{provider}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[hsm]\nprovider = \"{provider}\"\n[hsm.pkcs11]\nmodule = {module:?}\ntoken_label = {label:?}\npin_file = {:?}\nlabel_prefix = \"{prefix}{provider}/\"\n",
+                pin_file.display().to_string()
+            ),
+        )
+        .expect("config");
+        let data = dir.path().join(provider);
+        let options = common::Options {
+            config: Some(&config),
+            args: &[],
+        };
+        let d = common::start_with(&data, &options);
+        let admin = d.admin.clone().expect("an admin token on the first start");
+        let (status, _, out) = request(d.addr, "GET", "/health/ready", Some(&admin), None);
+        assert_eq!(status, 200, "{provider}: {}", String::from_utf8_lossy(&out));
+        let (status, key) = post(d.addr, "/v1/keys", &admin, &json!({"id": "t1", "spec": "secp256k1"}));
+        assert_eq!(status, 201, "{provider}: {key}");
+        let (status, sig) = post(
+            d.addr,
+            "/v1/keys/t1/sign",
+            &admin,
+            &json!({"scheme": "ecdsa", "message_hex": "22".repeat(32)}),
+        );
+        assert_eq!(status, 200, "{provider}: {sig}");
+        drop(d);
+        // The second start needs no passphrase: the token holds what unlocks the keys.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_anya-node"))
+            .args(["--listen", "127.0.0.1:0", "--log-level", "warn", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("ANYA_PASSPHRASE")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            let n = std::io::BufRead::read_line(&mut out, &mut line).expect("read");
+            assert!(n > 0, "{provider}: anya-node exited: {:?}", child.wait());
+            if let Some(a) = line.trim().strip_prefix("listening on http://") {
+                break a.parse::<std::net::SocketAddr>().expect("address");
+            }
+        };
+        let cookie = std::fs::read_to_string(data.join(".cookie")).expect("cookie");
+        let (status, sig) = post(
+            addr,
+            "/v1/keys/t1/sign",
+            &cookie,
+            &json!({"scheme": "ecdsa", "message_hex": "33".repeat(32)}),
+        );
+        assert_eq!(status, 200, "{provider} after a restart: {sig}");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

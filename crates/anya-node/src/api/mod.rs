@@ -31,7 +31,7 @@ use utoipa_axum::routes;
 
 use bitcoin::hex::{DisplayHex, FromHex};
 
-use anya_hsm::{AuxRand, HsmProvider, KeyInfo, KeyPolicy, KeyRef, KeySpec, Label, PublicKey};
+use anya_hsm::{AuxRand, KeyInfo, KeyPolicy, KeyRef, KeySpec, Label, PublicKey};
 use anya_storage::Namespace;
 
 use crate::auth::{Scope, TokenInfo, TokenLimits, TokenRefusal};
@@ -315,14 +315,14 @@ async fn ready(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Response, A
                 node.store().delete(&ns, b"probe")?;
                 Ok(())
             });
-        let unlocked = node.hsm().is_unlocked();
+        let hsm = node.hsm_ready();
         let chain = node.chain().health();
-        let ready = store.is_ok() && unlocked && chain.serving;
+        let ready = store.is_ok() && hsm.is_ok() && chain.serving;
         let body = serde_json::json!({
             "ready": ready,
             "checks": {
                 "store": if store.is_ok() { "writable" } else { "failing" },
-                "hsm": if unlocked { "unlocked" } else { "locked" },
+                "hsm": match &hsm { Ok(state) => (*state).to_owned(), Err(e) => format!("failing: {e}") },
                 "chain": chain,
             }
         });

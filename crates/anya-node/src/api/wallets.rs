@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anya_bitcoin::policy::PolicyError;
 use anya_bitcoin::wallet::{AnyaWallet, Template, WalletError};
 use anya_core_types::Label;
-use anya_hsm::{HsmProvider, KeySpec};
+use anya_hsm::KeySpec;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anya_node::config::{ChainKind, ConfigError, LogFormat};
+use anya_node::config::{ChainKind, ConfigError, HsmKind, LogFormat};
 use anya_node::{Node, NodeConfig, Reloader};
 use clap::Parser;
 use tracing_subscriber::layer::SubscriberExt;
@@ -123,9 +123,14 @@ fn logging(config: &NodeConfig) -> Result<FilterHandle, String> {
 fn run(args: Args) -> Result<(), String> {
     let config = args.load().map_err(|e| e.to_string())?;
     let filter = logging(&config)?;
-    let first_start = config.store.is_none() && !config.data_dir.join("anya.db").exists();
-    let pass = anya_hsm::passphrase::read_passphrase(config.hsm.passphrase_file.as_deref(), first_start)
-        .map_err(|e| e.to_string())?;
+    let pass = if config.hsm.provider == HsmKind::Software {
+        let first_start = config.store.is_none() && !config.data_dir.join("anya.db").exists();
+        anya_hsm::passphrase::read_passphrase(config.hsm.passphrase_file.as_deref(), first_start)
+            .map_err(|e| e.to_string())?
+    } else {
+        // The token's PIN unlocks the keys (hsm.pkcs11.pin_file or ANYA_HSM_PIN).
+        anya_hsm::SecretString::from_str_secret("")
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
