@@ -166,6 +166,14 @@ pub struct BitcoindConfig {
     pub password_file: Option<PathBuf>,
     /// The network it must serve: `bitcoin`, `testnet`, `signet` or `regtest`.
     pub network: Network,
+    /// How often every wallet is synced with bitcoind's blocks and mempool, in seconds
+    /// (default 10); what the syncs find is published on `/v1/events`.
+    #[serde(default = "ten")]
+    pub poll_secs: u64,
+}
+
+fn ten() -> u64 {
+    10
 }
 
 /// A wallet's spending policy, as the config file and the API write it. Absent limits are no
@@ -520,6 +528,12 @@ impl NodeConfig {
             });
         }
         if let Some(b) = &self.bitcoind {
+            if !(1..=3600).contains(&b.poll_secs) {
+                return Err(ConfigError::Invalid {
+                    key: "bitcoind.poll_secs",
+                    message: "1 to 3600 seconds".to_owned(),
+                });
+            }
             if b.cookie_file.is_some() == (b.user.is_some() || b.password_file.is_some()) {
                 return Err(ConfigError::Invalid {
                     key: "bitcoind",

@@ -540,8 +540,19 @@ impl Node {
     /// forgetting idle rate-limit buckets.
     pub async fn background(self: Arc<Self>) {
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        let poll_secs = match (&**self.chain(), &self.config().bitcoind) {
+            (Chain::Bitcoind { .. }, Some(b)) => Some(b.poll_secs),
+            _ => None,
+        };
+        let mut poll = tokio::time::interval(Duration::from_secs(poll_secs.unwrap_or(3600)));
         loop {
             tokio::select! {
+                _ = poll.tick(), if poll_secs.is_some() => {
+                    let node = Arc::clone(&self);
+                    if let Err(e) = tokio::task::spawn_blocking(move || node.sync_all()).await {
+                        tracing::warn!(error = %e, "the wallet sync task failed");
+                    }
+                }
                 () = self.audit_changed.notified() => {
                     let node = Arc::clone(&self);
                     match tokio::task::spawn_blocking(move || node.publish_audit()).await {
@@ -551,6 +562,27 @@ impl Node {
                     }
                 }
                 _ = sweep.tick() => self.limits.sweep(),
+            }
+        }
+    }
+
+    /// Syncs every wallet with the chain (what it finds is published as events); a wallet that
+    /// fails is logged and the others go on.
+    pub fn sync_all(&self) {
+        let names = match self.wallets.list() {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing wallets to sync");
+                return;
+            }
+        };
+        for name in names {
+            let result = self.wallets.get(&name).map_err(ChainError::from).and_then(|handle| {
+                let mut wallet = lock(&handle);
+                self.wallets.sync(&mut wallet)
+            });
+            if let Err(e) = result {
+                tracing::warn!(wallet = %name, error = %e, "sync");
             }
         }
     }

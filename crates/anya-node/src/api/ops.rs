@@ -16,7 +16,6 @@ use crate::auth::TokenInfo;
 use crate::error::ApiError;
 use crate::events::{Event, Events, Numbered};
 use crate::node::{Node, ReloadError};
-use crate::wallets::lock;
 
 /// `GET /v1/chain`: the chain source and its tip.
 #[utoipa::path(get, path = "/v1/chain", tag = "chain", responses((status = 200, description = "the chain source, network, height and tip"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
@@ -71,13 +70,7 @@ pub async fn mine(
             height,
             count: req.blocks,
         });
-        for name in node.wallets().list()? {
-            let handle = node.wallets().get(&name)?;
-            let mut wallet = lock(&handle);
-            if let Err(e) = node.wallets().sync(&mut wallet) {
-                tracing::warn!(wallet = %name, error = %e, "syncing after mining");
-            }
-        }
+        node.sync_all();
         Ok(Json(serde_json::json!({
             "height": height,
             "hashes": hashes.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -67,11 +67,16 @@ pub fn start_with(data: &Path, options: &Options<'_>) -> Daemon {
         .open(&log)
         .expect("log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_anya-node"));
-    command
-        .args(["--regtest", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data);
-    if let Some(config) = options.config {
-        command.arg("--config").arg(config);
+    command.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(data);
+    // With a configuration file, the file says which chain; without one, the in-process
+    // regtest chain.
+    match options.config {
+        Some(config) => {
+            command.arg("--config").arg(config);
+        }
+        None => {
+            command.arg("--regtest");
+        }
     }
     if !options.args.contains(&"--log-level") {
         command.args(["--log-level", "warn"]);
