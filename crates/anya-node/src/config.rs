@@ -597,6 +597,34 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_a_valid_config_of_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/anya-node.example.toml");
+        let c = NodeConfig::load(Some(&path), no_env).expect("the example parses");
+        let d = NodeConfig::default();
+        assert_eq!((c.listen, &c.data_dir, c.chain), (d.listen, &d.data_dir, d.chain));
+        assert_eq!(c.rate_limit, d.rate_limit);
+        assert_eq!(c.hsm, d.hsm);
+        assert_eq!(c.tls, d.tls);
+        assert_eq!(c.events.queue, d.events.queue);
+        // Every commented-out line that sets a key is valid too, with its section.
+        let text = std::fs::read_to_string(&path).expect("read");
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.starts_with('[') || rest.contains(" = ") => rest.split("  #").next().unwrap_or(rest),
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let table: toml::Table = toml::from_str(&uncommented).expect("the uncommented example is TOML");
+        assert!(table.contains_key("bitcoind") && table.contains_key("policy"), "{table:?}");
+        let all: NodeConfig = toml::Value::Table(table)
+            .try_into()
+            .expect("every documented key is a key of the configuration, with a value of its type");
+        assert!(all.hsm.pkcs11.is_some() && all.tls.cert_file.is_some() && all.store.is_some());
+    }
+
+    #[test]
     fn file_then_environment() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("anya.toml");
