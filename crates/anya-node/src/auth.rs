@@ -213,6 +213,16 @@ impl Tokens {
         Ok(Ok(stored.info))
     }
 
+    /// Whether token `id` still stands: not revoked, not expired (for connections that outlive
+    /// the request that opened them).
+    pub fn still_valid(&self, id: &str) -> Result<bool, StoreError> {
+        let Some(v) = self.store.get(&self.ns, id.as_bytes())? else {
+            return Ok(false);
+        };
+        Ok(serde_json::from_slice::<Stored>(&v.value)
+            .is_ok_and(|s| s.info.expires.is_none_or(|t| self.clock.now().as_secs() < t)))
+    }
+
     /// Revokes token `id`; `false` if there was none.
     pub fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let existed = self.store.get(&self.ns, id.as_bytes())?.is_some();

@@ -617,7 +617,10 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         let table: toml::Table = toml::from_str(&uncommented).expect("the uncommented example is TOML");
-        assert!(table.contains_key("bitcoind") && table.contains_key("policy"), "{table:?}");
+        assert!(
+            table.contains_key("bitcoind") && table.contains_key("policy"),
+            "{table:?}"
+        );
         let all: NodeConfig = toml::Value::Table(table)
             .try_into()
             .expect("every documented key is a key of the configuration, with a value of its type");

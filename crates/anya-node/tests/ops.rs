@@ -189,3 +189,66 @@ fn no_secret_reaches_the_log_even_at_trace_level() {
         "an Authorization header is in the log"
     );
 }
+
+/// Runs `anya-node --data-dir DATA <args>`; its stdout.
+fn cli(data: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anya-node"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("ANYA_PASSPHRASE")
+        .output()
+        .expect("run anya-node");
+    assert!(
+        out.status.success(),
+        "anya-node {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn tokens_from_the_command_line_work_on_the_running_daemon_and_revoking_one_ends_its_streams() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let d = common::start(&data);
+    let made = cli(
+        &data,
+        &["token", "new", "--name", "shop", "--scope", "read", "--wallet", "w"],
+    );
+    let shop = made.trim().to_owned();
+    assert!(shop.starts_with("anya_"), "{made}");
+    assert_eq!(get(d.addr, "/v1/wallets", &shop).0, 200);
+    assert_eq!(
+        post(d.addr, "/v1/keys", &shop, &json!({"id": "x", "spec": "ed25519"})).0,
+        403,
+        "a read token cannot make keys"
+    );
+    let listed = cli(&data, &["token", "list"]);
+    let id = shop
+        .trim_start_matches("anya_")
+        .split('_')
+        .next()
+        .expect("id")
+        .to_owned();
+    let line = listed
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("{id} not listed: {listed}"));
+    let info: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    assert_eq!(info["wallets"], json!(["w"]));
+    assert!(
+        !listed.contains(shop.rsplit('_').next().expect("secret")),
+        "no secret is listed"
+    );
+
+    let (mut events, _) = Events::connect(d.addr, &shop).expect("events");
+    let started = Instant::now();
+    cli(&data, &["token", "revoke", &id]);
+    let reason = events
+        .close_reason()
+        .expect("the stream is closed after the revocation");
+    assert!(reason.contains("revoked"), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(get(d.addr, "/v1/wallets", &shop).0, 401);
+}

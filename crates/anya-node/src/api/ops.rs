@@ -123,7 +123,7 @@ pub async fn metrics(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Respo
 pub async fn events(Auth(token): ReadAuth, State(node): State<Arc<Node>>, ws: WebSocketUpgrade) -> Response {
     let rx = node.events().subscribe();
     let hello = serde_json::json!({ "type": "hello", "seq": node.events().last_seq() }).to_string();
-    ws.on_upgrade(move |socket| stream(socket, rx, token, hello))
+    ws.on_upgrade(move |socket| stream(socket, rx, token, hello, node))
 }
 
 fn visible(token: &TokenInfo, event: &Numbered) -> bool {
@@ -152,17 +152,37 @@ pub(crate) async fn next_message(
     }
 }
 
+/// How often an open stream checks that its token still stands.
+const TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn stream(
     mut socket: WebSocket,
     mut rx: tokio::sync::broadcast::Receiver<Arc<Numbered>>,
     token: TokenInfo,
     hello: String,
+    node: Arc<Node>,
 ) {
     if socket.send(Message::Text(hello.into())).await.is_err() {
         return;
     }
+    let mut recheck = tokio::time::interval(TOKEN_RECHECK);
+    recheck.tick().await;
     loop {
         tokio::select! {
+            _ = recheck.tick() => {
+                let (tokens, id) = (Arc::clone(&node), token.id.clone());
+                let valid = tokio::task::spawn_blocking(move || tokens.tokens().still_valid(&id)).await;
+                if !matches!(valid, Ok(Ok(true))) {
+                    // Revoked or expired (or unknowable): the stream ends, with the reason.
+                    let _ = socket
+                        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                            code: 1008,
+                            reason: "the token was revoked or expired".into(),
+                        })))
+                        .await;
+                    break;
+                }
+            }
             next = next_message(&mut rx, &token) => {
                 let Some(text) = next else { break };
                 if socket.send(Message::Text(text.into())).await.is_err() {

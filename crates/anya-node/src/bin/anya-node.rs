@@ -51,6 +51,46 @@ struct Args {
     /// `pretty` or `json`; overrides `log.format`.
     #[arg(long)]
     log_format: Option<String>,
+    /// Without a command, the daemon runs.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Commands that work on the node's store without starting it (they may run beside it).
+#[derive(Debug, Clone, clap::Subcommand)]
+enum Command {
+    /// API tokens: make, list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+enum TokenCommand {
+    /// Makes a token and prints it once.
+    New {
+        /// A name for people.
+        #[arg(long)]
+        name: String,
+        /// `read`, `sign` or `admin` (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Limit it to this key (repeatable).
+        #[arg(long = "key")]
+        keys: Vec<String>,
+        /// Limit it to this wallet (repeatable).
+        #[arg(long = "wallet")]
+        wallets: Vec<String>,
+        /// Seconds until it expires.
+        #[arg(long)]
+        expires_in: Option<u64>,
+    },
+    /// Lists the tokens (never their secrets).
+    List,
+    /// Revokes a token by its id.
+    Revoke {
+        /// The id (the part after `anya_`).
+        id: String,
+    },
 }
 
 impl Args {
@@ -120,8 +160,60 @@ fn logging(config: &NodeConfig) -> Result<FilterHandle, String> {
     Ok(handle)
 }
 
+/// Runs a token command on the store of `config`.
+fn token_command(config: &NodeConfig, command: &TokenCommand) -> Result<(), String> {
+    use anya_node::auth::{Scope, TokenLimits, Tokens};
+    let store = anya_storage::open_url(&config.store_url()).map_err(|e| e.to_string())?;
+    let clock: Arc<dyn anya_core_types::Clock> = Arc::new(anya_core_types::SystemClock);
+    let tokens = Tokens::new(store, Arc::clone(&clock)).map_err(|e| e.to_string())?;
+    match command {
+        TokenCommand::New {
+            name,
+            scopes,
+            keys,
+            wallets,
+            expires_in,
+        } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| match s.as_str() {
+                    "read" => Ok(Scope::Read),
+                    "sign" => Ok(Scope::Sign),
+                    "admin" => Ok(Scope::Admin),
+                    other => Err(format!("unknown scope {other:?}: read, sign or admin")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let limits = TokenLimits {
+                keys: (!keys.is_empty()).then(|| keys.clone()),
+                wallets: (!wallets.is_empty()).then(|| wallets.clone()),
+            };
+            let expires = expires_in.map(|s| clock.now().as_secs().saturating_add(s));
+            let (info, token) = tokens
+                .create(name, scopes, limits, expires)
+                .map_err(|e| e.to_string())?;
+            println!("{token}");
+            eprintln!("token {} ({}) made; it is shown once", info.id, info.name);
+        }
+        TokenCommand::List => {
+            for t in tokens.list().map_err(|e| e.to_string())? {
+                println!("{}", serde_json::to_string(&t).map_err(|e| e.to_string())?);
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            if !tokens.revoke(id).map_err(|e| e.to_string())? {
+                return Err(format!("no token {id}"));
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
 fn run(args: Args) -> Result<(), String> {
     let config = args.load().map_err(|e| e.to_string())?;
+    if let Some(Command::Token(command)) = &args.command {
+        return token_command(&config, command);
+    }
     let filter = logging(&config)?;
     let pass = if config.hsm.provider == HsmKind::Software {
         let first_start = config.store.is_none() && !config.data_dir.join("anya.db").exists();

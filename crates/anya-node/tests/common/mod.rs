@@ -242,6 +242,23 @@ impl Events {
         }
     }
 
+    /// Reads until the server closes the stream; its close reason, or `None` after 30 s.
+    pub fn close_reason(&mut self) -> Option<String> {
+        loop {
+            match self.socket.read() {
+                Ok(tungstenite::Message::Close(frame)) => {
+                    return Some(frame.map(|f| f.reason.as_str().to_owned()).unwrap_or_default())
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return Some(String::new())
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) => panic!("reading events: {e}"),
+            }
+        }
+    }
+
     /// The next message, as JSON.
     pub fn next(&mut self) -> Value {
         self.try_next().expect("an event within 30 s")
