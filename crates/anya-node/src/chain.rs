@@ -82,6 +82,9 @@ pub struct ChainHealth {
     pub height: Option<u32>,
     /// The best header height the source knows of, when known.
     pub headers: Option<u32>,
+    /// Seconds since the tip last changed, when the source is bitcoind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tip_age_secs: Option<u64>,
     /// Why it is not serving.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -106,6 +109,11 @@ pub enum Chain {
         client: Box<BitcoindChain>,
         /// The network it was checked to serve.
         network: Network,
+        /// The tip last seen and when it was first seen, for the staleness check.
+        last_tip: Mutex<Option<(BlockHash, std::time::Instant)>>,
+        /// A tip unchanged this long is not serving (not on regtest, where blocks come on
+        /// demand).
+        stale_after: std::time::Duration,
     },
 }
 
@@ -136,23 +144,47 @@ impl Chain {
                     serving: true,
                     height: Some(inner.chain.height()),
                     headers: Some(inner.chain.height()),
+                    tip_age_secs: None,
                     detail: None,
                 }
             }
-            Chain::Bitcoind { client, .. } => {
+            Chain::Bitcoind {
+                client,
+                network,
+                last_tip,
+                stale_after,
+            } => {
                 let info = client
                     .call::<ChainInfo>("getblockchaininfo", &[])
                     .and_then(|info| client.block_by_hash(&info.bestblockhash).map(|_| info));
                 match info {
                     Ok(info) => {
+                        let age = {
+                            let mut last = last_tip.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            match *last {
+                                Some((hash, since)) if hash == info.bestblockhash => since.elapsed(),
+                                _ => {
+                                    *last = Some((info.bestblockhash, std::time::Instant::now()));
+                                    std::time::Duration::ZERO
+                                }
+                            }
+                        };
                         let caught_up = info.blocks >= info.headers;
+                        let advancing = *network == Network::Regtest || age < *stale_after;
+                        let detail = if !caught_up {
+                            Some(format!("{} blocks behind its headers", info.headers - info.blocks))
+                        } else if !advancing {
+                            Some(format!("no new block for {} s", age.as_secs()))
+                        } else {
+                            None
+                        };
                         ChainHealth {
                             source: self.describe(),
-                            serving: caught_up,
+                            serving: caught_up && advancing,
                             height: Some(info.blocks),
                             headers: Some(info.headers),
-                            detail: (!caught_up)
-                                .then(|| format!("{} blocks behind its headers", info.headers - info.blocks)),
+                            tip_age_secs: Some(age.as_secs()),
+                            detail,
                         }
                     }
                     Err(e) => ChainHealth {
@@ -160,6 +192,7 @@ impl Chain {
                         serving: false,
                         height: None,
                         headers: None,
+                        tip_age_secs: None,
                         detail: Some(e.to_string()),
                     },
                 }
@@ -223,7 +256,7 @@ impl Chain {
     pub fn mine(&self, blocks: u32, to: &Address) -> Result<Vec<BlockHash>, ChainError> {
         match self {
             Chain::Regtest(r) => r.mine(blocks, &to.script_pubkey()),
-            Chain::Bitcoind { client, network } => {
+            Chain::Bitcoind { client, network, .. } => {
                 if *network != Network::Regtest {
                     return Err(ChainError::NotRegtest(*network));
                 }

@@ -170,6 +170,15 @@ pub struct BitcoindConfig {
     /// (default 10); what the syncs find is published on `/v1/events`.
     #[serde(default = "ten")]
     pub poll_secs: u64,
+    /// The node is not ready when bitcoind's tip has not changed for this long, in seconds
+    /// (default 7200: two hours without a block is rare on a live network); not checked on
+    /// regtest.
+    #[serde(default = "two_hours")]
+    pub stale_after_secs: u64,
+}
+
+fn two_hours() -> u64 {
+    7200
 }
 
 fn ten() -> u64 {

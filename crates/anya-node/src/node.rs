@@ -251,6 +251,8 @@ fn open_chain(config: &NodeConfig, store: &Arc<dyn KvStore>) -> Result<Chain, No
             Ok(Chain::Bitcoind {
                 client: Box::new(client),
                 network: b.network,
+                last_tip: Mutex::new(None),
+                stale_after: Duration::from_secs(b.stale_after_secs),
             })
         }
         _ => Ok(Chain::Regtest(Regtest::open(Arc::clone(store))?)),

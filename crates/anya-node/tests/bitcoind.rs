@@ -37,6 +37,7 @@ fn wallets_on_bitcoind_receive_send_and_confirm() {
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["checks"]["chain"]["source"], "bitcoind (regtest)", "{ready}");
     assert_eq!(ready["checks"]["chain"]["serving"], true, "{ready}");
+    assert!(ready["checks"]["chain"]["tip_age_secs"].is_u64(), "{ready}");
 
     let (status, w) = post(
         d.addr,
