@@ -96,7 +96,22 @@ fn bad_bodies_get_problem_details_and_signatures_verify() {
     let d = start(&dir.path().join("data"));
     let admin = d.admin.clone().expect("admin token");
     let key = |body: &[u8], ctype: &str| request(d.addr, "POST", "/v1/keys", Some(&admin), Some((ctype, body)));
-    let cases: [(&[u8], &str, u16, &str); 5] = [
+    let cases: [(&[u8], &str, u16, &str); 8] = [
+        // An array would fill the fields by position: refused.
+        (br#"["a", "secp256k1"]"#, "application/json", 422, "invalid_body"),
+        // Well-formed JSON of the wrong shape is 422, whatever serde calls the mismatch.
+        (
+            br#"{"id": ["a"], "spec": "secp256k1"}"#,
+            "application/json",
+            422,
+            "invalid_body",
+        ),
+        (
+            br#"{"id": "a", "spec": "secp256k1"} x"#,
+            "application/json",
+            400,
+            "malformed_json",
+        ),
         (b"{not json", "application/json", 400, "malformed_json"),
         (
             br#"{"id": 7, "spec": "secp256k1"}"#,

@@ -264,12 +264,71 @@ impl<const S: u8> FromRequestParts<Arc<Node>> for Auth<S> {
 #[derive(Debug)]
 pub struct Body<T>(pub T);
 
+/// Whether `headers` say the body is JSON (`application/json` or `application/…+json`).
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let Json(value) = Json::<T>::from_request(req, state).await?;
-        Ok(Body(value))
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", r.body_text())
+            } else {
+                ApiError::bad_request(r.body_text())
+            }
+        })?;
+        // Every body is a JSON object: an array would fill the fields by position.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            let valid_json = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+            return Err(if valid_json {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    "the body must be a JSON object",
+                )
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "the body is not JSON")
+            });
+        }
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            Ok(value) => match de.end() {
+                Ok(()) => Ok(Body(value)),
+                Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())),
+            },
+            Err(e) => {
+                // Well-formed JSON of the wrong shape is 422 even where serde_json calls the
+                // mismatch a syntax error; only bytes that are not JSON are 400.
+                let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+                let (status, code) = if well_formed {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body")
+                } else {
+                    (StatusCode::BAD_REQUEST, "malformed_json")
+                };
+                let path = e.path().to_string();
+                let detail = if path == "." {
+                    e.inner().to_string()
+                } else {
+                    format!("{path}: {}", e.inner())
+                };
+                Err(ApiError::new(status, code, detail))
+            }
+        }
     }
 }
 

@@ -214,6 +214,10 @@ pub async fn create(
         }
     };
     blocking(move || {
+        // Refuse a taken name before making its root key: a refused request leaves no key behind.
+        if node.wallets().list()?.contains(&name) {
+            return Err(WalletError::AlreadyExists { name }.into());
+        }
         if let Err(anya_hsm::HsmError::KeyNotFound { .. }) = node.hsm().key_info(&root) {
             let policy = anya_hsm::KeyPolicy::default_for(KeySpec::Bip32Root);
             node.metrics().hsm("generate_key", || {
