@@ -66,7 +66,7 @@ impl TokenInfo {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Stored {
     info: TokenInfo,
@@ -110,13 +110,29 @@ pub enum TokenError {
     Encode(#[from] serde_json::Error),
 }
 
-/// The tokens of one node, in its store.
+/// How long a token record read from the store is trusted without reading it again: what
+/// another process (`anya-node token revoke`) changes in the store takes effect within this.
+/// Creations and revocations through this handle take effect at once.
+pub const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The tokens of one node, in its store, with the records recently read kept in memory so that
+/// most requests verify their token without a store read.
 pub struct Tokens {
     store: Arc<dyn KvStore>,
     ns: Namespace,
     clock: Arc<dyn Clock>,
     rng: ring::rand::SystemRandom,
+    /// id → the record (`None`: no such token) and when it was read.
+    cache: std::sync::RwLock<std::collections::HashMap<String, Cached>>,
 }
+
+/// A cached token record (`None`: no such token) and when it was read.
+type Cached = (Option<Arc<Stored>>, std::time::Instant);
+
+/// A verification the cache could not answer: read the record, then call
+/// [`Tokens::verify_cached`] again.
+#[derive(Debug)]
+pub struct CacheMiss;
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,6 +148,12 @@ fn hex(bytes: &[u8]) -> String {
 
 fn secret_hash(secret: &str) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
+}
+
+/// The id and secret of a token of the right shape.
+fn split(presented: &str) -> Option<(&str, &str)> {
+    let (id, secret) = presented.strip_prefix(PREFIX)?.split_once('_')?;
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some((id, secret))
 }
 
 /// Equal in time that does not depend on where the inputs differ.
@@ -151,6 +173,7 @@ impl Tokens {
             ns: Namespace::new("anya/node/tokens")?,
             clock,
             rng: ring::rand::SystemRandom::new(),
+            cache: std::sync::RwLock::new(std::collections::HashMap::new()),
         })
     }
 
@@ -187,21 +210,37 @@ impl Tokens {
         };
         let bytes = serde_json::to_vec(&stored)?;
         self.store.put(&self.ns, id.as_bytes(), &bytes)?;
+        self.forget(&id);
         Ok((info, format!("{PREFIX}{id}_{secret}")))
     }
 
-    /// The token `presented` stands for, if it is one of ours, unexpired.
+    /// The token `presented` stands for, if it is one of ours, unexpired (reading its record
+    /// from the store when the cache does not hold a fresh one).
     pub fn verify(&self, presented: &str) -> Result<Result<TokenInfo, TokenRefusal>, StoreError> {
-        let Some((id, secret)) = presented.strip_prefix(PREFIX).and_then(|rest| rest.split_once('_')) else {
-            return Ok(Err(TokenRefusal::Malformed));
-        };
-        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(Err(TokenRefusal::Malformed));
+        match self.verify_cached(presented) {
+            Ok(verdict) => Ok(verdict),
+            Err(CacheMiss) => {
+                self.refresh(presented)?;
+                Ok(self.verify_cached(presented).unwrap_or(Err(TokenRefusal::Unknown)))
+            }
         }
-        let Some(v) = self.store.get(&self.ns, id.as_bytes())? else {
-            return Ok(Err(TokenRefusal::Unknown));
+    }
+
+    /// [`verify`](Self::verify) from memory only: `Err(CacheMiss)` when the record is not
+    /// cached or older than [`TOKEN_CACHE_TTL`] (then [`refresh`](Self::refresh) it). No I/O,
+    /// so it runs on an async worker.
+    pub fn verify_cached(&self, presented: &str) -> Result<Result<TokenInfo, TokenRefusal>, CacheMiss> {
+        let Some((id, secret)) = split(presented) else {
+            return Ok(Err(TokenRefusal::Malformed));
         };
-        let Ok(stored) = serde_json::from_slice::<Stored>(&v.value) else {
+        let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((record, read_at)) = cache.get(id) else {
+            return Err(CacheMiss);
+        };
+        if read_at.elapsed() > TOKEN_CACHE_TTL {
+            return Err(CacheMiss);
+        }
+        let Some(stored) = record else {
             return Ok(Err(TokenRefusal::Unknown));
         };
         if !constant_time_eq(secret_hash(secret).as_bytes(), stored.hash.as_bytes()) {
@@ -210,23 +249,65 @@ impl Tokens {
         if stored.info.expires.is_some_and(|t| self.clock.now().as_secs() >= t) {
             return Ok(Err(TokenRefusal::Expired));
         }
-        Ok(Ok(stored.info))
+        Ok(Ok(stored.info.clone()))
+    }
+
+    /// Reads the record of the token `presented` names into the cache.
+    pub fn refresh(&self, presented: &str) -> Result<(), StoreError> {
+        match split(presented) {
+            Some((id, _)) => self.load(id).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads token `id`'s record from the store into the cache.
+    fn load(&self, id: &str) -> Result<Option<Arc<Stored>>, StoreError> {
+        let record = self
+            .store
+            .get(&self.ns, id.as_bytes())?
+            .and_then(|v| serde_json::from_slice::<Stored>(&v.value).ok())
+            .map(Arc::new);
+        let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded: unknown ids presented by anyone would otherwise grow it without end.
+        if cache.len() >= 10_000 {
+            cache.retain(|_, (_, at)| at.elapsed() <= TOKEN_CACHE_TTL);
+            if cache.len() >= 10_000 {
+                cache.clear();
+            }
+        }
+        cache.insert(id.to_owned(), (record.clone(), std::time::Instant::now()));
+        Ok(record)
+    }
+
+    fn forget(&self, id: &str) {
+        self.cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
     }
 
     /// Whether token `id` still stands: not revoked, not expired (for connections that outlive
-    /// the request that opened them).
+    /// the request that opened them). Answered from the cache while its record is fresh.
     pub fn still_valid(&self, id: &str) -> Result<bool, StoreError> {
-        let Some(v) = self.store.get(&self.ns, id.as_bytes())? else {
-            return Ok(false);
+        let fresh = {
+            let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            cache
+                .get(id)
+                .filter(|(_, at)| at.elapsed() <= TOKEN_CACHE_TTL)
+                .map(|(record, _)| record.clone())
         };
-        Ok(serde_json::from_slice::<Stored>(&v.value)
-            .is_ok_and(|s| s.info.expires.is_none_or(|t| self.clock.now().as_secs() < t)))
+        let record = match fresh {
+            Some(record) => record,
+            None => self.load(id)?,
+        };
+        Ok(record.is_some_and(|s| s.info.expires.is_none_or(|t| self.clock.now().as_secs() < t)))
     }
 
     /// Revokes token `id`; `false` if there was none.
     pub fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let existed = self.store.get(&self.ns, id.as_bytes())?.is_some();
         self.store.delete(&self.ns, id.as_bytes())?;
+        self.forget(id);
         Ok(existed)
     }
 

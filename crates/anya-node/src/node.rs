@@ -126,6 +126,8 @@ pub struct Node {
     /// The last audit record published as an event.
     audit_seen: Mutex<u64>,
     audit_changed: Notify,
+    /// Records were appended while nobody listened.
+    audit_behind: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Node {
@@ -330,6 +332,7 @@ impl Node {
             reloader: Mutex::new(None),
             audit_seen: Mutex::new(audit_seen),
             audit_changed: Notify::new(),
+            audit_behind: std::sync::atomic::AtomicBool::new(false),
         };
         let config = node.config();
         node.apply_policies(&config)?;
@@ -512,9 +515,39 @@ impl Node {
         Ok(())
     }
 
-    /// Says that audit records were appended (the background task publishes them as events).
+    /// Says that audit records were appended: the background task publishes them as events
+    /// when anyone listens. With no subscriber nothing is read; the next subscriber starts
+    /// after the records appended before it came ([`audit_catch_up`](Self::audit_catch_up)).
     pub fn audit_changed(&self) {
-        self.audit_changed.notify_one();
+        if self.events.subscribers() > 0 {
+            self.audit_changed.notify_one();
+        } else {
+            self.audit_behind.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Moves past the audit records appended while nobody listened, without publishing them.
+    pub fn audit_catch_up(&self) {
+        if !self.audit_behind.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let mut seen = self
+            .audit_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            match self.hsm.audit_records(*seen, 1000) {
+                Ok(records) => match records.last() {
+                    Some(last) => *seen = last.seq,
+                    None => return,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the audit chain for events");
+                    self.audit_behind.store(true, std::sync::atomic::Ordering::Release);
+                    return;
+                }
+            }
+        }
     }
 
     /// Publishes every audit record appended since the last call as an event.

@@ -122,8 +122,15 @@ pub async fn metrics(_: ReadAuth, State(node): State<Arc<Node>>) -> Result<Respo
 #[utoipa::path(get, path = "/v1/events", tag = "events", responses((status = 101, description = "a WebSocket of JSON events"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
 pub async fn events(Auth(token): ReadAuth, State(node): State<Arc<Node>>, ws: WebSocketUpgrade) -> Response {
     let rx = node.events().subscribe();
+    let catch_up = Arc::clone(&node);
+    // Audit records appended while nobody listened are not replayed; from now on they are.
+    let _ = tokio::task::spawn_blocking(move || catch_up.audit_catch_up()).await;
     let hello = serde_json::json!({ "type": "hello", "seq": node.events().last_seq() }).to_string();
-    ws.on_upgrade(move |socket| stream(socket, rx, token, hello, node))
+    // Subscribers only listen: small buffers keep 10,000 of them cheap (tungstenite's default
+    // read buffer is 128 KiB per connection, zeroed before each read).
+    ws.read_buffer_size(4 * 1024)
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| stream(socket, rx, token, hello, node))
 }
 
 fn visible(token: &TokenInfo, event: &Numbered) -> bool {
