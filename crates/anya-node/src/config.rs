@@ -293,6 +293,11 @@ pub struct HsmConfig {
     pub passphrase_file: Option<PathBuf>,
     /// The PKCS#11 token, for `envelope` and `pkcs11`.
     pub pkcs11: Option<Pkcs11Config>,
+    /// With `provider = "pkcs11"`: `"software"` makes a software keystore in the same store (its
+    /// own namespaces, unlocked with the passphrase) the secondary that takes over when the
+    /// token stops answering (`FailoverHsm`). The secondary must hold the same keys under the
+    /// same ids: import them into both; keys made through the API go to the active one only.
+    pub failover: Option<FailoverKind>,
     /// The keystore's rollback anchor directory; default the data directory's path with
     /// `.anchor` appended (a sibling, outside what a restore of the data directory touches).
     /// `"none"` runs without one.
@@ -310,6 +315,14 @@ pub enum HsmKind {
     Envelope,
     /// Keys on a PKCS#11 token.
     Pkcs11,
+}
+
+/// The secondary of a failover pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverKind {
+    /// A software keystore in the node's store.
+    Software,
 }
 
 /// A PKCS#11 token.
@@ -522,6 +535,12 @@ impl NodeConfig {
             return Err(ConfigError::Invalid {
                 key: "hsm.pkcs11",
                 message: "provider = \"envelope\" or \"pkcs11\" needs an [hsm.pkcs11] token".to_owned(),
+            });
+        }
+        if self.hsm.failover.is_some() && self.hsm.provider != HsmKind::Pkcs11 {
+            return Err(ConfigError::Invalid {
+                key: "hsm.failover",
+                message: "a failover secondary backs a PKCS#11 primary (provider = \"pkcs11\")".to_owned(),
             });
         }
         if !(1..=1 << 20).contains(&self.events.queue) {

@@ -9,14 +9,16 @@ use anya_bitcoin::rpc::{BitcoindChain, RpcAuth, RpcConfig};
 use anya_bitcoin::wallet::WalletError;
 use anya_core_types::{Clock, Label, SystemClock};
 use anya_hsm::anchor::FileAnchor;
-use anya_hsm::{HsmError, HsmProvider, Pkcs11Hsm, Pkcs11Options, SecretString, SoftwareHsm, SoftwareOptions};
+use anya_hsm::{
+    FailoverHsm, HsmError, HsmProvider, Pkcs11Hsm, Pkcs11Options, SecretString, SoftwareHsm, SoftwareOptions,
+};
 use anya_storage::{KvStore, StoreError};
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::sync::Notify;
 
 use crate::auth::{write_cookie, Scope, TokenError, TokenLimits, Tokens};
 use crate::chain::{Chain, ChainError, Regtest};
-use crate::config::{ChainKind, ConfigError, HsmKind, NodeConfig};
+use crate::config::{ChainKind, ConfigError, FailoverKind, HsmKind, NodeConfig};
 use crate::events::{Event, Events};
 use crate::limits::Limits;
 use crate::metrics::{MeteredStore, Metrics};
@@ -115,6 +117,8 @@ pub struct Node {
     hsm: Arc<dyn HsmProvider>,
     /// The software keystore, when that is the provider (its lock state is a readiness check).
     software: Option<Arc<SoftwareHsm>>,
+    /// The failover pair, when configured (readiness says which side is active).
+    failover: Option<Arc<FailoverHsm>>,
     tokens: Tokens,
     clock: Arc<dyn Clock>,
     wallets: Wallets,
@@ -162,7 +166,12 @@ fn read_first_line(path: &std::path::Path) -> Result<SecretString, NodeError> {
 
 /// The configured HSM: the provider, the software keystore when that is it, and whether this
 /// start created the keystore.
-type OpenedHsm = (Arc<dyn HsmProvider>, Option<Arc<SoftwareHsm>>, bool);
+type OpenedHsm = (
+    Arc<dyn HsmProvider>,
+    Option<Arc<SoftwareHsm>>,
+    Option<Arc<FailoverHsm>>,
+    bool,
+);
 
 fn open_hsm(
     config: &NodeConfig,
@@ -202,7 +211,7 @@ fn open_hsm(
     }
     let software = |hsm: SoftwareHsm, created| {
         let hsm = Arc::new(hsm);
-        (Arc::clone(&hsm) as Arc<dyn HsmProvider>, Some(hsm), created)
+        (Arc::clone(&hsm) as Arc<dyn HsmProvider>, Some(hsm), None, created)
     };
     match (config.hsm.provider, token) {
         (HsmKind::Software, _) => Ok(match SoftwareHsm::open(Arc::clone(store), options.clone()) {
@@ -225,7 +234,33 @@ fn open_hsm(
             }
             Err(e) => return Err(e.into()),
         }),
-        (HsmKind::Pkcs11, Some(token)) => Ok((Arc::new(Pkcs11Hsm::open(Arc::clone(store), token)?), None, false)),
+        (HsmKind::Pkcs11, Some(token)) => {
+            let primary: Arc<dyn HsmProvider> = Arc::new(Pkcs11Hsm::open(Arc::clone(store), token)?);
+            match config.hsm.failover {
+                None => Ok((primary, None, None, false)),
+                Some(FailoverKind::Software) => {
+                    // The secondary's own namespaces and its own anchor beside the primary's.
+                    let mut options = SoftwareOptions::default()
+                        .with_clock(Arc::clone(clock))
+                        .with_namespace_prefix("anya.secondary");
+                    if let Some(dir) = config.anchor_dir() {
+                        options = options.with_anchor(Arc::new(FileAnchor::open(dir.join("secondary"))?));
+                    }
+                    let (secondary, created) = match SoftwareHsm::open(Arc::clone(store), options.clone()) {
+                        Ok(hsm) => {
+                            hsm.unlock(passphrase)?;
+                            (hsm, false)
+                        }
+                        Err(HsmError::KeystoreMissing) => {
+                            (SoftwareHsm::create(Arc::clone(store), passphrase, options)?, true)
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    let pair = Arc::new(FailoverHsm::new(primary, Arc::new(secondary)));
+                    Ok((Arc::clone(&pair) as Arc<dyn HsmProvider>, None, Some(pair), created))
+                }
+            }
+        }
         (_, None) => Err(NodeError::Io {
             what: "hsm.pkcs11".to_owned(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
@@ -275,7 +310,7 @@ impl Node {
         let backend = anya_storage::open_url(&config.store_url())?;
         let store: Arc<dyn KvStore> = Arc::new(MeteredStore::new(backend, Arc::clone(&metrics)));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let (hsm, software, created_keystore) = open_hsm(&config, &store, &clock, passphrase)?;
+        let (hsm, software, failover, created_keystore) = open_hsm(&config, &store, &clock, passphrase)?;
         let tokens = Tokens::new(Arc::clone(&store), Arc::clone(&clock))?;
         // The first start (a new keystore, or a token-backed node's first run) prints an admin
         // token once.
@@ -322,6 +357,7 @@ impl Node {
             store,
             hsm,
             software,
+            failover,
             tokens,
             clock,
             wallets,
@@ -363,6 +399,13 @@ impl Node {
 
     /// Whether the HSM can sign: the software keystore is unlocked, or the token answers.
     pub fn hsm_ready(&self) -> Result<&'static str, String> {
+        if let Some(pair) = &self.failover {
+            return match pair.health_check() {
+                Ok(anya_hsm::failover::Active::Primary) => Ok("primary answering"),
+                Ok(_) => Ok("secondary active: the primary does not answer"),
+                Err(e) => Err(e.to_string()),
+            };
+        }
         match &self.software {
             Some(software) if software.is_unlocked() => Ok("unlocked"),
             Some(_) => Err("locked".to_owned()),

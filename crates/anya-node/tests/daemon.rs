@@ -375,3 +375,55 @@ fn the_daemon_signs_on_a_pkcs11_token_and_unlocks_an_enveloped_keystore_without_
         let _ = child.wait();
     }
 }
+
+#[test]
+fn a_token_primary_with_a_software_secondary_is_ready_and_signs() {
+    let Some((module, label, pin)) = softhsm() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let pin_file = dir.path().join("pin");
+    std::fs::write(&pin_file, format!("{pin}\n")).expect("pin file");
+    let config = dir.path().join("failover.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hsm]\nprovider = \"pkcs11\"\nfailover = \"software\"\n[hsm.pkcs11]\nmodule = {module:?}\ntoken_label = {label:?}\npin_file = {:?}\nlabel_prefix = \"node-failover-{}-{}/\"\n",
+            pin_file.display().to_string(),
+            std::process::id(),
+            rand_suffix()
+        ),
+    )
+    .expect("config");
+    let d = common::start_with(
+        &dir.path().join("data"),
+        &common::Options {
+            config: Some(&config),
+            args: &[],
+        },
+    );
+    let admin = d.admin.clone().expect("admin");
+    let (status, _, out) = request(d.addr, "GET", "/health/ready", Some(&admin), None);
+    let ready = json_of(&out);
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["hsm"], "primary answering", "{ready}");
+    let (status, key) = post(d.addr, "/v1/keys", &admin, &json!({"id": "f1", "spec": "secp256k1"}));
+    assert_eq!(status, 201, "{key}");
+    let (status, sig) = post(
+        d.addr,
+        "/v1/keys/f1/sign",
+        &admin,
+        &json!({"scheme": "ecdsa", "message_hex": "44".repeat(32)}),
+    );
+    assert_eq!(status, 200, "{sig}");
+    // A secondary needs a primary to back.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[hsm]\nfailover = \"software\"\n").expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_anya-node"))
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(dir.path().join("other"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hsm.failover"));
+}

@@ -215,7 +215,9 @@ fn run(args: Args) -> Result<(), String> {
         return token_command(&config, command);
     }
     let filter = logging(&config)?;
-    let pass = if config.hsm.provider == HsmKind::Software {
+    // A software keystore (the provider, or a failover secondary) is unlocked with the
+    // passphrase; a token with its PIN.
+    let pass = if config.hsm.provider == HsmKind::Software || config.hsm.failover.is_some() {
         let first_start = config.store.is_none() && !config.data_dir.join("anya.db").exists();
         anya_hsm::passphrase::read_passphrase(config.hsm.passphrase_file.as_deref(), first_start)
             .map_err(|e| e.to_string())?
