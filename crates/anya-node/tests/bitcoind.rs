@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{get, post, start_with, Options};
+use common::{get, post};
 use serde_json::json;
 
 #[test]
@@ -15,22 +15,13 @@ fn wallets_on_bitcoind_receive_send_and_confirm() {
         return;
     };
     let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("anya.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let (d, _) = common::start_configured(
+        dir.path(),
+        &format!(
             "chain = \"bitcoind\"\n[bitcoind]\nurl = {:?}\ncookie_file = {:?}\nnetwork = \"regtest\"\npoll_secs = 1\n",
             bitcoind.rpc_url(),
             bitcoind.cookie_file().display().to_string()
         ),
-    )
-    .expect("config");
-    let d = start_with(
-        &dir.path().join("data"),
-        &Options {
-            config: Some(&config),
-            args: &[],
-        },
     );
     let admin = d.admin.clone().expect("admin");
     let (status, ready) = get(d.addr, "/health/ready", &admin);

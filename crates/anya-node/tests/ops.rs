@@ -29,15 +29,7 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[test]
 fn sighup_and_the_reload_route_apply_a_new_config_and_refuse_a_bad_one() {
     let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("anya.toml");
-    write(&config, "[policy.alice]\nmax_per_tx_sat = 1000\n");
-    let d = start_with(
-        &dir.path().join("data"),
-        &Options {
-            config: Some(&config),
-            args: &[],
-        },
-    );
+    let (d, config) = common::start_configured(dir.path(), "[policy.alice]\nmax_per_tx_sat = 1000\n");
     let admin = d.admin.clone().expect("admin");
     let (status, w) = post(
         d.addr,

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{start_with, Options};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -79,16 +78,8 @@ fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBu
 #[test]
 fn https_with_a_self_signed_certificate_made_on_first_start() {
     let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("anya.toml");
-    std::fs::write(&config, "[tls]\nenabled = true\n").expect("config");
     let data = dir.path().join("data");
-    let d = start_with(
-        &data,
-        &Options {
-            config: Some(&config),
-            args: &[],
-        },
-    );
+    let (d, _) = common::start_configured(dir.path(), "[tls]\nenabled = true\n");
     let admin = d.admin.clone().expect("admin");
     let cert = std::fs::read(data.join("tls/cert.pem")).expect("the certificate was made");
     #[cfg(unix)]
@@ -113,22 +104,13 @@ fn https_with_a_self_signed_certificate_made_on_first_start() {
 fn a_renewed_certificate_is_served_after_sighup_and_open_connections_stay() {
     let dir = tempfile::tempdir().expect("dir");
     let (cert, key, first) = self_signed(dir.path(), "a");
-    let config = dir.path().join("anya.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let (d, _) = common::start_configured(
+        dir.path(),
+        &format!(
             "[tls]\nenabled = true\ncert_file = {:?}\nkey_file = {:?}\n",
             cert.display().to_string(),
             key.display().to_string()
         ),
-    )
-    .expect("config");
-    let d = start_with(
-        &dir.path().join("data"),
-        &Options {
-            config: Some(&config),
-            args: &[],
-        },
     );
     let admin = d.admin.clone().expect("admin");
     let mut open = connect(d.addr, &first).expect("trusting the first certificate");

@@ -48,6 +48,23 @@ fn open(node: &Node, name: &Label) -> Result<WalletHandle, ApiError> {
     Ok(node.wallets().get(name)?)
 }
 
+/// Runs `f` on the wallet `name`, which the token must be allowed to use, on the blocking pool
+/// and under the wallet's lock.
+async fn with_wallet<T: Send + 'static>(
+    node: Arc<Node>,
+    token: &TokenInfo,
+    name: Label,
+    f: impl FnOnce(&Node, &mut AnyaWallet) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    check_wallet(token, &name)?;
+    blocking(move || {
+        let handle = open(&node, &name)?;
+        let mut wallet = lock(&handle);
+        f(&node, &mut wallet)
+    })
+    .await
+}
+
 /// A fee rate in sat/vB.
 fn fee_rate(sat_vb: u64) -> Result<FeeRate, ApiError> {
     FeeRate::from_sat_per_vb(sat_vb)
@@ -246,13 +263,7 @@ pub async fn show(
     State(node): State<Arc<Node>>,
     WalletName(name): WalletName,
 ) -> Result<Json<WalletView>, ApiError> {
-    check_wallet(&token, &name)?;
-    blocking(move || {
-        let handle = open(&node, &name)?;
-        let wallet = lock(&handle);
-        Ok(Json(wallet_view(&node, &wallet)))
-    })
-    .await
+    with_wallet(node, &token, name, |node, wallet| Ok(Json(wallet_view(node, wallet)))).await
 }
 
 /// `POST /v1/wallets/{name}/address`: the next unused receive address.
@@ -262,10 +273,8 @@ pub async fn address_route(
     State(node): State<Arc<Node>>,
     WalletName(name): WalletName,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_wallet(&token, &name)?;
-    blocking(move || {
-        let handle = open(&node, &name)?;
-        let info = lock(&handle).next_address()?;
+    with_wallet(node, &token, name, |_, wallet| {
+        let info = wallet.next_address()?;
         Ok(Json(serde_json::json!({
             "address": info.address.to_string(),
             "index": info.index,
@@ -281,13 +290,7 @@ pub async fn balance(
     State(node): State<Arc<Node>>,
     WalletName(name): WalletName,
 ) -> Result<Json<BalanceView>, ApiError> {
-    check_wallet(&token, &name)?;
-    blocking(move || {
-        let handle = open(&node, &name)?;
-        let wallet = lock(&handle);
-        Ok(Json(balance_view(&node, &wallet)))
-    })
-    .await
+    with_wallet(node, &token, name, |node, wallet| Ok(Json(balance_view(node, wallet)))).await
 }
 
 /// `POST /v1/wallets/{name}/sync`.
@@ -297,16 +300,13 @@ pub async fn sync(
     State(node): State<Arc<Node>>,
     WalletName(name): WalletName,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_wallet(&token, &name)?;
-    blocking(move || {
-        let handle = open(&node, &name)?;
-        let mut wallet = lock(&handle);
-        let synced = node.wallets().sync(&mut wallet)?;
+    with_wallet(node, &token, name, |node, wallet| {
+        let synced = node.wallets().sync(wallet)?;
         Ok(Json(serde_json::json!({
             "blocks": synced.blocks,
             "height": synced.height,
             "mempool_txs": synced.mempool_txs,
-            "balance": balance_view(&node, &wallet),
+            "balance": balance_view(node, wallet),
         })))
     })
     .await
@@ -334,10 +334,7 @@ pub async fn transactions(
     State(node): State<Arc<Node>>,
     WalletName(name): WalletName,
 ) -> Result<Json<Vec<TxView>>, ApiError> {
-    check_wallet(&token, &name)?;
-    blocking(move || {
-        let handle = open(&node, &name)?;
-        let wallet = lock(&handle);
+    with_wallet(node, &token, name, |_, wallet| {
         let bdk = wallet.bdk();
         let mut txs: Vec<TxView> = bdk
             .transactions()
@@ -430,6 +427,21 @@ fn decided<T>(node: &Node, wallet: &str, result: Result<T, WalletError>) -> Resu
     Ok(result?)
 }
 
+/// Signs `psbt` through the wallet's policy, finalizes it with Core's verification and
+/// broadcasts it: the transaction, its id and its fee in satoshis.
+fn sign_and_broadcast(
+    node: &Node,
+    wallet: &mut AnyaWallet,
+    psbt: &mut bitcoin::Psbt,
+) -> Result<(bitcoin::Transaction, Txid, u64), ApiError> {
+    let signed = node.metrics().hsm("sign_transaction", || wallet.sign(psbt));
+    decided(node, wallet.name().as_str(), signed)?;
+    let tx = wallet.finalize(psbt)?;
+    let fee = wallet.bdk().calculate_fee(&tx).map_or(0, Amount::to_sat);
+    let txid = node.wallets().broadcast(wallet, &tx)?;
+    Ok((tx, txid, fee))
+}
+
 /// `POST /v1/wallets/{name}/send`: builds, checks against the policy, signs, verifies with
 /// Core's interpreter and broadcasts. A refused broadcast releases the policy's reservation.
 #[utoipa::path(post, path = "/v1/wallets/{name}/send", tag = "wallets", params(("name" = String, Path, description = "the wallet name")), request_body = SendRequest, responses((status = 200, description = "success", body = Sent), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["sign"])))]
@@ -439,19 +451,12 @@ pub async fn send(
     WalletName(name): WalletName,
     Body(req): Body<SendRequest>,
 ) -> Result<Json<Sent>, ApiError> {
-    check_wallet(&token, &name)?;
     let rate = fee_rate(req.fee_rate_sat_vb)?;
     let to = recipients(&req, node.chain().network())?;
-    blocking(move || {
-        let handle = open(&node, &name)?;
-        let mut wallet = lock(&handle);
+    with_wallet(node, &token, name, move |node, wallet| {
         let mut psbt = wallet.build(&to, rate)?;
-        let signed = node.metrics().hsm("sign_transaction", || wallet.sign(&mut psbt));
-        decided(&node, name.as_str(), signed)?;
-        let tx = wallet.finalize(&mut psbt)?;
-        let fee = wallet.bdk().calculate_fee(&tx).map_or(0, Amount::to_sat);
-        let txid = node.wallets().broadcast(&mut wallet, &tx)?;
-        tracing::info!(wallet = %name, %txid, fee_sat = fee, "sent");
+        let (tx, txid, fee) = sign_and_broadcast(node, wallet, &mut psbt)?;
+        tracing::info!(wallet = %wallet.name(), %txid, fee_sat = fee, "sent");
         Ok(Json(Sent {
             txid: txid.to_string(),
             fee_sat: fee,
@@ -479,22 +484,15 @@ pub async fn bump_fee(
     WalletName(name): WalletName,
     Body(req): Body<BumpRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_wallet(&token, &name)?;
     let rate = fee_rate(req.fee_rate_sat_vb)?;
     let txid: Txid = req
         .txid
         .parse()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_txid", format!("{e}")))?;
-    blocking(move || {
-        let handle = open(&node, &name)?;
-        let mut wallet = lock(&handle);
+    with_wallet(node, &token, name, move |node, wallet| {
         let mut psbt = wallet.bump_fee(txid, rate)?;
-        let signed = node.metrics().hsm("sign_transaction", || wallet.sign(&mut psbt));
-        decided(&node, name.as_str(), signed)?;
-        let tx = wallet.finalize(&mut psbt)?;
-        let fee = wallet.bdk().calculate_fee(&tx).map_or(0, Amount::to_sat);
-        let new = node.wallets().broadcast(&mut wallet, &tx)?;
-        tracing::info!(wallet = %name, txid = %new, replaces = %txid, fee_sat = fee, "fee bumped");
+        let (tx, new, fee) = sign_and_broadcast(node, wallet, &mut psbt)?;
+        tracing::info!(wallet = %wallet.name(), txid = %new, replaces = %txid, fee_sat = fee, "fee bumped");
         Ok(Json(serde_json::json!({
             "txid": new.to_string(),
             "replaces": txid.to_string(),
@@ -512,16 +510,13 @@ pub async fn get_policy(
     State(node): State<Arc<Node>>,
     WalletName(name): WalletName,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_wallet(&token, &name)?;
-    blocking(move || {
-        let handle = open(&node, &name)?;
-        let wallet = lock(&handle);
+    with_wallet(node, &token, name, |node, wallet| {
         let rules = wallet.policy().rules().map_err(WalletError::from)?;
         let spent = wallet.policy().spent_last_24h().map_err(WalletError::from)?;
         Ok(Json(serde_json::json!({
             "policy": PolicyBody::from_policy(&rules, wallet.network()),
             "spent_last_24h_sat": spent.to_sat(),
-            "from_config": node.policy_from_config(name.as_str()),
+            "from_config": node.policy_from_config(wallet.name().as_str()),
         })))
     })
     .await
@@ -547,9 +542,7 @@ pub async fn set_policy(
     let rules = body
         .to_policy(node.chain().network())
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policy", e))?;
-    blocking(move || {
-        let handle = open(&node, &name)?;
-        let wallet = lock(&handle);
+    with_wallet(node, &token, name, move |_, wallet| {
         wallet.policy().set_rules(&rules).map_err(WalletError::from)?;
         Ok(Json(PolicyBody::from_policy(&rules, wallet.network())))
     })
@@ -564,12 +557,10 @@ pub async fn build_psbt(
     WalletName(name): WalletName,
     Body(req): Body<SendRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_wallet(&token, &name)?;
     let rate = fee_rate(req.fee_rate_sat_vb)?;
     let to = recipients(&req, node.chain().network())?;
-    blocking(move || {
-        let handle = open(&node, &name)?;
-        let psbt = lock(&handle).build(&to, rate)?;
+    with_wallet(node, &token, name, move |_, wallet| {
+        let psbt = wallet.build(&to, rate)?;
         Ok(Json(serde_json::json!({
             "psbt": anya_bitcoin::psbt::encode_base64(&psbt),
             "txid": psbt.unsigned_tx.compute_txid().to_string(),
@@ -595,13 +586,10 @@ pub async fn sign_psbt(
     WalletName(name): WalletName,
     Body(req): Body<PsbtBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_wallet(&token, &name)?;
     let mut psbt = anya_bitcoin::psbt::decode(req.psbt.as_bytes())?;
-    blocking(move || {
-        let handle = open(&node, &name)?;
-        let wallet = lock(&handle);
+    with_wallet(node, &token, name, move |node, wallet| {
         let signed = node.metrics().hsm("sign_transaction", || wallet.sign(&mut psbt));
-        let report = decided(&node, name.as_str(), signed)?;
+        let report = decided(node, wallet.name().as_str(), signed)?;
         Ok(Json(serde_json::json!({
             "psbt": anya_bitcoin::psbt::encode_base64(&psbt),
             "signatures_added": report.total(),

@@ -58,6 +58,21 @@ pub fn start(data: &Path) -> Daemon {
     start_with(data, &Options::default())
 }
 
+/// Writes `toml` to `<dir>/anya.toml` and starts the daemon with it on `<dir>/data`; returns
+/// the daemon and the configuration file's path (to change it and reload).
+pub fn start_configured(dir: &Path, toml: &str) -> (Daemon, PathBuf) {
+    let config = dir.join("anya.toml");
+    std::fs::write(&config, toml).expect("write the configuration");
+    let daemon = start_with(
+        &dir.join("data"),
+        &Options {
+            config: Some(&config),
+            args: &[],
+        },
+    );
+    (daemon, config)
+}
+
 /// [`start`] with options.
 pub fn start_with(data: &Path, options: &Options<'_>) -> Daemon {
     let log = data.with_extension("log");
