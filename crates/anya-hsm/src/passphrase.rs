@@ -37,18 +37,7 @@ pub enum PassphraseError {
 /// on the terminal (with the `prompt` feature; asked twice when `confirm`, for a new keystore).
 pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<SecretString, PassphraseError> {
     if let Some(path) = file {
-        let text = SecretString::new(std::fs::read_to_string(path).map_err(|e| PassphraseError::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?);
-        let line = text.expose().lines().next().unwrap_or_default();
-        if line.is_empty() {
-            return Err(PassphraseError::File {
-                path: path.display().to_string(),
-                reason: "its first line is empty".to_owned(),
-            });
-        }
-        return Ok(SecretString::from_str_secret(line));
+        return read_secret_file(path);
     }
     if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
         return Ok(SecretString::new(p));
@@ -57,6 +46,23 @@ pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<SecretStrin
         return Err(PassphraseError::NoSource);
     }
     prompt(confirm)
+}
+
+/// The first line of `path` (a passphrase, a PIN, an RPC password), read into memory that is
+/// wiped; an empty first line is an error.
+pub fn read_secret_file(path: &Path) -> Result<SecretString, PassphraseError> {
+    let text = SecretString::new(std::fs::read_to_string(path).map_err(|e| PassphraseError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?);
+    let line = text.expose().lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(PassphraseError::File {
+            path: path.display().to_string(),
+            reason: "its first line is empty".to_owned(),
+        });
+    }
+    Ok(SecretString::from_str_secret(line))
 }
 
 #[cfg(feature = "prompt")]

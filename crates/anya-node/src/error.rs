@@ -1,7 +1,7 @@
 //! Every error the API returns has one shape: RFC 9457 problem details
 //! (`application/problem+json`) with a stable `code`.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -132,18 +132,6 @@ impl IntoResponse for ApiError {
             );
         }
         response
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        let code = match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
-            _ => "malformed_json",
-        };
-        Self::new(r.status(), code, r.body_text())
     }
 }
 

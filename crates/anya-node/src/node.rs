@@ -9,6 +9,7 @@ use anya_bitcoin::rpc::{BitcoindChain, RpcAuth, RpcConfig};
 use anya_bitcoin::wallet::WalletError;
 use anya_core_types::{Clock, Label, SystemClock};
 use anya_hsm::anchor::FileAnchor;
+use anya_hsm::passphrase::read_secret_file;
 use anya_hsm::{
     FailoverHsm, HsmError, HsmProvider, Pkcs11Hsm, Pkcs11Options, SecretString, SoftwareHsm, SoftwareOptions,
 };
@@ -52,6 +53,9 @@ pub enum NodeError {
     /// The chain source failed.
     #[error("chain: {0}")]
     Chain(#[from] ChainError),
+    /// A secret file (PIN, RPC password) could not be read.
+    #[error("{0}")]
+    Secret(#[from] anya_hsm::passphrase::PassphraseError),
     /// TLS could not be set up.
     #[error("tls: {0}")]
     Tls(#[from] tls::TlsError),
@@ -156,14 +160,6 @@ pub struct Started {
 
 const COOKIE_NAME: &str = "cookie";
 
-fn read_first_line(path: &std::path::Path) -> Result<SecretString, NodeError> {
-    let text = std::fs::read_to_string(path).map_err(|source| NodeError::Io {
-        what: format!("reading {}", path.display()),
-        source,
-    })?;
-    Ok(SecretString::new(text.lines().next().unwrap_or_default().to_owned()))
-}
-
 /// The configured HSM: the provider, the software keystore when that is it, and whether this
 /// start created the keystore.
 type OpenedHsm = (
@@ -186,7 +182,7 @@ fn open_hsm(
     let token = match &config.hsm.pkcs11 {
         Some(p) => {
             let pin = match &p.pin_file {
-                Some(file) => read_first_line(file)?,
+                Some(file) => read_secret_file(file)?,
                 None => std::env::var("ANYA_HSM_PIN")
                     .map(SecretString::new)
                     .map_err(|_| NodeError::Io {
@@ -275,7 +271,7 @@ fn open_chain(config: &NodeConfig, store: &Arc<dyn KvStore>) -> Result<Chain, No
                 (Some(cookie), _, _) => RpcAuth::Cookie(cookie.clone()),
                 (None, Some(user), Some(file)) => RpcAuth::UserPass {
                     user: user.clone(),
-                    pass: read_first_line(file)?,
+                    pass: read_secret_file(file)?,
                 },
                 _ => {
                     return Err(NodeError::Chain(ChainError::Corrupt(

@@ -79,11 +79,7 @@ pub struct CombineBody {
 
 /// `POST /v1/psbt/combine`: the BIP174 combiner.
 #[utoipa::path(post, path = "/v1/psbt/combine", tag = "psbt", request_body = CombineBody, responses((status = 200, description = "the combined PSBT"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
-pub async fn combine(
-    _: ReadAuth,
-    State(_node): State<Arc<Node>>,
-    Body(req): Body<CombineBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn combine(_: ReadAuth, Body(req): Body<CombineBody>) -> Result<Json<serde_json::Value>, ApiError> {
     if !(2..=16).contains(&req.psbts.len()) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -103,11 +99,7 @@ pub async fn combine(
 /// `POST /v1/psbt/finalize`: the BIP174 finalizer and extractor; the transaction is returned
 /// only after Core's script interpreter verified every input.
 #[utoipa::path(post, path = "/v1/psbt/finalize", tag = "psbt", request_body = PsbtBody, responses((status = 200, description = "the finalized PSBT and the verified transaction"), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["read"])))]
-pub async fn finalize(
-    _: ReadAuth,
-    State(_node): State<Arc<Node>>,
-    Body(req): Body<PsbtBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn finalize(_: ReadAuth, Body(req): Body<PsbtBody>) -> Result<Json<serde_json::Value>, ApiError> {
     blocking(move || {
         let mut psbt = p::decode(req.psbt.as_bytes())?;
         p::finalize(&mut psbt)?;
