@@ -160,6 +160,34 @@ pub struct Started {
 
 const COOKIE_NAME: &str = "cookie";
 
+/// What unlocks a software keystore.
+enum Unlock<'a> {
+    /// Its passphrase.
+    Passphrase(&'a SecretString),
+    /// The PKCS#11 token holding its key-encryption key (an enveloped keystore).
+    Token(&'a Pkcs11Options),
+}
+
+/// Opens and unlocks the software keystore `options` name in `store`, creating it on the first
+/// start; whether it was created.
+fn open_software(
+    store: &Arc<dyn KvStore>,
+    options: SoftwareOptions,
+    unlock: Unlock<'_>,
+) -> Result<(SoftwareHsm, bool), HsmError> {
+    match (SoftwareHsm::open(Arc::clone(store), options.clone()), unlock) {
+        (Ok(hsm), Unlock::Passphrase(pass)) => hsm.unlock(pass).map(|()| (hsm, false)),
+        (Ok(hsm), Unlock::Token(token)) => hsm.unlock_enveloped(token).map(|()| (hsm, false)),
+        (Err(HsmError::KeystoreMissing), Unlock::Passphrase(pass)) => {
+            SoftwareHsm::create(Arc::clone(store), pass, options).map(|hsm| (hsm, true))
+        }
+        (Err(HsmError::KeystoreMissing), Unlock::Token(token)) => {
+            SoftwareHsm::create_enveloped(Arc::clone(store), token, options).map(|hsm| (hsm, true))
+        }
+        (Err(e), _) => Err(e),
+    }
+}
+
 /// The configured HSM: the provider, the software keystore when that is it, and whether this
 /// start created the keystore.
 type OpenedHsm = (
@@ -210,26 +238,14 @@ fn open_hsm(
         (Arc::clone(&hsm) as Arc<dyn HsmProvider>, Some(hsm), None, created)
     };
     match (config.hsm.provider, token) {
-        (HsmKind::Software, _) => Ok(match SoftwareHsm::open(Arc::clone(store), options.clone()) {
-            Ok(hsm) => {
-                hsm.unlock(passphrase)?;
-                software(hsm, false)
-            }
-            Err(HsmError::KeystoreMissing) => {
-                software(SoftwareHsm::create(Arc::clone(store), passphrase, options)?, true)
-            }
-            Err(e) => return Err(e.into()),
-        }),
-        (HsmKind::Envelope, Some(token)) => Ok(match SoftwareHsm::open(Arc::clone(store), options.clone()) {
-            Ok(hsm) => {
-                hsm.unlock_enveloped(&token)?;
-                software(hsm, false)
-            }
-            Err(HsmError::KeystoreMissing) => {
-                software(SoftwareHsm::create_enveloped(Arc::clone(store), &token, options)?, true)
-            }
-            Err(e) => return Err(e.into()),
-        }),
+        (HsmKind::Software, _) => {
+            let (hsm, created) = open_software(store, options, Unlock::Passphrase(passphrase))?;
+            Ok(software(hsm, created))
+        }
+        (HsmKind::Envelope, Some(token)) => {
+            let (hsm, created) = open_software(store, options, Unlock::Token(&token))?;
+            Ok(software(hsm, created))
+        }
         (HsmKind::Pkcs11, Some(token)) => {
             let primary: Arc<dyn HsmProvider> = Arc::new(Pkcs11Hsm::open(Arc::clone(store), token)?);
             match config.hsm.failover {
@@ -242,16 +258,7 @@ fn open_hsm(
                     if let Some(dir) = config.anchor_dir() {
                         options = options.with_anchor(Arc::new(FileAnchor::open(dir.join("secondary"))?));
                     }
-                    let (secondary, created) = match SoftwareHsm::open(Arc::clone(store), options.clone()) {
-                        Ok(hsm) => {
-                            hsm.unlock(passphrase)?;
-                            (hsm, false)
-                        }
-                        Err(HsmError::KeystoreMissing) => {
-                            (SoftwareHsm::create(Arc::clone(store), passphrase, options)?, true)
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
+                    let (secondary, created) = open_software(store, options, Unlock::Passphrase(passphrase))?;
                     let pair = Arc::new(FailoverHsm::new(primary, Arc::new(secondary)));
                     Ok((Arc::clone(&pair) as Arc<dyn HsmProvider>, None, Some(pair), created))
                 }
@@ -334,11 +341,6 @@ impl Node {
             chain,
             events.clone(),
         );
-        let audit_head = hsm.verify_audit_chain()?.records;
-        let audit_seen = hsm
-            .audit_records(audit_head.saturating_sub(2), 8)?
-            .last()
-            .map_or(0, |r| r.seq);
         let limits = Limits::new(&config.rate_limit);
         let tls = if config.tls.enabled {
             if tls::ensure_self_signed(&config)? {
@@ -362,9 +364,10 @@ impl Node {
             limits,
             tls,
             reloader: Mutex::new(None),
-            audit_seen: Mutex::new(audit_seen),
+            audit_seen: Mutex::new(0),
             audit_changed: Notify::new(),
-            audit_behind: std::sync::atomic::AtomicBool::new(false),
+            // Nobody listens yet: the first subscriber moves past what the chain already holds.
+            audit_behind: std::sync::atomic::AtomicBool::new(true),
         };
         let config = node.config();
         node.apply_policies(&config)?;
@@ -570,27 +573,15 @@ impl Node {
         if !self.audit_behind.swap(false, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
-        let mut seen = self
-            .audit_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        loop {
-            match self.hsm.audit_records(*seen, 1000) {
-                Ok(records) => match records.last() {
-                    Some(last) => *seen = last.seq,
-                    None => return,
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the audit chain for events");
-                    self.audit_behind.store(true, std::sync::atomic::Ordering::Release);
-                    return;
-                }
-            }
+        if let Err(e) = self.follow_audit(false) {
+            tracing::warn!(error = %e, "reading the audit chain for events");
+            self.audit_behind.store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
-    /// Publishes every audit record appended since the last call as an event.
-    fn publish_audit(&self) -> Result<(), HsmError> {
+    /// Reads the audit records after the last one seen, publishing each as an event when
+    /// `publish`.
+    fn follow_audit(&self, publish: bool) -> Result<(), HsmError> {
         let mut seen = self
             .audit_seen
             .lock()
@@ -599,7 +590,7 @@ impl Node {
             let records = self.hsm.audit_records(*seen, 1000)?;
             let Some(last) = records.last() else { return Ok(()) };
             *seen = last.seq;
-            for r in &records {
+            for r in records.iter().filter(|_| publish) {
                 self.events.publish(Event::AuditAppended {
                     record: r.seq,
                     operation: format!("{:?}", r.operation),
@@ -629,7 +620,7 @@ impl Node {
                 }
                 () = self.audit_changed.notified() => {
                     let node = Arc::clone(&self);
-                    match tokio::task::spawn_blocking(move || node.publish_audit()).await {
+                    match tokio::task::spawn_blocking(move || node.follow_audit(true)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => tracing::warn!(error = %e, "reading the audit chain for events"),
                         Err(e) => tracing::warn!(error = %e, "the audit event task failed"),
