@@ -233,13 +233,7 @@ impl Tokens {
         let Some((id, secret)) = split(presented) else {
             return Ok(Err(TokenRefusal::Malformed));
         };
-        let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some((record, read_at)) = cache.get(id) else {
-            return Err(CacheMiss);
-        };
-        if read_at.elapsed() > TOKEN_CACHE_TTL {
-            return Err(CacheMiss);
-        }
+        let record = self.fresh(id).ok_or(CacheMiss)?;
         let Some(stored) = record else {
             return Ok(Err(TokenRefusal::Unknown));
         };
@@ -250,6 +244,16 @@ impl Tokens {
             return Ok(Err(TokenRefusal::Expired));
         }
         Ok(Ok(stored.info.clone()))
+    }
+
+    /// Token `id`'s cached record (`Some(None)`: no such token), if read within
+    /// [`TOKEN_CACHE_TTL`].
+    fn fresh(&self, id: &str) -> Option<Option<Arc<Stored>>> {
+        let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .get(id)
+            .filter(|(_, at)| at.elapsed() <= TOKEN_CACHE_TTL)
+            .map(|(record, _)| record.clone())
     }
 
     /// Reads the record of the token `presented` names into the cache.
@@ -289,14 +293,7 @@ impl Tokens {
     /// Whether token `id` still stands: not revoked, not expired (for connections that outlive
     /// the request that opened them). Answered from the cache while its record is fresh.
     pub fn still_valid(&self, id: &str) -> Result<bool, StoreError> {
-        let fresh = {
-            let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            cache
-                .get(id)
-                .filter(|(_, at)| at.elapsed() <= TOKEN_CACHE_TTL)
-                .map(|(record, _)| record.clone())
-        };
-        let record = match fresh {
+        let record = match self.fresh(id) {
             Some(record) => record,
             None => self.load(id)?,
         };

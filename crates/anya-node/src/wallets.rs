@@ -42,18 +42,20 @@ impl std::fmt::Debug for Wallets {
     }
 }
 
+/// The height a transaction confirmed at; `None` while unconfirmed.
+pub fn confirmed_height<A: bdk_wallet::chain::Anchor>(position: &ChainPosition<A>) -> Option<u32> {
+    match position {
+        ChainPosition::Confirmed { anchor, .. } => Some(anchor.anchor_block().height),
+        ChainPosition::Unconfirmed { .. } => None,
+    }
+}
+
 /// Each transaction of a wallet and the height it confirmed at.
 fn positions(wallet: &AnyaWallet) -> BTreeMap<Txid, Option<u32>> {
     wallet
         .bdk()
         .transactions()
-        .map(|tx| {
-            let height = match tx.chain_position {
-                ChainPosition::Confirmed { anchor, .. } => Some(anchor.block_id.height),
-                ChainPosition::Unconfirmed { .. } => None,
-            };
-            (tx.tx_node.txid, height)
-        })
+        .map(|tx| (tx.tx_node.txid, confirmed_height(&tx.chain_position)))
         .collect()
 }
 

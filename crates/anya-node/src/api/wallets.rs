@@ -11,7 +11,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bdk_wallet::chain::ChainPosition;
 use bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf, Txid};
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +20,7 @@ use crate::config::PolicyBody;
 use crate::error::ApiError;
 use crate::events::Event;
 use crate::node::Node;
-use crate::wallets::{lock, WalletHandle};
+use crate::wallets::{confirmed_height, lock, WalletHandle};
 
 /// The `{name}` of a wallet route, checked against the token.
 #[derive(Debug)]
@@ -342,10 +341,7 @@ pub async fn transactions(
                 let (sent, received) = bdk.sent_and_received(&tx.tx_node.tx);
                 TxView {
                     txid: tx.tx_node.txid.to_string(),
-                    confirmed_height: match tx.chain_position {
-                        ChainPosition::Confirmed { anchor, .. } => Some(anchor.block_id.height),
-                        ChainPosition::Unconfirmed { .. } => None,
-                    },
+                    confirmed_height: confirmed_height(&tx.chain_position),
                     sent_sat: sent.to_sat(),
                     received_sat: received.to_sat(),
                     fee_sat: bdk.calculate_fee(&tx.tx_node.tx).ok().map(Amount::to_sat),
