@@ -113,6 +113,10 @@ impl Events {
     pub fn publish(&self, event: Event) {
         let mut last = self.seq.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *last += 1;
+        if self.sender.receiver_count() == 0 {
+            // Nobody to encode it for (subscribers only see events published after they join).
+            return;
+        }
         let mut numbered = Numbered {
             seq: *last,
             event,
