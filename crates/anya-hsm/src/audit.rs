@@ -999,8 +999,12 @@ impl AuditLog {
         let Some(anchor) = &self.shared.anchor else {
             return Ok(());
         };
+        // The anchor first: it only moves after the store holds what it names, so a store read
+        // after it reaches it, even while another process appends. (Read the other way round,
+        // an append between the two reads would look like a rollback.)
+        let anchored = anchor.head()?;
         let head = self.shared.load_head()?;
-        let point = match anchor.head()? {
+        let point = match anchored {
             Some(point) => {
                 self.shared.check_reaches(&head, &point)?;
                 point
@@ -1182,7 +1186,13 @@ impl AuditLog {
     pub(crate) fn verify(&self) -> Result<AuditSummary, HsmError> {
         self.flush()?;
         let store = &self.shared.store;
-        // Read first: the keyed and anchored positions are checked during the walk.
+        // Read first: the keyed and anchored positions are checked during the walk. The anchor
+        // before the head (it only moves after the store holds what it names), so that another
+        // process appending meanwhile is never taken for a rollback.
+        let anchored = match &self.shared.anchor {
+            Some(anchor) => anchor.head()?,
+            None => None,
+        };
         let head = match store.get(&self.shared.head_ns, HEAD_KEY)? {
             None => None,
             Some(v) => Some(decode_head(&v.value).ok_or(HsmError::AuditChainBroken {
@@ -1191,13 +1201,12 @@ impl AuditLog {
             })?),
         };
         let keyed = head.and_then(|(_, _, keyed)| keyed);
-        let anchored = match &self.shared.anchor {
-            Some(anchor) => anchor.head()?,
-            None => None,
-        };
-        // The chain's hash after `seq` records, where the keyed and anchored positions are.
-        let (mut keyed_hash, mut anchor_hash) = (None, None);
+        // The chain's hash after `seq` records, where the head, keyed and anchored positions are.
+        let (mut head_hash_found, mut keyed_hash, mut anchor_hash) = (None, None, None);
         let mut note = |seq: u64, hash: &[u8; 32]| {
+            if head.is_some_and(|(s, _, _)| s == seq) {
+                head_hash_found = Some(*hash);
+            }
             if keyed.is_some_and(|k| k.seq == seq) {
                 keyed_hash = Some(*hash);
             }
@@ -1207,6 +1216,10 @@ impl AuditLog {
         };
         note(0, &[0; 32]);
         let (records, hash) = self.shared.walk((0, [0; 32]), None, |seq, hash, _| note(seq, hash))?;
+        let head_mismatch = || HsmError::AuditChainBroken {
+            seq: records,
+            reason: AuditBreak::HeadMismatch,
+        };
         match head {
             None if records == 0 => {}
             None => {
@@ -1216,11 +1229,14 @@ impl AuditLog {
                 })
             }
             Some((seq, head_hash, _)) => {
-                if seq != records || head_hash != hash {
-                    return Err(HsmError::AuditChainBroken {
-                        seq: records,
-                        reason: AuditBreak::HeadMismatch,
-                    });
+                if records < seq || head_hash_found != Some(head_hash) {
+                    return Err(head_mismatch());
+                }
+                // Records past the head read were appended since (each append writes its
+                // records and the head in one batch), so the head now covers them; records no
+                // head covers were put there by something else.
+                if records > seq && self.shared.load_head()?.seq < records {
+                    return Err(head_mismatch());
                 }
             }
         }

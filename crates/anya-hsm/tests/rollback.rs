@@ -505,3 +505,38 @@ fn a_keystore_header_asking_for_too_much_work_is_refused_before_it() {
     );
     assert!(matches!(r, Err(HsmError::KdfAboveCeiling { .. })), "{r:?}");
 }
+
+/// Two handles on one store and one anchor directory (two processes, in effect): one appends
+/// without pause while the other opens, unlocks and verifies again and again. An append between
+/// reading the store and reading the anchor once looked like a rollback; none may.
+#[test]
+fn a_handle_opening_while_another_appends_sees_no_rollback() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store: Arc<dyn KvStore> =
+        Arc::new(SqliteStore::open(dir.path().join("hsm.db"), SqliteOptions::default()).expect("sqlite"));
+    let anchored = || options().with_anchor(Arc::new(FileAnchor::open(dir.path().join("anchor")).expect("anchor")));
+    let writer = create(&store, anchored());
+    let id = oracle_key(&writer);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..400u32 {
+                let mut m = [0u8; 32];
+                m[..4].copy_from_slice(&i.to_be_bytes());
+                writer
+                    .sign_schnorr(anya_hsm::KeyRef::Key(&id), &m, anya_hsm::AuxRand::Fresh)
+                    .expect("sign");
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut opened = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let reader = reopen(&store, anchored()).expect("no rollback while another handle appends");
+            reader
+                .verify_audit_chain()
+                .expect("the chain verifies while another handle appends");
+            opened += 1;
+        }
+        assert!(opened > 3, "only {opened} opens during the appends");
+    });
+}
