@@ -57,7 +57,10 @@ fn enum_event_announced_attested_and_verified() {
     assert_eq!(f.oracle.announcement("election").unwrap(), ann);
 
     // Before maturity: refused, nothing fixed.
-    assert!(matches!(f.oracle.attest_enum("election", "bob"), Err(OracleError::NotMature { .. })));
+    assert!(matches!(
+        f.oracle.attest_enum("election", "bob"),
+        Err(OracleError::NotMature { .. })
+    ));
     assert_eq!(f.oracle.attestation("election").unwrap(), None);
     f.clock.set(NOW + 60);
     assert!(matches!(
@@ -79,7 +82,9 @@ fn enum_event_announced_attested_and_verified() {
     // Again: the same attestation; another outcome: refused, nothing signed.
     assert_eq!(f.oracle.attest_enum("election", "bob").unwrap(), att);
     match f.oracle.attest_enum("election", "alice") {
-        Err(OracleError::AlreadyAttested { attested, requested, .. }) => {
+        Err(OracleError::AlreadyAttested {
+            attested, requested, ..
+        }) => {
             assert_eq!(attested, ["bob"]);
             assert_eq!(requested, ["alice"]);
         }
@@ -128,7 +133,11 @@ fn numeric_events_sign_every_digit_and_clamp() {
         assert_eq!(layout.compose(&att.outcomes).unwrap(), expected, "{id}");
         // The same value again is the same attestation; another value is refused.
         assert_eq!(f.oracle.attest_numeric(id, value).unwrap(), att);
-        let other = if layout.clamp(expected + 1) != expected { expected + 1 } else { expected - 1 };
+        let other = if layout.clamp(expected + 1) != expected {
+            expected + 1
+        } else {
+            expected - 1
+        };
         assert!(matches!(
             f.oracle.attest_numeric(id, other),
             Err(OracleError::AlreadyAttested { .. })
@@ -153,24 +162,41 @@ fn hostile_event_descriptions_are_refused_before_any_nonce() {
             Err(OracleError::InvalidEventId { .. })
         ));
     }
-    for list in [vec![], outcomes(&["a", "a"]), outcomes(&["a\u{0}"]), vec!["y".repeat(300)]] {
+    for list in [
+        vec![],
+        outcomes(&["a", "a"]),
+        outcomes(&["a\u{0}"]),
+        vec!["y".repeat(300)],
+    ] {
         assert!(matches!(
             f.oracle.create_enum_event("e", 0, list),
             Err(OracleError::InvalidEvent { .. })
         ));
     }
     for d in [digits(2, 0, false), digits(2, 500, true), digits(0, 3, false)] {
-        assert!(matches!(f.oracle.create_numeric_event("n", 0, d), Err(OracleError::Digits(_))));
+        assert!(matches!(
+            f.oracle.create_numeric_event("n", 0, d),
+            Err(OracleError::Digits(_))
+        ));
     }
-    assert!(matches!(f.oracle.attest_enum("missing", "a"), Err(OracleError::EventNotFound { .. })));
-    assert_eq!(f.hsm.audit_records(0, 10_000).unwrap().len(), before, "no HSM operation ran");
+    assert!(matches!(
+        f.oracle.attest_enum("missing", "a"),
+        Err(OracleError::EventNotFound { .. })
+    ));
+    assert_eq!(
+        f.hsm.audit_records(0, 10_000).unwrap().len(),
+        before,
+        "no HSM operation ran"
+    );
     assert!(f.oracle.events(None, 10).unwrap().is_empty());
 }
 
 #[test]
 fn a_rewritten_outcome_record_cannot_get_a_second_outcome_signed() {
     let f = Fixture::new(NOW);
-    f.oracle.create_enum_event("e1", NOW as u32, outcomes(&["yes", "no"])).unwrap();
+    f.oracle
+        .create_enum_event("e1", NOW as u32, outcomes(&["yes", "no"]))
+        .unwrap();
     let att = f.oracle.attest_enum("e1", "yes").unwrap();
     // Someone with write access to the store deletes the outcome and the attestation.
     let ns = Namespace::new("dlc.oracle").unwrap();
@@ -189,7 +215,9 @@ fn a_rewritten_outcome_record_cannot_get_a_second_outcome_signed() {
 #[test]
 fn a_restored_older_store_is_refused_before_any_signature() {
     let f = Fixture::new(NOW);
-    f.oracle.create_enum_event("e1", NOW as u32, outcomes(&["up", "down"])).unwrap();
+    f.oracle
+        .create_enum_event("e1", NOW as u32, outcomes(&["up", "down"]))
+        .unwrap();
     let backup = snapshot(f.store.as_ref(), &all_namespaces());
     let att = f.oracle.attest_enum("e1", "up").unwrap();
     // The store goes back to the backup (the anchor, kept elsewhere, does not).

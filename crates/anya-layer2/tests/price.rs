@@ -1,13 +1,12 @@
 //! Price sources against real HTTP servers on loopback.
 //!
-//! Each server is a `TcpListener` on an ephemeral 127.0.0.1 port whose thread answers every
-//! connection with one fixed behaviour (JSON, a status, a delay, a huge body); "down" is a
-//! port that was bound and then released, so connecting to it is refused.
+//! Each server is an `anya_testkit::http::HttpServer` on an ephemeral 127.0.0.1 port answering
+//! every connection with one fixed behaviour (JSON, a status, a delay, a huge body); "down" is
+//! a port that was bound and then released, so connecting to it is refused.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::thread;
 use std::time::{Duration, Instant};
+
+use anya_testkit::http::{refused_url, HttpServer, Reply};
 
 use anya_core_types::UnixTime;
 use anya_layer2::dlc::price::{
@@ -18,65 +17,12 @@ use proptest::prelude::*;
 /// The pinned `now` of every test; quote times are written relative to it.
 const NOW: u64 = 1_700_000_000;
 
-#[derive(Clone)]
-enum Reply {
-    /// 200 with this body.
-    Body(String),
-    /// This status with a small JSON body.
-    Status(u16),
-    /// Wait, then 200 with this body.
-    Slow(Duration, String),
-}
-
-/// Starts a server answering every request with `reply`; returns its URL.
 fn serve(reply: Reply) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
-    let addr = listener.local_addr().expect("bound listener has an address");
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let reply = reply.clone();
-            thread::spawn(move || answer(stream, &reply));
-        }
-    });
-    format!("http://{addr}/ticker")
+    HttpServer::start(reply).url().to_owned()
 }
 
-fn answer(mut stream: TcpStream, reply: &Reply) {
-    // The test process may be gone before a slow reply; every error here just ends the thread.
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = Vec::new();
-    let mut buf = [0_u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let (status, body) = match reply {
-        Reply::Body(body) => (200, body.clone()),
-        Reply::Status(status) => (*status, r#"{"error":"unavailable"}"#.to_owned()),
-        Reply::Slow(delay, body) => {
-            thread::sleep(*delay);
-            (200, body.clone())
-        }
-    };
-    let reason = if status == 200 { "OK" } else { "Error" };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body.as_bytes());
-    let _ = stream.flush();
-}
-
-/// A URL on which connections are refused.
 fn down() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
-    let addr = listener.local_addr().expect("bound listener has an address");
-    drop(listener);
-    format!("http://{addr}/ticker")
+    refused_url()
 }
 
 /// `{"data":{"amount":price},"ts":time}` quoted `age` seconds before [`NOW`].

@@ -62,7 +62,11 @@ fn every_vector_announcement_round_trips_and_verifies() {
             let bytes = ann.encode();
             // As the offer carries it: an oracle_announcement TLV (type 55332).
             let tlv = common::tlv(55332, &bytes);
-            assert!(contains(&offer, &tlv), "{path:?}: {} is not byte for byte in the offer", ann.oracle_event.event_id);
+            assert!(
+                contains(&offer, &tlv),
+                "{path:?}: {} is not byte for byte in the offer",
+                ann.oracle_event.event_id
+            );
             let reread = OracleAnnouncement::read(&mut lightning::io::Cursor::new(&bytes)).unwrap();
             assert_eq!(reread, ann);
             assert_eq!(reread.encode(), bytes);

@@ -18,6 +18,7 @@
 
 mod bitcoind;
 mod env;
+pub mod http;
 
 pub use bitcoind::{Bitcoind, BitcoindOptions};
 pub use env::require_env;

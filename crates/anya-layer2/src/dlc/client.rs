@@ -168,7 +168,9 @@ pub fn rfc3339(secs: i64) -> Option<String> {
 
 /// The unix time of an RFC 3339 time.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    OffsetDateTime::parse(s, &Rfc3339).ok().map(OffsetDateTime::unix_timestamp)
+    OffsetDateTime::parse(s, &Rfc3339)
+        .ok()
+        .map(OffsetDateTime::unix_timestamp)
 }
 
 impl OracleClient {
@@ -312,7 +314,10 @@ mod tests {
 
     #[test]
     fn p2pd_event_ids_and_times() {
-        assert_eq!(split_p2pd_event_id("btcusd1624943400").unwrap(), ("btcusd", 1_624_943_400));
+        assert_eq!(
+            split_p2pd_event_id("btcusd1624943400").unwrap(),
+            ("btcusd", 1_624_943_400)
+        );
         assert!(split_p2pd_event_id("btcusd").is_err());
         assert!(split_p2pd_event_id("1624943400").is_err());
         assert!(split_p2pd_event_id("x99999999999999999999999").is_err());

@@ -54,7 +54,11 @@ impl Digits {
         if nb_digits == 0 || nb_digits > MAX_DIGITS {
             return Err(DigitsError::DigitCount(nb_digits));
         }
-        Ok(Self { base, nb_digits, signed })
+        Ok(Self {
+            base,
+            nb_digits,
+            signed,
+        })
     }
 
     /// How many nonces (and outcomes) an event of this layout has.
@@ -191,7 +195,10 @@ mod tests {
         let d = Digits::new(10, 2, false).unwrap();
         for bad in [["1", "a"], ["1", "10"], ["1", "01"], ["1", "-1"], ["1", ""]] {
             let bad: Vec<String> = bad.iter().map(|s| (*s).to_owned()).collect();
-            assert!(matches!(d.compose(&bad), Err(DigitsError::NotADigit { index: 1, .. })), "{bad:?}");
+            assert!(
+                matches!(d.compose(&bad), Err(DigitsError::NotADigit { index: 1, .. })),
+                "{bad:?}"
+            );
         }
     }
 

@@ -817,7 +817,10 @@ mod tests {
     fn event_ids() {
         assert!(check_event_id("btcusd1700000000").is_ok());
         for bad in ["", "a/b", "a b", "a\nb", &"x".repeat(257)] {
-            assert!(matches!(check_event_id(bad), Err(OracleError::InvalidEventId { .. })), "{bad:?}");
+            assert!(
+                matches!(check_event_id(bad), Err(OracleError::InvalidEventId { .. })),
+                "{bad:?}"
+            );
         }
     }
 

@@ -32,6 +32,7 @@ const BPS_PER_UNIT: f64 = 10_000.0;
 
 /// One configured HTTP JSON price source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PriceSource {
     /// Name used in quotes, errors and logs.
     pub name: String,
@@ -46,8 +47,10 @@ pub struct PriceSource {
     pub time_pointer: Option<String>,
 }
 
-/// Rules a set of quotes must pass before a price is attested.
+/// Rules a set of quotes must pass before a price is attested. Fields left out of a
+/// configuration take their [`Default`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PriceRules {
     /// At least this many fresh, well-formed quotes (N of M).
     pub min_sources: usize,

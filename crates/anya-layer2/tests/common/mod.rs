@@ -56,7 +56,12 @@ pub fn verify_attestation(a: &OracleAttestation, ann: &OracleAnnouncement) -> Re
     let secp = Secp256k1::verification_only();
     let nonces = &ann.oracle_event.oracle_nonces;
     if a.signatures.len() != nonces.len() || a.outcomes.len() != nonces.len() {
-        return Err(format!("{} signatures, {} outcomes for {} nonces", a.signatures.len(), a.outcomes.len(), nonces.len()));
+        return Err(format!(
+            "{} signatures, {} outcomes for {} nonces",
+            a.signatures.len(),
+            a.outcomes.len(),
+            nonces.len()
+        ));
     }
     if a.oracle_public_key != ann.oracle_public_key || a.event_id != ann.oracle_event.event_id {
         return Err("not this announcement's oracle or event".into());
