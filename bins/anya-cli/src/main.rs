@@ -1,7 +1,8 @@
 //! `anya`: the command line of a software HSM keystore kept in a data directory.
 //!
 //! Wiring only: the keystore, signing and the audit chain are `anya-hsm`; the store is
-//! `anya-storage`'s embedded SQLite; wallets, PSBTs and the spending policy are `anya-bitcoin`.
+//! `anya-storage`'s embedded SQLite; wallets, PSBTs and the spending policy are `anya-bitcoin`;
+//! the DLC oracle is `anya-layer2`.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -23,6 +24,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod node;
 mod onchain;
+mod oracle;
 
 const LONG_ABOUT: &str = "\
 anya keeps keys in a software HSM: a keystore sealed with AES-256-GCM under a key derived \
@@ -46,7 +48,12 @@ Bitcoin (see `anya wallet --help` and `anya psbt --help`):
   anya wallet address savings
   anya wallet sync savings                        # bitcoind found as bitcoin-cli finds it
   anya wallet send savings --to ADDRESS --amount 25000
-  anya psbt inspect tx.psbt";
+  anya psbt inspect tx.psbt
+
+A DLC oracle (see `anya oracle --help`; needs --anchor-dir or ANYA_ANCHOR_DIR):
+  anya oracle init                                # prints the oracle's x-only public key
+  anya oracle event create-enum match-42 --maturity 1767225600 --outcome home --outcome away
+  anya oracle attest match-42 --outcome home";
 
 const SIGN_ABOUT: &str = "\
 Sign a message with a stored key; prints the signature in hex.
@@ -106,6 +113,10 @@ enum Command {
     /// Inspect, sign, combine and finalize PSBTs.
     #[command(subcommand, long_about = onchain::PSBT_ABOUT)]
     Psbt(onchain::PsbtCommand),
+    /// A DLC oracle whose key and nonces stay in the keystore: announce events, attest
+    /// outcomes. Needs --anchor-dir.
+    #[command(subcommand, long_about = oracle::ORACLE_ABOUT)]
+    Oracle(oracle::OracleCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -335,6 +346,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Wallet(command) => onchain::wallet(dir, command)?,
         Command::Psbt(command) => onchain::psbt(dir, command)?,
+        Command::Oracle(command) => oracle::oracle(dir, cli.anchor_dir.is_some(), command)?,
         Command::Audit(AuditCommand::Verify) => {
             let store = open_store(dir, false)?;
             let hsm = SoftwareHsm::open(store, hsm_options()?)?;

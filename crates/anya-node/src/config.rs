@@ -84,6 +84,118 @@ pub struct NodeConfig {
     /// Spending policies by wallet name (reloadable). A wallet named here has its policy set
     /// from this file at start and on every reload; the API refuses to change it.
     pub policy: BTreeMap<String, PolicyBody>,
+    /// The DLC oracle service.
+    pub oracle: OracleConfig,
+}
+
+/// The DLC oracle service: its routes (kormir's and the p2pderivatives oracle's, beside
+/// `/v1/oracle/…`), its key in the HSM, and its price assets.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct OracleConfig {
+    /// Serve the oracle. It needs the HSM's rollback anchor (`hsm.anchor_dir`, on by default):
+    /// an oracle whose store could be restored from an older copy could sign twice.
+    pub enabled: bool,
+    /// The HSM key that signs (made on the first start); default `oracle`.
+    pub key: String,
+    /// Attest events before their maturity (default false: refused).
+    pub allow_early: bool,
+    /// How often scheduled events are announced and attested, in seconds; default 10.
+    pub tick_secs: u64,
+    /// Price assets by name (reloadable: sources, rules and schedules).
+    pub assets: BTreeMap<String, AssetConfig>,
+}
+
+impl Default for OracleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            key: "oracle".to_owned(),
+            allow_early: false,
+            tick_secs: 10,
+            assets: BTreeMap::new(),
+        }
+    }
+}
+
+/// One price asset: where its price comes from, the rules its quotes must pass, and its
+/// schedule of events.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AssetConfig {
+    /// The HTTP JSON sources.
+    pub sources: Vec<anya_layer2::dlc::price::PriceSource>,
+    /// N of M, staleness, spread, circuit breaker, timeout.
+    #[serde(default)]
+    pub rules: anya_layer2::dlc::price::PriceRules,
+    /// Seconds between scheduled events (none: events are only made through the API).
+    #[serde(default)]
+    pub interval_secs: Option<u64>,
+    /// How many upcoming events are kept announced; default 24.
+    #[serde(default = "twenty_four")]
+    pub ahead: u32,
+    /// How many past intervals are looked at for unattested events; default 24.
+    #[serde(default = "twenty_four")]
+    pub catch_up: u32,
+    /// Digit base; default 2.
+    #[serde(default = "two")]
+    pub base: u16,
+    /// Number of digits; default 20.
+    #[serde(default = "twenty")]
+    pub nb_digits: u16,
+    /// Whether the value has a sign; default false.
+    #[serde(default)]
+    pub signed: bool,
+    /// Power of ten of one unit of the attested integer; default 0.
+    #[serde(default)]
+    pub precision: i32,
+    /// The unit; default `usd/btc`.
+    #[serde(default = "usd_per_btc")]
+    pub unit: String,
+}
+
+fn twenty_four() -> u32 {
+    24
+}
+
+fn two() -> u16 {
+    2
+}
+
+fn twenty() -> u16 {
+    20
+}
+
+fn usd_per_btc() -> String {
+    "usd/btc".to_owned()
+}
+
+impl AssetConfig {
+    /// Its schedule, when it has an interval.
+    pub fn schedule(&self, asset: &str) -> Option<anya_layer2::dlc::schedule::PriceSchedule> {
+        self.interval_secs
+            .map(|interval_secs| anya_layer2::dlc::schedule::PriceSchedule {
+                asset: asset.to_owned(),
+                interval_secs,
+                ahead: self.ahead,
+                catch_up: self.catch_up,
+                base: self.base,
+                nb_digits: self.nb_digits,
+                signed: self.signed,
+                precision: self.precision,
+                unit: self.unit.clone(),
+            })
+    }
+
+    /// Its sources and rules.
+    pub fn feed(&self) -> anya_layer2::dlc::oracle::PriceFeed {
+        anya_layer2::dlc::oracle::PriceFeed {
+            sources: self.sources.clone(),
+            rules: self.rules.clone(),
+        }
+    }
 }
 
 /// TLS settings. Off by default, which only a loopback `listen` allows (unless
@@ -391,6 +503,7 @@ impl Default for NodeConfig {
             bitcoind: None,
             tls: TlsConfig::default(),
             policy: BTreeMap::new(),
+            oracle: OracleConfig::default(),
         }
     }
 }
@@ -435,6 +548,7 @@ const ENV_KEYS: &[(&str, &str, &str)] = &[
     ("ANYA_TLS_ENABLED", "tls", "enabled"),
     ("ANYA_TLS_CERT_FILE", "tls", "cert_file"),
     ("ANYA_TLS_KEY_FILE", "tls", "key_file"),
+    ("ANYA_ORACLE_ENABLED", "oracle", "enabled"),
 ];
 
 impl NodeConfig {
@@ -498,6 +612,9 @@ impl NodeConfig {
             | "queue" => value
                 .parse::<i64>()
                 .map_or_else(|_| toml::Value::String(value.to_owned()), toml::Value::Integer),
+            "enabled" => value
+                .parse::<bool>()
+                .map_or_else(|_| toml::Value::String(value.to_owned()), toml::Value::Boolean),
             _ => toml::Value::String(value.to_owned()),
         }
     }
@@ -569,12 +686,63 @@ impl NodeConfig {
                 });
             }
         }
+        self.validate_oracle()?;
         let network = self.network();
         for (wallet, body) in &self.policy {
             body.to_policy(network).map_err(|message| ConfigError::Invalid {
                 key: "policy",
                 message: format!("[policy.{wallet}] {message}"),
             })?;
+        }
+        Ok(())
+    }
+
+    fn validate_oracle(&self) -> Result<(), ConfigError> {
+        let o = &self.oracle;
+        let invalid = |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
+        if o.enabled && self.anchor_dir().is_none() {
+            return invalid(
+                "oracle.enabled",
+                "the oracle needs the HSM's rollback anchor (hsm.anchor_dir must not be \"none\")".to_owned(),
+            );
+        }
+        if anya_core_types::Label::new(o.key.clone()).is_err() {
+            return invalid("oracle.key", format!("{:?} is not a key id", o.key));
+        }
+        if !(1..=3600).contains(&o.tick_secs) {
+            return invalid("oracle.tick_secs", "1 to 3600 seconds".to_owned());
+        }
+        for (name, asset) in &o.assets {
+            let ok_name = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok_name {
+                return invalid(
+                    "oracle.assets",
+                    format!("{name:?}: 1 to 32 letters, digits, '-' or '_'"),
+                );
+            }
+            if asset.sources.is_empty() || asset.rules.min_sources == 0 || asset.rules.min_sources > asset.sources.len()
+            {
+                return invalid(
+                    "oracle.assets",
+                    format!(
+                        "[oracle.assets.{name}] needs sources and 1 <= rules.min_sources <= {} sources",
+                        asset.sources.len()
+                    ),
+                );
+            }
+            if asset.interval_secs == Some(0) {
+                return invalid(
+                    "oracle.assets",
+                    format!("[oracle.assets.{name}] interval_secs must be positive"),
+                );
+            }
+            if let Err(e) = anya_layer2::dlc::digits::Digits::new(asset.base, asset.nb_digits, asset.signed) {
+                return invalid("oracle.assets", format!("[oracle.assets.{name}] {e}"));
+            }
         }
         Ok(())
     }
@@ -653,6 +821,9 @@ mod tests {
             .try_into()
             .expect("every documented key is a key of the configuration, with a value of its type");
         assert!(all.hsm.pkcs11.is_some() && all.tls.cert_file.is_some() && all.store.is_some());
+        assert_eq!(c.oracle, d.oracle);
+        let btcusd = &all.oracle.assets["btcusd"];
+        assert_eq!((btcusd.sources.len(), btcusd.interval_secs), (2, Some(3600)));
     }
 
     #[test]

@@ -76,6 +76,30 @@ pub enum Event {
     },
     /// The configuration was reloaded.
     ConfigReloaded,
+    /// The oracle announced an event.
+    OracleAnnounced {
+        /// The event id.
+        event_id: String,
+        /// Its maturity (unix seconds).
+        maturity: u32,
+    },
+    /// The oracle attested an event.
+    OracleAttested {
+        /// The event id.
+        event_id: String,
+        /// The outcomes signed.
+        outcomes: Vec<String>,
+    },
+    /// The oracle refused to attest a price event (too few sources, spread, circuit breaker);
+    /// also in the HSM audit chain.
+    OracleRefused {
+        /// The event id.
+        event_id: String,
+        /// The stable error code.
+        code: String,
+        /// Why, for people.
+        detail: String,
+    },
 }
 
 /// An event with its sequence number, as sent to subscribers.
@@ -135,6 +159,7 @@ impl Events {
             | Event::WalletCreated { wallet } => (Some(wallet), None),
             Event::AuditAppended { key_id, .. } => (None, key_id.as_deref()),
             Event::KeyCreated { id, .. } => (None, Some(id)),
+            Event::OracleAnnounced { .. } | Event::OracleAttested { .. } | Event::OracleRefused { .. } => (None, None),
             Event::BlocksMined { .. } | Event::ConfigReloaded => (None, None),
         }
     }

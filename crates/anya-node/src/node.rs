@@ -25,6 +25,7 @@ use crate::limits::Limits;
 use crate::metrics::{MeteredStore, Metrics};
 use crate::tls;
 use crate::wallets::{lock, Wallets};
+use anya_layer2::dlc::{Oracle, OracleError, OracleOptions};
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,9 @@ pub enum NodeError {
     /// TLS could not be set up.
     #[error("tls: {0}")]
     Tls(#[from] tls::TlsError),
+    /// The oracle could not be opened.
+    #[error("oracle: {0}")]
+    Oracle(#[from] OracleError),
     /// A configured policy could not be applied.
     #[error("policy of wallet {wallet}: {source}")]
     Policy {
@@ -126,6 +130,8 @@ pub struct Node {
     tokens: Tokens,
     clock: Arc<dyn Clock>,
     wallets: Wallets,
+    /// The DLC oracle, when `oracle.enabled`.
+    oracle: Option<Arc<Oracle>>,
     events: Events,
     metrics: Arc<Metrics>,
     limits: Limits,
@@ -341,6 +347,11 @@ impl Node {
             chain,
             events.clone(),
         );
+        let oracle = if config.oracle.enabled {
+            Some(Arc::new(open_oracle(&config, &hsm, &store, &clock)?))
+        } else {
+            None
+        };
         let limits = Limits::new(&config.rate_limit);
         let tls = if config.tls.enabled {
             if tls::ensure_self_signed(&config)? {
@@ -359,6 +370,7 @@ impl Node {
             tokens,
             clock,
             wallets,
+            oracle,
             events,
             metrics,
             limits,
@@ -429,6 +441,11 @@ impl Node {
     /// Its wallets.
     pub fn wallets(&self) -> &Wallets {
         &self.wallets
+    }
+
+    /// Its DLC oracle, when the configuration enables it.
+    pub fn oracle(&self) -> Option<&Arc<Oracle>> {
+        self.oracle.as_ref()
     }
 
     /// Its chain source.
@@ -531,6 +548,9 @@ impl Node {
             ("events.queue", old.events.queue == new.events.queue),
             ("log.format", old.log.format == new.log.format),
             ("tls.enabled", old.tls.enabled == new.tls.enabled),
+            ("oracle.enabled", old.oracle.enabled == new.oracle.enabled),
+            ("oracle.key", old.oracle.key == new.oracle.key),
+            ("oracle.allow_early", old.oracle.allow_early == new.oracle.allow_early),
         ] {
             if !same {
                 return Err(ReloadError::NeedsRestart(key));
@@ -551,6 +571,9 @@ impl Node {
         self.apply_policies(&new)
             .map_err(|e| ReloadError::Apply(e.to_string()))?;
         self.limits.reload(&new.rate_limit);
+        if let Some(oracle) = &self.oracle {
+            set_price_feeds(oracle, &new);
+        }
         *self.config.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
         self.events.publish(Event::ConfigReloaded);
         tracing::info!("configuration reloaded");
@@ -610,8 +633,16 @@ impl Node {
             _ => None,
         };
         let mut poll = tokio::time::interval(Duration::from_secs(poll_secs.unwrap_or(3600)));
+        let mut oracle_tick = tokio::time::interval(Duration::from_secs(self.config().oracle.tick_secs));
+        oracle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = oracle_tick.tick(), if self.oracle.is_some() => {
+                    let node = Arc::clone(&self);
+                    if let Err(e) = tokio::task::spawn_blocking(move || node.oracle_tick()).await {
+                        tracing::warn!(error = %e, "the oracle schedule task failed");
+                    }
+                }
                 _ = poll.tick(), if poll_secs.is_some() => {
                     let node = Arc::clone(&self);
                     if let Err(e) = tokio::task::spawn_blocking(move || node.sync_all()).await {
@@ -629,6 +660,62 @@ impl Node {
                 _ = sweep.tick() => self.limits.sweep(),
             }
         }
+    }
+
+    /// Announces the scheduled price events that are due and attests those that matured, for
+    /// every asset with a schedule; what it does is published as events.
+    pub fn oracle_tick(&self) {
+        let Some(oracle) = &self.oracle else { return };
+        let config = self.config();
+        let now = self.clock.now();
+        for (name, asset) in &config.oracle.assets {
+            let Some(schedule) = asset.schedule(name) else { continue };
+            let tick = schedule.tick(oracle, now);
+            for id in tick.announced {
+                let maturity = oracle
+                    .announcement(&id)
+                    .map_or(0, |a| a.oracle_event.event_maturity_epoch);
+                self.events.publish(Event::OracleAnnounced { event_id: id, maturity });
+            }
+            for id in tick.attested {
+                self.publish_attested(oracle, &id);
+            }
+            for (id, e) in tick.failed {
+                tracing::warn!(asset = %name, event = %id, error = %e, "oracle schedule");
+                self.publish_refused(&id, &e);
+            }
+        }
+        self.audit_changed();
+    }
+
+    /// Publishes an attestation made.
+    pub(crate) fn publish_attested(&self, oracle: &Oracle, event_id: &str) {
+        if let Ok(Some(a)) = oracle.attestation(event_id) {
+            self.events.publish(Event::OracleAttested {
+                event_id: event_id.to_owned(),
+                outcomes: a.outcomes,
+            });
+        }
+    }
+
+    /// Publishes a price refusal (other errors are not events).
+    pub(crate) fn publish_refused(&self, event_id: &str, e: &OracleError) {
+        use anya_layer2::dlc::price::PriceError;
+        let code = match e {
+            OracleError::Price { source, .. } => match source {
+                PriceError::CircuitBreaker { .. } => "circuit_breaker",
+                PriceError::Spread { .. } => "price_spread",
+                PriceError::NotEnoughSources { .. } => "price_sources",
+                _ => "price_rules",
+            },
+            OracleError::Halted { .. } => "price_halted",
+            _ => return,
+        };
+        self.events.publish(Event::OracleRefused {
+            event_id: event_id.to_owned(),
+            code: code.to_owned(),
+            detail: e.to_string(),
+        });
     }
 
     /// Syncs every wallet with the chain (what it finds is published as events); a wallet that
@@ -655,5 +742,30 @@ impl Node {
     /// Makes every audit record durable (at shutdown).
     pub fn close(&self) -> Result<(), HsmError> {
         self.hsm.flush_audit()
+    }
+}
+
+/// Opens the oracle on the node's HSM and store, with the configured price feeds.
+fn open_oracle(
+    config: &NodeConfig,
+    hsm: &Arc<dyn HsmProvider>,
+    store: &Arc<dyn KvStore>,
+    clock: &Arc<dyn Clock>,
+) -> Result<Oracle, NodeError> {
+    let key = Label::new(config.oracle.key.clone()).map_err(HsmError::from)?;
+    let options = OracleOptions {
+        key,
+        allow_early: config.oracle.allow_early,
+        ..OracleOptions::default()
+    };
+    let oracle = Oracle::open(Arc::clone(hsm), Arc::clone(store), Arc::clone(clock), options)?;
+    set_price_feeds(&oracle, config);
+    tracing::info!(public_key = %oracle.public_key(), "oracle serving");
+    Ok(oracle)
+}
+
+fn set_price_feeds(oracle: &Oracle, config: &NodeConfig) {
+    for (name, asset) in &config.oracle.assets {
+        oracle.set_price_feed(name, asset.feed());
     }
 }

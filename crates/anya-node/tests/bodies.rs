@@ -62,6 +62,16 @@ const FIELDS: &[&str] = &[
     "max_fee_rate_sat_vb",
     "max_fee_sat",
     "change_to_wallet",
+    "event_id",
+    "outcomes",
+    "event_maturity_epoch",
+    "outcome",
+    "num_digits",
+    "is_signed",
+    "precision",
+    "unit",
+    "base",
+    "value",
 ];
 
 /// Content types, and whether axum's JSON extractor takes each as JSON.
@@ -156,6 +166,18 @@ impl Fixture {
         config.data_dir = dir.path().join("data");
         config.rate_limit.per_token_per_sec = 0;
         config.rate_limit.per_ip_per_sec = 0;
+        // The oracle too, with an asset whose one source is down (confirming a price works
+        // without it).
+        config.oracle.enabled = true;
+        let refused = anya_testkit::http::refused_url();
+        config.oracle.assets.insert(
+            "btcusd".to_owned(),
+            serde_json::from_value(json!({
+                "sources": [{"name": "down", "url": refused, "price_pointer": "/p"}],
+                "rules": {"min_sources": 1}
+            }))
+            .expect("an asset"),
+        );
         let limit = config.api.body_limit;
         let (node, _) =
             Node::open(config, &SecretString::from_str_secret("pw")).expect("a node opens on an empty directory");
@@ -187,6 +209,23 @@ impl Fixture {
                 },
             )
             .expect("wallet w1");
+        let oracle = node.oracle().expect("the oracle is on");
+        oracle
+            .create_enum_event("ev1", 0, vec!["a".to_owned(), "b".to_owned()])
+            .expect("event ev1");
+        oracle
+            .create_numeric_event(
+                "num1",
+                0,
+                anya_layer2::dlc::messages::DigitDecompositionEventDescriptor {
+                    base: 10,
+                    is_signed: true,
+                    unit: "u".to_owned(),
+                    precision: 0,
+                    nb_digits: 4,
+                },
+            )
+            .expect("event num1");
         let to = lock(&handle).next_address().expect("an address").address;
         node.chain().mine(101, &to).expect("101 regtest blocks");
         node.wallets().sync(&mut lock(&handle)).expect("w1 syncs");
@@ -227,6 +266,10 @@ impl Fixture {
         broken_address.push(if address.ends_with('q') { 'p' } else { 'q' });
         fx.strings = [
             "k1",
+            "ev1",
+            "num1",
+            "btcusd",
+            "a",
             "e1",
             "w1",
             "root",
@@ -498,7 +541,11 @@ impl Fixture {
         };
         Case {
             method: route.method.clone(),
-            path: route.path.replace("{id}", &segment).replace("{name}", &segment),
+            path: route
+                .path
+                .replace("{id}", &segment)
+                .replace("{name}", &segment)
+                .replace("{asset}", &segment),
             extractable: route.known.is_empty() || Label::new(segment.as_str()).is_ok(),
             token,
             content_type,
@@ -549,6 +596,14 @@ fn routes(address: &str, txid: &str, psbt: &str, signed: &str) -> Vec<Route> {
             "/v1/psbt/finalize" => json!({ "psbt": signed }),
             "/v1/psbt/combine" => json!({ "psbts": [psbt, signed] }),
             "/v1/admin/mine" => json!({"blocks": 1, "address": address}),
+            "/create-enum" => json!({"event_id": "ev-new", "outcomes": ["a", "b"], "event_maturity_epoch": 0}),
+            "/create-numeric" => json!({
+                "event_id": "num-new", "num_digits": 4, "is_signed": false, "precision": 0, "unit": "u",
+                "event_maturity_epoch": 0, "base": 10
+            }),
+            "/sign-enum" => json!({"event_id": "ev1", "outcome": "a"}),
+            "/sign-numeric" => json!({"event_id": "num1", "outcome": -12}),
+            "/v1/oracle/assets/{asset}/confirm" => json!({"value": 50_000.5}),
             _ => {
                 assert!(
                     fields.is_none(),
@@ -565,7 +620,11 @@ fn routes(address: &str, txid: &str, psbt: &str, signed: &str) -> Vec<Route> {
                 assert!(FIELDS.contains(&key.as_str()), "{path}: add {key} to FIELDS");
             }
         }
-        let known: &'static [&'static str] = if path.contains("{id}") {
+        let known: &'static [&'static str] = if path.contains("{asset}") {
+            &["btcusd"]
+        } else if path.contains("{id}") && path.starts_with("/v1/oracle/") {
+            &["ev1", "num1"]
+        } else if path.contains("{id}") {
             &["k1", "e1"]
         } else if path.contains("{name}") {
             &["w1"]

@@ -9,6 +9,7 @@
 //! everything. A token limited to named keys or wallets sees and uses only those.
 
 mod ops;
+mod oracle;
 mod psbt;
 mod wallets;
 
@@ -103,6 +104,22 @@ fn api() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(ops::events))
         .routes(routes!(ops::metrics))
         .routes(routes!(openapi_json))
+        .routes(routes!(oracle::pubkey))
+        .routes(routes!(oracle::list_events))
+        .routes(routes!(oracle::announcement))
+        .routes(routes!(oracle::attestation))
+        .routes(routes!(oracle::create_enum))
+        .routes(routes!(oracle::create_numeric))
+        .routes(routes!(oracle::sign_enum))
+        .routes(routes!(oracle::sign_numeric))
+        .routes(routes!(oracle::p2pd_pubkey))
+        .routes(routes!(oracle::p2pd_assets))
+        .routes(routes!(oracle::p2pd_announcement))
+        .routes(routes!(oracle::p2pd_attestation))
+        .routes(routes!(oracle::events))
+        .routes(routes!(oracle::asset))
+        .routes(routes!(oracle::confirm))
+        .routes(routes!(oracle::attest_price))
 }
 
 /// The API's OpenAPI 3.1 document.

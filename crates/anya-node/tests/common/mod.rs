@@ -145,8 +145,20 @@ pub fn request(
     token: Option<&str>,
     body: Option<(&str, &[u8])>,
 ) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    try_request(addr, method, path, token, body).expect("an HTTP answer")
+}
+
+/// [`request`], with a failed connection or a cut-off answer as an error (a killed daemon).
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+) -> std::io::Result<(u16, String, Vec<u8>)> {
+    let cut = |what: &str| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what.to_owned());
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = token {
         head.push_str(&format!("Authorization: Bearer {t}\r\n"));
@@ -156,13 +168,20 @@ pub fn request(
         head.push_str(&format!("Content-Type: {ctype}\r\nContent-Length: {}\r\n", bytes.len()));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).expect("write");
-    s.write_all(bytes).expect("write");
+    s.write_all(head.as_bytes())?;
+    s.write_all(bytes)?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header end");
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| cut("no header end"))?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status");
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| cut("no status"))?;
     let ctype = head
         .lines()
         .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
@@ -171,7 +190,7 @@ pub fn request(
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         body = dechunk(&body);
     }
-    (status, ctype, body)
+    Ok((status, ctype, body))
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -290,4 +309,44 @@ impl Events {
         }
         panic!("no such {kind} event; after the last one looked for came:\n{skipped:#?}");
     }
+}
+
+/// A number that differs between runs and processes, for names.
+pub fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos().into())
+}
+
+/// A PostgreSQL database of its own for one test, dropped with this value.
+pub struct PgDatabase {
+    /// Its URL.
+    pub url: String,
+    name: String,
+    server: String,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&self.server, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+}
+
+/// A new database on the server `.ci/run` starts (`ANYA_TEST_POSTGRES_URL`); `None` (skipped)
+/// outside CI without it, a failure in CI.
+pub fn postgres_database(prefix: &str) -> Option<PgDatabase> {
+    let server = anya_testkit::require_env("ANYA_TEST_POSTGRES_URL", ".ci/run starts PostgreSQL")?;
+    let name = format!("{prefix}_{}_{}", std::process::id(), rand_suffix());
+    let mut admin = postgres::Client::connect(&server, postgres::NoTls).expect("connect to PostgreSQL");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create a database");
+    let (base, _) = server.rsplit_once('/').expect("a database in the URL");
+    Some(PgDatabase {
+        url: format!("{base}/{name}"),
+        name,
+        server,
+    })
 }
