@@ -4,6 +4,8 @@
 
 mod common;
 
+use anya_testkit::dlc;
+
 use anya_hsm::conformance::{put_back, snapshot};
 use anya_hsm::{HsmError, HsmProvider};
 use anya_layer2::dlc::messages::{DigitDecompositionEventDescriptor, OracleAttestation};
@@ -40,7 +42,7 @@ fn check(att: &OracleAttestation, f: &Fixture, event_id: &str) {
     let ann = f.oracle.announcement(event_id).unwrap();
     att.validate(&Secp256k1::verification_only(), &ann)
         .expect("ddk-messages accepts the attestation");
-    common::verify_attestation(att, &ann).expect("independent BIP340 check");
+    dlc::verify_attestation(att, &ann).expect("independent BIP340 check");
 }
 
 #[test]
@@ -52,7 +54,7 @@ fn enum_event_announced_attested_and_verified() {
         .unwrap();
     ann.validate(&Secp256k1::verification_only())
         .expect("ddk-messages accepts the announcement");
-    common::verify_announcement(&ann).expect("independent BIP340 check");
+    dlc::verify_announcement(&ann).expect("independent BIP340 check");
     assert_eq!(ann.oracle_public_key, f.oracle.public_key());
     assert_eq!(f.oracle.announcement("election").unwrap(), ann);
 
@@ -76,8 +78,8 @@ fn enum_event_announced_attested_and_verified() {
     check(&att, &f, "election");
     assert_eq!(att.outcomes, ["bob"]);
     let mut forged = att.clone();
-    forged.signatures[0] = common::tampered(&forged.signatures[0]);
-    assert!(common::verify_attestation(&forged, &ann).is_err());
+    forged.signatures[0] = dlc::tampered(&forged.signatures[0]);
+    assert!(dlc::verify_attestation(&forged, &ann).is_err());
 
     // Again: the same attestation; another outcome: refused, nothing signed.
     assert_eq!(f.oracle.attest_enum("election", "bob").unwrap(), att);
@@ -126,7 +128,7 @@ fn numeric_events_sign_every_digit_and_clamp() {
         let ann = f.oracle.create_numeric_event(id, NOW as u32, d).unwrap();
         assert_eq!(ann.oracle_event.oracle_nonces.len(), layout.nonce_count());
         ann.validate(&Secp256k1::verification_only()).unwrap();
-        common::verify_announcement(&ann).unwrap();
+        dlc::verify_announcement(&ann).unwrap();
         let att = f.oracle.attest_numeric(id, value).unwrap();
         check(&att, &f, id);
         assert_eq!(att.signatures.len(), layout.nonce_count(), "{id}");
@@ -231,5 +233,5 @@ fn a_restored_older_store_is_refused_before_any_signature() {
         other => panic!("reopening must refuse, got {:?}", other.map(|_| ())),
     }
     // The signature made before the restore is still the only one for its nonce.
-    common::verify_attestation(&att, &f.oracle.announcement("e1").unwrap()).unwrap();
+    dlc::verify_attestation(&att, &f.oracle.announcement("e1").unwrap()).unwrap();
 }

@@ -10,6 +10,8 @@
 
 mod common;
 
+use anya_testkit::dlc;
+
 use anya_layer2::dlc::messages::OracleAnnouncement;
 use bitcoin::hashes::{sha256, Hash};
 use bitcoin::hex::FromHex;
@@ -61,7 +63,7 @@ fn every_vector_announcement_round_trips_and_verifies() {
                 serde_json::from_value(json.clone()).unwrap_or_else(|e| panic!("{path:?}: {e}"));
             let bytes = ann.encode();
             // As the offer carries it: an oracle_announcement TLV (type 55332).
-            let tlv = common::tlv(55332, &bytes);
+            let tlv = dlc::tlv(55332, &bytes);
             assert!(
                 contains(&offer, &tlv),
                 "{path:?}: {} is not byte for byte in the offer",
@@ -76,10 +78,10 @@ fn every_vector_announcement_round_trips_and_verifies() {
             let digest = Message::from_digest(sha256::Hash::hash(&ann.oracle_event.encode()).to_byte_array());
             secp.verify_schnorr(&ann.announcement_signature, &digest, &ann.oracle_public_key)
                 .unwrap_or_else(|e| panic!("{path:?}: {e}"));
-            let tampered = common::tampered(&ann.announcement_signature);
+            let tampered = dlc::tampered(&ann.announcement_signature);
             assert!(secp.verify_schnorr(&tampered, &digest, &ann.oracle_public_key).is_err());
             // The pre-tagging signature is not a tagged-hash signature.
-            assert!(common::verify_announcement(&ann).is_err());
+            assert!(dlc::verify_announcement(&ann).is_err());
             assert!(ann.validate(&secp).is_err());
             checked += 1;
         }

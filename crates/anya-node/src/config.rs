@@ -101,6 +101,9 @@ pub struct OracleConfig {
     pub key: String,
     /// Attest events before their maturity (default false: refused).
     pub allow_early: bool,
+    /// Serve the oracle alone: the key, wallet, PSBT and chain routes answer 404 (what
+    /// `anya-oracle` runs with). Needs `enabled`.
+    pub only: bool,
     /// How often scheduled events are announced and attested, in seconds; default 10.
     pub tick_secs: u64,
     /// Price assets by name (reloadable: sources, rules and schedules).
@@ -113,6 +116,7 @@ impl Default for OracleConfig {
             enabled: false,
             key: "oracle".to_owned(),
             allow_early: false,
+            only: false,
             tick_secs: 10,
             assets: BTreeMap::new(),
         }
@@ -704,6 +708,12 @@ impl NodeConfig {
             return invalid(
                 "oracle.enabled",
                 "the oracle needs the HSM's rollback anchor (hsm.anchor_dir must not be \"none\")".to_owned(),
+            );
+        }
+        if o.only && !o.enabled {
+            return invalid(
+                "oracle.only",
+                "serving the oracle alone needs oracle.enabled".to_owned(),
             );
         }
         if anya_core_types::Label::new(o.key.clone()).is_err() {

@@ -5,6 +5,8 @@ pub mod api;
 pub mod auth;
 pub mod chain;
 pub mod config;
+#[cfg(feature = "daemon")]
+pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod limits;

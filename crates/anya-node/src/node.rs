@@ -551,6 +551,7 @@ impl Node {
             ("oracle.enabled", old.oracle.enabled == new.oracle.enabled),
             ("oracle.key", old.oracle.key == new.oracle.key),
             ("oracle.allow_early", old.oracle.allow_early == new.oracle.allow_early),
+            ("oracle.only", old.oracle.only == new.oracle.only),
         ] {
             if !same {
                 return Err(ReloadError::NeedsRestart(key));

@@ -264,6 +264,7 @@ fn the_daemon_keeps_everything_in_postgres_when_told_to() {
     let options = common::Options {
         config: None,
         args: &["--store", &store],
+        ..common::Options::default()
     };
     let d = common::start_with(&data, &options);
     let admin = d.admin.clone().expect("a new keystore in the new database");
@@ -320,6 +321,7 @@ fn the_daemon_signs_on_a_pkcs11_token_and_unlocks_an_enveloped_keystore_without_
         let options = common::Options {
             config: Some(&config),
             args: &[],
+            ..common::Options::default()
         };
         let d = common::start_with(&data, &options);
         let admin = d.admin.clone().expect("an admin token on the first start");
@@ -391,6 +393,7 @@ fn a_token_primary_with_a_software_secondary_is_ready_and_signs() {
         &common::Options {
             config: Some(&config),
             args: &[],
+            ..common::Options::default()
         },
     );
     let admin = d.admin.clone().expect("admin");

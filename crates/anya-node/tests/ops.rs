@@ -127,6 +127,7 @@ fn no_secret_reaches_the_log_even_at_trace_level() {
         &Options {
             config: None,
             args: &["--log-level", "trace", "--log-format", "json"],
+            ..Options::default()
         },
     );
     let admin = d.admin.clone().expect("admin");

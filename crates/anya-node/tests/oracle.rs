@@ -282,3 +282,42 @@ fn price_events_follow_the_sources_rules_and_the_circuit_breaker() {
         "{listed}"
     );
 }
+
+#[test]
+fn anya_oracle_serves_the_oracle_alone() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = common::start_with(
+        &dir.path().join("data"),
+        &common::Options {
+            oracle_only: true,
+            ..common::Options::default()
+        },
+    );
+    let admin = d.admin.clone().expect("admin token");
+    let client = OracleClient::connect(&base(&d), RouteFamily::Kormir, Duration::from_secs(5)).expect("kormir");
+    let (status, ann) = post(
+        d.addr,
+        "/create-enum",
+        &admin,
+        &json!({"event_id": "e", "outcomes": ["x", "y"], "event_maturity_epoch": now() as u32}),
+    );
+    assert_eq!(status, 200, "{ann}");
+    assert_eq!(client.announcement("e").expect("verified"), announcement(&ann));
+    for (path, status) in [
+        ("/health/ready", 200),
+        ("/v1/audit/verify", 200),
+        ("/v1/oracle/events", 200),
+    ] {
+        assert_eq!(get(d.addr, path, &admin).0, status, "{path}");
+    }
+    for path in ["/v1/keys", "/v1/wallets", "/v1/chain"] {
+        let (status, body) = get(d.addr, path, &admin);
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("not_served")),
+            "{path}: {body}"
+        );
+    }
+    let (status, _) = post(d.addr, "/v1/keys", &admin, &json!({"id": "k", "spec": "secp256k1"}));
+    assert_eq!(status, 404);
+}

@@ -40,6 +40,7 @@ impl Proc {
             &Options {
                 config: Some(&config),
                 args: &[],
+                ..Options::default()
             },
         );
         let (addr, admin) = (d.addr, d.admin.clone());
@@ -70,6 +71,7 @@ impl Proc {
             &Options {
                 config: Some(&self.config),
                 args: &[],
+                ..Options::default()
             },
         );
         *self.addr.write().expect("addr") = d.addr;

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 mod bitcoind;
+pub mod dlc;
 mod env;
 pub mod http;
 

@@ -158,13 +158,56 @@ pub fn routes() -> Vec<(String, String, Option<Scope>)> {
 /// The API's routes over `node`, with its body limit.
 pub fn router(node: Arc<Node>) -> Router {
     let limit = node.config().api.body_limit;
-    let (routes, _) = api().split_for_parts();
+    let (mut routes, _) = api().split_for_parts();
+    if node.config().oracle.only {
+        routes = routes.route_layer(middleware::from_fn(oracle_only));
+    }
     routes
         .route_layer(middleware::from_fn_with_state(Arc::clone(&node), track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(node)
+}
+
+/// The routes an oracle-only node (`oracle.only`, `anya-oracle`) serves: the oracle's, and
+/// health, the document, tokens, audit, metrics, events and reload.
+fn oracle_routes() -> &'static std::collections::HashSet<String> {
+    static PATHS: std::sync::OnceLock<std::collections::HashSet<String>> = std::sync::OnceLock::new();
+    PATHS.get_or_init(|| {
+        const TAGS: [&str; 7] = ["oracle", "health", "meta", "audit", "tokens", "metrics", "events"];
+        let doc = serde_json::to_value(openapi()).unwrap_or_default();
+        let mut paths = std::collections::HashSet::from(["/v1/admin/reload".to_owned()]);
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            let tagged = item.as_object().into_iter().flatten().any(|(_, op)| {
+                op["tags"]
+                    .as_array()
+                    .is_some_and(|tags| tags.iter().any(|t| TAGS.contains(&t.as_str().unwrap_or_default())))
+            });
+            if tagged {
+                paths.insert(path.clone());
+            }
+        }
+        paths
+    })
+}
+
+/// On an oracle-only node, every other route answers 404.
+async fn oracle_only(request: Request, next: Next) -> Response {
+    let served = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| oracle_routes().contains(p.as_str()));
+    if served {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_served",
+            "this node serves the DLC oracle alone (oracle.only)",
+        )
+        .into_response()
+    }
 }
 
 /// `GET /v1/openapi.json`.

@@ -50,6 +50,8 @@ pub struct Options<'a> {
     pub config: Option<&'a Path>,
     /// More arguments.
     pub args: &'a [&'a str],
+    /// Start `anya-oracle` instead of `anya-node`.
+    pub oracle_only: bool,
 }
 
 /// Starts `anya-node --regtest` on `data` with a free port, its log in `data`'s sibling
@@ -67,7 +69,7 @@ pub fn start_configured(dir: &Path, toml: &str) -> (Daemon, PathBuf) {
         &dir.join("data"),
         &Options {
             config: Some(&config),
-            args: &[],
+            ..Options::default()
         },
     );
     (daemon, config)
@@ -81,7 +83,11 @@ pub fn start_with(data: &Path, options: &Options<'_>) -> Daemon {
         .append(true)
         .open(&log)
         .expect("log file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_anya-node"));
+    let mut command = Command::new(if options.oracle_only {
+        env!("CARGO_BIN_EXE_anya-oracle")
+    } else {
+        env!("CARGO_BIN_EXE_anya-node")
+    });
     command.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(data);
     // With a configuration file, the file says which chain; without one, the in-process
     // regtest chain.
