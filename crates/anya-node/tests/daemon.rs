@@ -312,8 +312,11 @@ fn the_daemon_signs_on_a_pkcs11_token_and_unlocks_an_enveloped_keystore_without_
         std::fs::write(
             &config,
             format!(
-                "[hsm]\nprovider = \"{provider}\"\n[hsm.pkcs11]\nmodule = {module:?}\ntoken_label = {label:?}\npin_file = {:?}\nlabel_prefix = \"{prefix}{provider}/\"\n",
-                pin_file.display().to_string()
+                "[hsm]\nprovider = \"{provider}\"\n[hsm.pkcs11]\nmodule = {module:?}\ntoken_label = {label:?}\npin_file = {:?}\nlabel_prefix = \"{prefix}{provider}/\"\n{}",
+                pin_file.display().to_string(),
+                // The enveloped keystore holds the oracle's key and nonces too (a token alone
+                // cannot: no PKCS#11 mechanism does BIP340).
+                if provider == "envelope" { "[oracle]\nenabled = true\n" } else { "" }
             ),
         )
         .expect("config");
@@ -336,6 +339,27 @@ fn the_daemon_signs_on_a_pkcs11_token_and_unlocks_an_enveloped_keystore_without_
             &json!({"scheme": "ecdsa", "message_hex": "22".repeat(32)}),
         );
         assert_eq!(status, 200, "{provider}: {sig}");
+        if provider == "envelope" {
+            let (status, ann) = post(
+                d.addr,
+                "/create-enum",
+                &admin,
+                &json!({"event_id": "env", "outcomes": ["x", "y"], "event_maturity_epoch": 1}),
+            );
+            assert_eq!(status, 200, "{ann}");
+            let (status, att) = post(
+                d.addr,
+                "/sign-enum",
+                &admin,
+                &json!({"event_id": "env", "outcome": "y"}),
+            );
+            assert_eq!(status, 200, "{att}");
+            let ann: anya_layer2::dlc::messages::OracleAnnouncement =
+                serde_json::from_value(ann).expect("announcement");
+            let att: anya_layer2::dlc::messages::OracleAttestation = serde_json::from_value(att).expect("attestation");
+            att.validate(&secp256k1::Secp256k1::verification_only(), &ann)
+                .expect("an attestation from the enveloped keystore verifies");
+        }
         drop(d);
         // The second start needs no passphrase: the token holds what unlocks the keys.
         let mut child = Command::new(env!("CARGO_BIN_EXE_anya-node"))
