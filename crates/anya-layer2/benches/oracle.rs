@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use anya_core_types::{Clock, SystemClock};
 use anya_hsm::anchor::{AnchorPoint, FileAnchor, RollbackAnchor};
+use anya_hsm::software::bip340_sign_with_nonce;
 use anya_hsm::{AuxRand, HsmProvider, KdfParams, KeyId, KeyRef, Label, SecretString, SoftwareHsm, SoftwareOptions};
 use anya_layer2::dlc::digits::Digits;
 use anya_layer2::dlc::messages::{
@@ -38,12 +39,11 @@ use anya_layer2::dlc::messages::{
 };
 use anya_layer2::dlc::{Oracle, OracleOptions};
 use anya_storage::{KvStore, Namespace, SqliteOptions, SqliteStore};
-use bitcoin::hashes::{sha256, Hash, HashEngine};
+use bitcoin::hashes::{sha256, Hash};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rand::rngs::OsRng;
 use rand::RngCore;
-use secp256k1::constants::CURVE_ORDER;
-use secp256k1::{schnorr, All, Keypair, Message, Parity, Scalar, Secp256k1, SecretKey, XOnlyPublicKey};
+use secp256k1::{schnorr, All, Keypair, Parity, Secp256k1, SecretKey, XOnlyPublicKey};
 
 /// A maturity in the past (2023-11-14), so every event may be attested at once.
 const MATURITY: u32 = 1_700_000_000;
@@ -182,34 +182,6 @@ fn anya_ops(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTi
 // ---------------------------------------------------------------------------------------------
 // Bare secp256k1.
 
-/// SHA256(SHA256(tag) ‖ SHA256(tag) ‖ parts…), computed per call as the HSM does.
-fn tagged_hash(tag: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let tag_hash = sha256::Hash::hash(tag);
-    let mut engine = sha256::Hash::engine();
-    engine.input(tag_hash.as_ref());
-    engine.input(tag_hash.as_ref());
-    for p in parts {
-        engine.input(p);
-    }
-    sha256::Hash::from_engine(engine).to_byte_array()
-}
-
-/// `x mod n` for a 256-bit big-endian `x`, which is below `2n`.
-fn reduce_mod_n(mut x: [u8; 32]) -> [u8; 32] {
-    if x >= CURVE_ORDER {
-        let mut borrow = 0i16;
-        for i in (0..32).rev() {
-            let mut d = i16::from(x[i]) - i16::from(CURVE_ORDER[i]) - borrow;
-            borrow = i16::from(d < 0);
-            if d < 0 {
-                d += 256;
-            }
-            x[i] = u8::try_from(d).expect("a digit in 0..256 after the borrow");
-        }
-    }
-    x
-}
-
 /// A fresh nonce from the OS: `k` with `R = kG` of even y, and `R`.
 fn raw_nonce(secp: &Secp256k1<All>) -> (SecretKey, XOnlyPublicKey) {
     loop {
@@ -221,34 +193,6 @@ fn raw_nonce(secp: &Secp256k1<All>) -> (SecretKey, XOnlyPublicKey) {
         let (r, parity) = k.x_only_public_key(secp);
         return (if parity == Parity::Odd { k.negate() } else { k }, r);
     }
-}
-
-/// BIP340 with the given nonce `k`: `R = kG` (k negated for odd y), `e = H_challenge(R ‖ P ‖ m)`,
-/// `s = k + e·d` (d negated for odd P.y).
-fn sign_with_k(secp: &Secp256k1<All>, keypair: &Keypair, k: &SecretKey, message: &Message) -> schnorr::Signature {
-    let (r, r_parity) = k.x_only_public_key(secp);
-    let k = if r_parity == Parity::Odd { k.negate() } else { *k };
-    let (p, p_parity) = keypair.x_only_public_key();
-    let d = if p_parity == Parity::Odd {
-        keypair.secret_key().negate()
-    } else {
-        keypair.secret_key()
-    };
-    let e = reduce_mod_n(tagged_hash(
-        b"BIP0340/challenge",
-        &[&r.serialize(), &p.serialize(), message.as_ref()],
-    ));
-    let e = Scalar::from_be_bytes(e).expect("reduced below the curve order");
-    // e·d and k + e·d are zero only with probability 2^-256.
-    let s = d
-        .mul_tweak(&e)
-        .expect("e·d is not zero")
-        .add_tweak(&Scalar::from(k))
-        .expect("k + e·d is not zero");
-    let mut bytes = [0u8; 64];
-    bytes[..32].copy_from_slice(&r.serialize());
-    bytes[32..].copy_from_slice(&s.secret_bytes());
-    schnorr::Signature::from_slice(&bytes).expect("64 bytes")
 }
 
 /// The raw announcement: `count` fresh nonces and the BIP340 signature of the event.
@@ -286,7 +230,16 @@ fn raw_attest(
 ) -> Vec<schnorr::Signature> {
     ks.iter()
         .zip(outcomes)
-        .map(|(k, outcome)| sign_with_k(secp, keypair, k, &tagged_attestation_msg(outcome)))
+        .map(|(k, outcome)| {
+            // The same arithmetic the software provider uses, without its store or audit.
+            bip340_sign_with_nonce(
+                secp,
+                keypair,
+                &k.secret_bytes(),
+                tagged_attestation_msg(outcome).as_ref(),
+            )
+            .expect("a BIP340 signature")
+        })
         .collect()
 }
 
@@ -446,7 +399,7 @@ fn parts(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>
     let anchor = FileAnchor::open(f.dir.path().join("bench-anchor")).expect("file anchor");
     g.bench_function(format!("{prefix}/file_anchor_consume"), |b| {
         b.iter(|| {
-            let nonce = tagged_hash(b"bench/nonce", &[&f.unique().to_be_bytes()]);
+            let nonce = sha256::Hash::hash(&f.unique().to_be_bytes()).to_byte_array();
             anchor.consume(&nonce, &message).expect("anchor consume");
         });
     });
@@ -476,7 +429,8 @@ fn oracle_parts(c: &mut Criterion) {
     let keypair = Keypair::from_seckey_slice(&secp, &[0x42; 32]).expect("a valid secret key");
     let (pk, _) = keypair.x_only_public_key();
     let msg = tagged_attestation_msg("yes");
-    let sig = sign_with_k(&secp, &keypair, &raw_nonce(&secp).0, &msg);
+    let sig =
+        bip340_sign_with_nonce(&secp, &keypair, &raw_nonce(&secp).0.secret_bytes(), msg.as_ref()).expect("a signature");
     g.bench_function("verify_schnorr", |b| {
         b.iter(|| {
             secp.verify_schnorr(black_box(&sig), black_box(&msg), &pk)

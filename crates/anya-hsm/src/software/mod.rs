@@ -29,6 +29,7 @@ use ring::rand::SystemRandom;
 use secp256k1::{All, Secp256k1};
 
 pub use kdf::KdfParams;
+pub use nonce::sign_with_k as bip340_sign_with_nonce;
 
 use crate::anchor::{AnchorPoint, RollbackAnchor};
 use crate::audit::{input_hash, AuditLog, AuditMode, Operation};

@@ -149,7 +149,12 @@ fn reduce_mod_n(mut x: [u8; 32]) -> [u8; 32] {
 
 /// The BIP340 signature of `message` by `keypair` with the secret nonce `k` (whose point has
 /// even y): `(R, k + e·d)`. Checked with secp256k1's verifier before it is returned.
-pub(crate) fn sign_with_k(
+///
+/// This is the bare arithmetic the software provider signs a committed nonce with, without the
+/// store, the audit chain or the one-message rule (public as
+/// `anya_hsm::software::bip340_sign_with_nonce` for benchmarks and tests that compare with
+/// it). Signing two messages with one `k` with it reveals the key: that rule is the provider's.
+pub fn sign_with_k(
     secp: &Secp256k1<All>,
     keypair: &Keypair,
     k: &[u8; 32],
