@@ -7,6 +7,8 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anya_layer2::dlc::client::{OracleClient, RouteFamily};
+use anya_layer2::dlc::contracts::ddk_manager::Oracle as _;
+use anya_layer2::dlc::contracts::HttpOracle;
 use anya_layer2::dlc::digits::Digits;
 use anya_layer2::dlc::messages::{OracleAnnouncement, OracleAttestation};
 use anya_testkit::http::{refused_url, HttpServer, Reply};
@@ -140,6 +142,15 @@ fn both_route_families_serve_verified_messages_and_one_outcome_per_event() {
         att
     );
     assert_eq!(kormir.attestation(&id).expect("kormir attestation"), att);
+    // The contract manager's oracle trait over both families.
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    for family in [RouteFamily::Kormir, RouteFamily::P2pDerivatives] {
+        let client = OracleClient::connect(&base(&d), family, Duration::from_secs(5)).expect("client");
+        let oracle = HttpOracle::new(client);
+        assert_eq!(oracle.get_public_key(), ann.oracle_public_key);
+        assert_eq!(rt.block_on(oracle.get_announcement(&id)).expect("announcement"), ann);
+        assert_eq!(rt.block_on(oracle.get_attestation(&id)).expect("attestation"), att);
+    }
     let (status, _) = public(&d, "/asset/btcusd/announcement/yesterday");
     assert_eq!(status, 400);
 

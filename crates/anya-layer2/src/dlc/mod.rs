@@ -9,6 +9,8 @@
 //! - [`price`]: price events decided from several HTTP JSON sources (N of M fresh quotes,
 //!   median, a spread limit and a circuit breaker).
 //! - [`client`]: a client for the kormir and p2pderivatives oracle route families.
+//! - [`contracts`]: contracts through `ddk-manager`, anya behind its traits (so far: the
+//!   oracle, remote or in-process).
 //!
 //! The messages are [`ddk_messages`]' (`oracle_event`, `oracle_announcement`,
 //! `oracle_attestation`, with the spec's TLV types and tagged hashes), re-exported in
@@ -17,6 +19,7 @@
 //! [dlcspecs]: https://github.com/discreetlogcontracts/dlcspecs
 
 pub mod client;
+pub mod contracts;
 pub mod digits;
 mod error;
 pub mod oracle;

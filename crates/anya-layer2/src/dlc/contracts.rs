@@ -1,0 +1,99 @@
+//! DLC contracts through dlcdevkit's `ddk-manager`, with anya behind its traits.
+//!
+//! This module grows with the contract manager's integration; so far it holds the oracle side:
+//! [`HttpOracle`] (any oracle serving kormir's or the p2pderivatives routes, through the
+//! verifying [`OracleClient`]) and [`LocalOracle`] (an anya [`Oracle`] in the same process)
+//! implement `ddk_manager::Oracle`. Both run their blocking I/O on tokio's blocking pool, and
+//! both hand the manager only messages that verified: the client checks every announcement and
+//! attestation against the oracle's key and nonces, and the local oracle checks its own before
+//! they leave it.
+
+use std::sync::Arc;
+
+/// The contract manager crate, for its traits and types.
+pub use ddk_manager;
+use ddk_manager::error::Error as ManagerError;
+use ddk_messages::oracle_msgs::{OracleAnnouncement, OracleAttestation};
+use secp256k1::XOnlyPublicKey;
+
+use super::client::OracleClient;
+use super::Oracle;
+
+fn oracle_error(e: impl std::fmt::Display) -> ManagerError {
+    ManagerError::OracleError(e.to_string())
+}
+
+/// Runs `f` on tokio's blocking pool (it does store, HSM or network I/O).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ManagerError> + Send + 'static,
+) -> Result<T, ManagerError> {
+    tokio::task::spawn_blocking(f).await.map_err(oracle_error)?
+}
+
+/// A remote oracle, read through the verifying [`OracleClient`].
+#[derive(Debug, Clone)]
+pub struct HttpOracle {
+    client: Arc<OracleClient>,
+}
+
+impl HttpOracle {
+    /// The oracle `client` is connected to.
+    pub fn new(client: OracleClient) -> Self {
+        Self {
+            client: Arc::new(client),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ddk_manager::Oracle for HttpOracle {
+    fn get_public_key(&self) -> XOnlyPublicKey {
+        self.client.public_key()
+    }
+
+    async fn get_announcement(&self, event_id: &str) -> Result<OracleAnnouncement, ManagerError> {
+        let (client, id) = (Arc::clone(&self.client), event_id.to_owned());
+        blocking(move || client.announcement(&id).map_err(oracle_error)).await
+    }
+
+    async fn get_attestation(&self, event_id: &str) -> Result<OracleAttestation, ManagerError> {
+        let (client, id) = (Arc::clone(&self.client), event_id.to_owned());
+        blocking(move || client.attestation(&id).map_err(oracle_error)).await
+    }
+}
+
+/// An anya [`Oracle`] in this process.
+#[derive(Debug, Clone)]
+pub struct LocalOracle {
+    oracle: Arc<Oracle>,
+}
+
+impl LocalOracle {
+    /// `oracle`, as the contract manager's oracle.
+    pub fn new(oracle: Arc<Oracle>) -> Self {
+        Self { oracle }
+    }
+}
+
+#[async_trait::async_trait]
+impl ddk_manager::Oracle for LocalOracle {
+    fn get_public_key(&self) -> XOnlyPublicKey {
+        self.oracle.public_key()
+    }
+
+    async fn get_announcement(&self, event_id: &str) -> Result<OracleAnnouncement, ManagerError> {
+        let (oracle, id) = (Arc::clone(&self.oracle), event_id.to_owned());
+        blocking(move || oracle.announcement(&id).map_err(oracle_error)).await
+    }
+
+    async fn get_attestation(&self, event_id: &str) -> Result<OracleAttestation, ManagerError> {
+        let (oracle, id) = (Arc::clone(&self.oracle), event_id.to_owned());
+        blocking(move || {
+            oracle
+                .attestation(&id)
+                .map_err(oracle_error)?
+                .ok_or_else(|| ManagerError::OracleError(format!("event {id:?} is not attested yet")))
+        })
+        .await
+    }
+}
