@@ -1,6 +1,7 @@
 //! DLC contracts through dlcdevkit's `ddk-manager`, with anya behind its traits.
 //!
-//! This module grows with the contract manager's integration; so far it holds the oracle side:
+//! [`KvDlcStorage`](storage::KvDlcStorage) keeps the manager's contracts, channels and chain
+//! monitor in any anya store. The oracle side:
 //! [`HttpOracle`] (any oracle serving kormir's or the p2pderivatives routes, through the
 //! verifying [`OracleClient`]) and [`LocalOracle`] (an anya [`Oracle`] in the same process)
 //! implement `ddk_manager::Oracle`. Both run their blocking I/O on tokio's blocking pool, and
@@ -18,6 +19,9 @@ use secp256k1::XOnlyPublicKey;
 
 use super::client::OracleClient;
 use super::Oracle;
+
+pub mod storage;
+pub use storage::KvDlcStorage;
 
 fn oracle_error(e: impl std::fmt::Display) -> ManagerError {
     ManagerError::OracleError(e.to_string())
