@@ -275,3 +275,20 @@ fn bumping_what_cannot_be_bumped_says_why() {
     let err = w.bump_fee(refused.compute_txid(), rate(20)).expect_err("evicted");
     assert!(matches!(err, WalletError::NotInMempool { .. }), "{err:?}");
 }
+
+#[test]
+fn a_replacement_made_in_the_second_its_original_was_seen_takes_its_place() {
+    // BDK chooses between conflicting unconfirmed transactions by their seen-at seconds; a
+    // replacement recorded in the same second as its original must still replace it (before
+    // the fix, each case here was a tie that txid order decided).
+    let mut f = fixture();
+    let mut w = f.wallet("ties", &bip84(0));
+    f.fund(&mut [&mut w]);
+    for i in 0..8u64 {
+        let at = 100 + i;
+        let original = w.send(&[(burn(), btc(0.01))], rate(2), at).expect("sent");
+        bump(&mut w, original.compute_txid(), 10, at).expect("bumped");
+        let err = w.bump_fee(original.compute_txid(), rate(20)).expect_err("replaced");
+        assert!(matches!(err, WalletError::AlreadyReplaced { .. }), "case {i}: {err:?}");
+    }
+}

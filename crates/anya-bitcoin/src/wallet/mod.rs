@@ -581,9 +581,31 @@ impl AnyaWallet {
     }
 
     /// [`apply_unconfirmed`](Self::apply_unconfirmed) without the write.
+    ///
+    /// A transaction that spends an input an unconfirmed wallet transaction spends (a fee bump,
+    /// or a double spend the mempool holds instead) takes that transaction's place at once: the
+    /// replaced one is marked evicted when the new one is seen. Otherwise BDK would choose
+    /// between the two by their seen-at seconds, and a replacement seen in the second its
+    /// original was last seen could lose the tie. (BDK drops a transaction evicted at or after
+    /// it was last seen; a later sight of it in a mempool brings it back.)
     pub(crate) fn stage_unconfirmed(&mut self, txs: Vec<Transaction>, seen_at: u64) {
+        let new: std::collections::HashSet<Txid> = txs.iter().map(Transaction::compute_txid).collect();
+        let spent: std::collections::HashSet<OutPoint> = txs
+            .iter()
+            .flat_map(|tx| tx.input.iter().map(|i| i.previous_output))
+            .collect();
+        let replaced: Vec<(Txid, u64)> = self
+            .wallet
+            .transactions()
+            .filter(|c| !c.chain_position.is_confirmed() && !new.contains(&c.tx_node.txid))
+            .filter(|c| c.tx_node.tx.input.iter().any(|i| spent.contains(&i.previous_output)))
+            .map(|c| (c.tx_node.txid, seen_at.max(c.tx_node.last_seen.unwrap_or(0))))
+            .collect();
         self.wallet
             .apply_unconfirmed_txs(txs.into_iter().map(|tx| (tx, seen_at)));
+        if !replaced.is_empty() {
+            self.wallet.apply_evicted_txs(replaced);
+        }
     }
 
     /// Marks unconfirmed transactions as evicted from the mempool at the given Unix times (a
