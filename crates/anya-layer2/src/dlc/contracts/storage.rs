@@ -185,6 +185,11 @@ impl KvDlcStorage {
     async fn channels(&self) -> Result<Vec<Channel>, ManagerError> {
         self.scan(CHANNEL).await?.iter().map(|v| decode_channel(v)).collect()
     }
+
+    /// The contracts `pick` selects.
+    async fn contracts_in<T>(&self, pick: fn(Contract) -> Option<T>) -> Result<Vec<T>, ManagerError> {
+        Ok(self.contracts().await?.into_iter().filter_map(pick).collect())
+    }
 }
 
 /// Puts `contract` in `batch` under its id, removing its temporary record once it has a final
@@ -239,51 +244,35 @@ impl ddk_manager::Storage for KvDlcStorage {
     }
 
     async fn get_contract_offers(&self) -> Result<Vec<OfferedContract>, ManagerError> {
-        Ok(self
-            .contracts()
-            .await?
-            .into_iter()
-            .filter_map(|c| match c {
-                Contract::Offered(o) => Some(o),
-                _ => None,
-            })
-            .collect())
+        self.contracts_in(|c| match c {
+            Contract::Offered(o) => Some(o),
+            _ => None,
+        })
+        .await
     }
 
     async fn get_signed_contracts(&self) -> Result<Vec<SignedContract>, ManagerError> {
-        Ok(self
-            .contracts()
-            .await?
-            .into_iter()
-            .filter_map(|c| match c {
-                Contract::Signed(s) => Some(s),
-                _ => None,
-            })
-            .collect())
+        self.contracts_in(|c| match c {
+            Contract::Signed(s) => Some(s),
+            _ => None,
+        })
+        .await
     }
 
     async fn get_confirmed_contracts(&self) -> Result<Vec<SignedContract>, ManagerError> {
-        Ok(self
-            .contracts()
-            .await?
-            .into_iter()
-            .filter_map(|c| match c {
-                Contract::Confirmed(s) => Some(s),
-                _ => None,
-            })
-            .collect())
+        self.contracts_in(|c| match c {
+            Contract::Confirmed(s) => Some(s),
+            _ => None,
+        })
+        .await
     }
 
     async fn get_preclosed_contracts(&self) -> Result<Vec<PreClosedContract>, ManagerError> {
-        Ok(self
-            .contracts()
-            .await?
-            .into_iter()
-            .filter_map(|c| match c {
-                Contract::PreClosed(p) => Some(p),
-                _ => None,
-            })
-            .collect())
+        self.contracts_in(|c| match c {
+            Contract::PreClosed(p) => Some(p),
+            _ => None,
+        })
+        .await
     }
 
     async fn upsert_channel(&self, channel: Channel, contract: Option<Contract>) -> Result<(), ManagerError> {
