@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock};
 
 use anya_core_types::{Clock, UnixTime};
 use anya_hsm::{AuxRand, HsmError, HsmProvider, KeyId, KeyPolicy, KeyRef, KeySpec, Label, PublicKey, Usage};
-use anya_storage::{KvStore, Namespace, Scan};
+use anya_storage::{KvStore, Namespace, Scan, WriteBatch};
 use bitcoin::hashes::{sha256, Hash, HashEngine};
 use bitcoin::hex::{DisplayHex, FromHex};
 use ddk_messages::oracle_msgs::{
@@ -180,6 +180,9 @@ const EVENT: &str = "e/";
 const OUTCOME: &str = "o/";
 const ATTESTATION: &str = "a/";
 const PRICE: &str = "p/";
+/// Events whose outcome is fixed and whose attestation is not stored yet (written with the
+/// outcome, removed with the attestation), so that a restart looks only at those.
+const PENDING: &str = "q/";
 
 fn key(prefix: &str, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + id.len());
@@ -439,20 +442,25 @@ impl Oracle {
                 event_id: event_id.to_owned(),
             });
         };
-        let record: EventRecord = serde_json::from_slice(&v.value).map_err(|e| corrupt(&k, e))?;
-        let bytes = Vec::<u8>::from_hex(&record.announcement).map_err(|e| corrupt(&k, e))?;
-        let announcement: OracleAnnouncement = decode_exact(&bytes).map_err(|e| corrupt(&k, e))?;
+        self.parse_event(&k, &v.value, event_id)
+    }
+
+    /// The event record `value` stored at `k`, checked to be `event_id`'s and this oracle's.
+    fn parse_event(&self, k: &[u8], value: &[u8], event_id: &str) -> Result<Event, OracleError> {
+        let record: EventRecord = serde_json::from_slice(value).map_err(|e| corrupt(k, e))?;
+        let bytes = Vec::<u8>::from_hex(&record.announcement).map_err(|e| corrupt(k, e))?;
+        let announcement: OracleAnnouncement = decode_exact(&bytes).map_err(|e| corrupt(k, e))?;
         let nonces = record
             .nonces
             .iter()
             .map(|l| Label::new(l.clone()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| corrupt(&k, e))?;
+            .map_err(|e| corrupt(k, e))?;
         if announcement.oracle_event.event_id != event_id
             || nonces.len() != announcement.oracle_event.oracle_nonces.len()
             || announcement.oracle_public_key != self.public_key
         {
-            return Err(corrupt(&k, "the record does not match its event"));
+            return Err(corrupt(k, "the record does not match its event"));
         }
         Ok(Event {
             announcement,
@@ -488,7 +496,7 @@ impl Oracle {
         let mut out = Vec::new();
         for entry in self.store.scan(&self.ns, scan)? {
             let id = String::from_utf8(entry.key[EVENT.len()..].to_vec()).map_err(|e| corrupt(&entry.key, e))?;
-            let event = self.load(&id)?;
+            let event = self.parse_event(&entry.key, &entry.value, &id)?;
             let outcomes = self.fixed_outcome(&id)?.map(|o| o.outcomes);
             let e = &event.announcement.oracle_event;
             out.push(EventSummary {
@@ -561,7 +569,11 @@ impl Oracle {
             at: now,
         };
         let value = serde_json::to_vec(&record).map_err(|e| corrupt(&k, e))?;
-        match self.store.compare_and_swap(&self.ns, &k, None, Some(&value)) {
+        let mut batch = WriteBatch::new();
+        batch.check(&self.ns, k.clone(), None)?;
+        batch.put(&self.ns, k.clone(), value)?;
+        batch.put(&self.ns, key(PENDING, event_id), Vec::new())?;
+        match self.store.write(batch) {
             Ok(_) => Ok(()),
             Err(e) if e.is_conflict() => match self.fixed_outcome(event_id)? {
                 Some(fixed) if fixed.outcomes == outcomes => Ok(()),
@@ -596,7 +608,11 @@ impl Oracle {
             })?;
         let k = key(ATTESTATION, &e.event_id);
         let bytes = attestation.encode();
-        match self.store.compare_and_swap(&self.ns, &k, None, Some(&bytes)) {
+        let mut batch = WriteBatch::new();
+        batch.check(&self.ns, k.clone(), None)?;
+        batch.put(&self.ns, k.clone(), bytes.clone())?;
+        batch.delete(&self.ns, key(PENDING, &e.event_id))?;
+        match self.store.write(batch) {
             Ok(_) => {}
             Err(err) if err.is_conflict() => {
                 // Another caller stored it first; the signatures are the same ones.
@@ -616,7 +632,7 @@ impl Oracle {
         let mut finished = 0;
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let mut scan = Scan::prefix(OUTCOME.as_bytes()).limit(256);
+            let mut scan = Scan::prefix(PENDING.as_bytes()).limit(256);
             if let Some(a) = &after {
                 scan = scan.after(a);
             }
@@ -624,11 +640,10 @@ impl Oracle {
             let Some(last) = page.last() else { break };
             after = Some(last.key.clone());
             for entry in &page {
-                let id = String::from_utf8(entry.key[OUTCOME.len()..].to_vec()).map_err(|e| corrupt(&entry.key, e))?;
-                if self.store.get(&self.ns, &key(ATTESTATION, &id))?.is_some() {
-                    continue;
-                }
-                let record: OutcomeRecord = serde_json::from_slice(&entry.value).map_err(|e| corrupt(&entry.key, e))?;
+                let id = String::from_utf8(entry.key[PENDING.len()..].to_vec()).map_err(|e| corrupt(&entry.key, e))?;
+                let Some(record) = self.fixed_outcome(&id)? else {
+                    return Err(corrupt(&entry.key, "a pending attestation without its outcome"));
+                };
                 let event = self.load(&id)?;
                 self.sign(&event, record.outcomes)?;
                 finished += 1;
