@@ -672,14 +672,11 @@ impl Node {
         for (name, asset) in &config.oracle.assets {
             let Some(schedule) = asset.schedule(name) else { continue };
             let tick = schedule.tick(oracle, now);
-            for id in tick.announced {
-                let maturity = oracle
-                    .announcement(&id)
-                    .map_or(0, |a| a.oracle_event.event_maturity_epoch);
-                self.events.publish(Event::OracleAnnounced { event_id: id, maturity });
+            for (event_id, maturity) in tick.announced {
+                self.events.publish(Event::OracleAnnounced { event_id, maturity });
             }
-            for id in tick.attested {
-                self.publish_attested(oracle, &id);
+            for attestation in tick.attested {
+                self.publish_attested(attestation);
             }
             for (id, e) in tick.failed {
                 tracing::warn!(asset = %name, event = %id, error = %e, "oracle schedule");
@@ -690,13 +687,11 @@ impl Node {
     }
 
     /// Publishes an attestation made.
-    pub(crate) fn publish_attested(&self, oracle: &Oracle, event_id: &str) {
-        if let Ok(Some(a)) = oracle.attestation(event_id) {
-            self.events.publish(Event::OracleAttested {
-                event_id: event_id.to_owned(),
-                outcomes: a.outcomes,
-            });
-        }
+    pub(crate) fn publish_attested(&self, attestation: anya_layer2::dlc::messages::OracleAttestation) {
+        self.events.publish(Event::OracleAttested {
+            event_id: attestation.event_id,
+            outcomes: attestation.outcomes,
+        });
     }
 
     /// Publishes a price refusal (other errors are not events).

@@ -9,7 +9,7 @@
 //! outcome".
 
 use anya_core_types::UnixTime;
-use ddk_messages::oracle_msgs::DigitDecompositionEventDescriptor;
+use ddk_messages::oracle_msgs::{DigitDecompositionEventDescriptor, OracleAttestation};
 use serde::{Deserialize, Serialize};
 
 use super::{Oracle, OracleError};
@@ -46,10 +46,10 @@ pub fn event_id(asset: &str, maturity: u32) -> String {
 /// What one tick did.
 #[derive(Debug, Default)]
 pub struct Tick {
-    /// Events announced.
-    pub announced: Vec<String>,
-    /// Events attested.
-    pub attested: Vec<String>,
+    /// Events announced, with their maturities.
+    pub announced: Vec<(String, u32)>,
+    /// Attestations made.
+    pub attested: Vec<OracleAttestation>,
     /// Events that could not be announced or attested, and why (a price refusal is also in
     /// the HSM audit chain); retried on the next tick.
     pub failed: Vec<(String, OracleError)>,
@@ -96,7 +96,7 @@ impl PriceSchedule {
         for maturity in self.upcoming(now) {
             let id = event_id(&self.asset, maturity);
             match oracle.create_price_event(&id, maturity, &self.asset, self.descriptor()) {
-                Ok(_) => tick.announced.push(id),
+                Ok(_) => tick.announced.push((id, maturity)),
                 Err(OracleError::EventExists { .. }) => {}
                 Err(e) => tick.failed.push((id, e)),
             }
@@ -112,7 +112,7 @@ impl PriceSchedule {
                 }
             }
             match oracle.attest_price(&id) {
-                Ok(_) => tick.attested.push(id),
+                Ok(attestation) => tick.attested.push(attestation),
                 Err(e) => tick.failed.push((id, e)),
             }
         }

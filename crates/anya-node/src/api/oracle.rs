@@ -240,7 +240,7 @@ pub async fn sign_enum(
     check_oracle_key(&token, &node)?;
     with_oracle(node, move |node, o| {
         let att = o.attest_enum(&req.event_id, &req.outcome);
-        attested(node, o, &req.event_id, att)
+        attested(node, &req.event_id, att)
     })
     .await
 }
@@ -264,7 +264,7 @@ pub async fn sign_numeric(
     check_oracle_key(&token, &node)?;
     with_oracle(node, move |node, o| {
         let att = o.attest_numeric(&req.event_id, req.outcome);
-        attested(node, o, &req.event_id, att)
+        attested(node, &req.event_id, att)
     })
     .await
 }
@@ -279,15 +279,15 @@ fn announced(node: &Node, event_id: &str, maturity: u32) {
 
 fn attested(
     node: &Node,
-    o: &Oracle,
     event_id: &str,
     result: Result<anya_layer2::dlc::messages::OracleAttestation, OracleError>,
 ) -> Result<Response, ApiError> {
     node.audit_changed();
     match result {
         Ok(att) => {
-            node.publish_attested(o, event_id);
-            json(&att)
+            let body = json(&att);
+            node.publish_attested(att);
+            body
         }
         Err(e) => {
             node.publish_refused(event_id, &e);
@@ -461,7 +461,7 @@ pub async fn attest_price(
     check_oracle_key(&token, &node)?;
     with_oracle(node, move |node, o| {
         let att = o.attest_price(&id);
-        attested(node, o, &id, att)
+        attested(node, &id, att)
     })
     .await
 }
