@@ -89,10 +89,13 @@ pub enum Operation {
     Decision,
     SignP256,
     AcceptRollback,
+    /// [`HsmProvider::export_scoped_child`](crate::HsmProvider::export_scoped_child): the key is
+    /// the root, the input hash names the child (see the method).
+    ExportScopedChild,
 }
 
 impl Operation {
-    const ALL: [Operation; 23] = [
+    const ALL: [Operation; 24] = [
         Operation::Create,
         Operation::Unlock,
         Operation::Lock,
@@ -116,6 +119,7 @@ impl Operation {
         Operation::Decision,
         Operation::SignP256,
         Operation::AcceptRollback,
+        Operation::ExportScopedChild,
     ];
 
     fn code(self) -> u8 {
@@ -1328,7 +1332,8 @@ mod tests {
         assert_eq!(Operation::Decision.code(), 21);
         assert_eq!(Operation::SignP256.code(), 22);
         assert_eq!(Operation::AcceptRollback.code(), 23);
-        assert_eq!(Operation::from_code(24), None);
+        assert_eq!(Operation::ExportScopedChild.code(), 24);
+        assert_eq!(Operation::from_code(25), None);
     }
 
     #[test]

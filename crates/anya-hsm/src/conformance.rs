@@ -18,15 +18,15 @@
 
 use std::ops::Deref;
 
-use bitcoin::bip32::{DerivationPath, Xpub};
-use bitcoin::hashes::{sha256, Hash};
+use bitcoin::bip32::{ChildNumber, DerivationPath, Xpriv, Xpub};
+use bitcoin::hashes::{sha256, Hash, HashEngine};
 use bitcoin::key::TapTweak;
 use bitcoin::{NetworkKind, TapNodeHash};
 use secp256k1::{Message, Secp256k1};
 
 use crate::{
-    AuxRand, Capability, HsmError, HsmProvider, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength,
-    PublicKey, SecretBytes, SecretString, Usage,
+    AuditRecord, AuxRand, Capability, ExportScope, HsmError, HsmProvider, KeyMaterial, KeyPolicy, KeyRef, KeySpec,
+    Label, MnemonicLength, Operation, PublicKey, ScopedPathDefect, SecretBytes, SecretString, Usage,
 };
 
 /// A provider whose backing files live in a temporary directory removed on drop.
@@ -125,7 +125,9 @@ macro_rules! hsm_conformance_suite {
             ed25519_verifies, aes_gcm_round_trip_and_aad_binding, policy_is_enforced,
             import_export_round_trip, bip32_sign_at_path_matches_xpub, nonce_signs_once,
             nonce_race_8_threads, audit_records_every_call, decisions_join_the_chain,
-            p256_verifies, p256_policy_and_key_type, p256_import_export_round_trip);
+            p256_verifies, p256_policy_and_key_type, p256_import_export_round_trip,
+            scoped_export_is_the_independently_derived_child, scoped_export_needs_the_usage,
+            scoped_export_refuses_bad_paths_and_non_roots, scoped_export_is_audited);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(
@@ -705,7 +707,7 @@ pub fn decisions_join_the_chain(p: &dyn HsmProvider) {
     let records = p.audit_records(summary.records - 2, 10).expect("records");
     assert_eq!(records.len(), 2);
     let (approved, refused) = (&records[0], &records[1]);
-    assert_eq!(approved.operation, crate::Operation::Decision);
+    assert_eq!(approved.operation, Operation::Decision);
     assert_eq!(approved.key_id.as_ref(), Some(&key));
     assert_eq!((approved.outcome, approved.input_hash), (0, Some(subject)));
     assert_eq!((refused.key_id.as_ref(), refused.outcome), (None, 0b101));
@@ -756,7 +758,7 @@ pub fn p256_verifies(p: &dyn HsmProvider) {
     if p.capabilities().contains(Capability::AuditLog) {
         let summary = p.verify_audit_chain().expect("chain verifies");
         let last = p.audit_records(summary.records - 1, 1).expect("records");
-        assert_eq!(last[0].operation, crate::Operation::SignP256);
+        assert_eq!(last[0].operation, Operation::SignP256);
         assert_eq!(last[0].key_id.as_ref(), Some(&id));
         assert_eq!(
             last[0].input_hash,
@@ -852,4 +854,204 @@ pub fn p256_import_export_round_trip(p: &dyn HsmProvider) {
             "{r:?}"
         );
     }
+}
+
+/// The seed of the scoped-export cases' roots. Any 16 to 64 bytes would do: the cases compare
+/// the provider with rust-bitcoin's own derivation, not with a published vector.
+const SCOPED_SEED: [u8; 32] = [0x5c; 32];
+
+fn hardened(indices: &[u32]) -> Vec<ChildNumber> {
+    indices.iter().map(|&index| ChildNumber::Hardened { index }).collect()
+}
+
+/// A root policy that opts in to DLC child export.
+fn dlc_export_policy() -> KeyPolicy {
+    KeyPolicy::default_for(KeySpec::Bip32Root).allowing(Usage::ExportDlcChild)
+}
+
+/// A root imported from [`SCOPED_SEED`] with `policy`, if the provider exports scoped children
+/// and imports roots; otherwise checks that it refuses them and gives `None`.
+fn scoped_root(p: &dyn HsmProvider, name: &str, policy: KeyPolicy) -> Option<Label> {
+    let id = label(name);
+    let path = hardened(&[0]);
+    needs(p, Capability::Bip32, || {
+        p.export_scoped_child(&id, ExportScope::Dlc, &path)
+    })?;
+    needs(p, Capability::Export, || {
+        p.export_scoped_child(&id, ExportScope::Dlc, &path)
+    })?;
+    let seed = || KeyMaterial::Bip32Seed(SecretBytes::from_slice(&SCOPED_SEED));
+    needs(p, Capability::Import, || p.import_key(&id, seed(), policy))?;
+    p.import_key(&id, seed(), policy).expect("import the root");
+    Some(id)
+}
+
+/// The input hash the documented encoding gives: SHA-256 of the DLC branch index
+/// (`"DLC"` = `0x444C43`, hardened) and of each step of `path`, 4 big-endian bytes each.
+fn dlc_input_hash(path: &[ChildNumber]) -> [u8; 32] {
+    let mut engine = sha256::Hash::engine();
+    engine.input(&(0x8000_0000u32 | 0x0044_4C43).to_be_bytes());
+    for step in path {
+        engine.input(&u32::from(*step).to_be_bytes());
+    }
+    sha256::Hash::from_engine(engine).to_byte_array()
+}
+
+/// The audit records appended by `op`, which must be exactly one.
+fn one_record<T>(p: &dyn HsmProvider, op: impl FnOnce() -> T) -> (T, AuditRecord) {
+    let before = p.verify_audit_chain().expect("chain verifies").records;
+    let value = op();
+    assert_eq!(p.verify_audit_chain().expect("chain verifies").records, before + 1);
+    let mut records = p.audit_records(before, 10).expect("records");
+    assert_eq!(records.len(), 1);
+    (value, records.remove(0))
+}
+
+/// A child exported from a root that allows [`Usage::ExportDlcChild`] is the child rust-bitcoin
+/// derives at `root / 0x444C43' / path` (not at `root / path`), and its public key is
+/// `public_key` of the same derived reference; the root itself still does not export.
+pub fn scoped_export_is_the_independently_derived_child(p: &dyn HsmProvider) {
+    let Some(root) = scoped_root(p, "dlc-root", dlc_export_policy()) else {
+        return;
+    };
+    let info = p.key_info(&root).expect("info");
+    assert!(info.policy.allowed.contains(Usage::ExportDlcChild));
+    assert!(!info.policy.exportable);
+    let secp = Secp256k1::new();
+    let master = Xpriv::new_master(NetworkKind::Main, &SCOPED_SEED).expect("valid seed");
+    let paths = [
+        hardened(&[0]),
+        hardened(&[1]),
+        hardened(&[7, 42]),
+        hardened(&[0x7fff_ffff]),
+        hardened(&[1, 2, 3, 4, 5, 6, 7, 8]),
+    ];
+    let mut secrets = Vec::new();
+    for path in &paths {
+        let full = ExportScope::Dlc.child_path(path).expect("valid path");
+        assert_eq!(full[0], ChildNumber::Hardened { index: 0x0044_4C43 });
+        assert_eq!(&full[1..], &path[..]);
+        let expected = master.derive_priv(&secp, &full).expect("derive").private_key;
+        let exported = p.export_scoped_child(&root, ExportScope::Dlc, path).expect("export");
+        assert_eq!(exported.expose(), &expected.secret_bytes()[..], "{full}");
+        let again = p
+            .export_scoped_child(&root, ExportScope::Dlc, path)
+            .expect("export again");
+        assert_eq!(again.expose(), exported.expose());
+        let derived = KeyRef::Derived {
+            root: &root,
+            path: full.as_ref(),
+        };
+        assert_eq!(secp_public(p, derived), expected.public_key(&secp));
+        let without_branch = master.derive_priv(&secp, path).expect("derive").private_key;
+        assert_ne!(exported.expose(), &without_branch.secret_bytes()[..]);
+        secrets.push(expected.secret_bytes());
+    }
+    secrets.sort_unstable();
+    secrets.dedup();
+    assert_eq!(secrets.len(), paths.len(), "each path is its own key");
+    let whole = p.export_key(&root);
+    assert!(matches!(whole, Err(HsmError::NotExportable { .. })), "{whole:?}");
+}
+
+/// A root whose policy does not allow [`Usage::ExportDlcChild`] (the default, or exportable
+/// without it) refuses with `UsageNotAllowed` and nothing else: one audit record, the key as
+/// it was.
+pub fn scoped_export_needs_the_usage(p: &dyn HsmProvider) {
+    let default = KeyPolicy::default_for(KeySpec::Bip32Root);
+    assert!(!default.allowed.contains(Usage::ExportDlcChild), "export is opt-in");
+    assert!(KeySpec::Bip32Root.possible_usages().contains(Usage::ExportDlcChild));
+    for (name, policy) in [("dlc-default", default), ("dlc-exportable", default.exportable())] {
+        let Some(root) = scoped_root(p, name, policy) else {
+            return;
+        };
+        let info = p.key_info(&root).expect("info");
+        let refuse = || p.export_scoped_child(&root, ExportScope::Dlc, &hardened(&[0]));
+        let r = if p.capabilities().contains(Capability::AuditLog) {
+            let (r, record) = one_record(p, refuse);
+            assert_eq!(record.operation, Operation::ExportScopedChild);
+            assert_ne!(record.outcome, 0);
+            r
+        } else {
+            refuse()
+        };
+        assert!(
+            matches!(
+                r,
+                Err(HsmError::UsageNotAllowed {
+                    usage: Usage::ExportDlcChild,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(p.key_info(&root).expect("info"), info);
+    }
+}
+
+/// An empty path, a path of more than 8 steps or one with an unhardened step is
+/// `InvalidScopedPath`; a key that is not a BIP32 root is `WrongKeyType`; a missing root is
+/// `KeyNotFound`. None of them exports anything.
+pub fn scoped_export_refuses_bad_paths_and_non_roots(p: &dyn HsmProvider) {
+    let Some(root) = scoped_root(p, "dlc-paths", dlc_export_policy()) else {
+        return;
+    };
+    let mut unhardened = hardened(&[0, 1]);
+    unhardened[1] = ChildNumber::Normal { index: 1 };
+    let cases = [
+        (Vec::new(), ScopedPathDefect::Empty),
+        (hardened(&[0; 9]), ScopedPathDefect::TooLong { len: 9 }),
+        (unhardened, ScopedPathDefect::Unhardened { position: 1 }),
+        (
+            vec![ChildNumber::Normal { index: 0 }],
+            ScopedPathDefect::Unhardened { position: 0 },
+        ),
+    ];
+    for (path, defect) in cases {
+        let r = p.export_scoped_child(&root, ExportScope::Dlc, &path);
+        assert!(
+            matches!(r, Err(HsmError::InvalidScopedPath { defect: d }) if d == defect),
+            "{path:?}: {r:?}"
+        );
+    }
+    if let Some(plain) = secp_key(p, "dlc-not-a-root") {
+        let r = p.export_scoped_child(&plain, ExportScope::Dlc, &hardened(&[0]));
+        assert!(
+            matches!(
+                r,
+                Err(HsmError::WrongKeyType {
+                    spec: KeySpec::Secp256k1,
+                    usage: Usage::ExportDlcChild,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    let r = p.export_scoped_child(&label("dlc-missing"), ExportScope::Dlc, &hardened(&[0]));
+    assert!(matches!(r, Err(HsmError::KeyNotFound { .. })), "{r:?}");
+}
+
+/// Every call, refused or not (`Unsupported` included), appends one `ExportScopedChild` record
+/// with the root as its key and the hash of the branch and path as its input hash.
+pub fn scoped_export_is_audited(p: &dyn HsmProvider) {
+    if needs(p, Capability::AuditLog, || p.verify_audit_chain()).is_none() {
+        return;
+    }
+    let opted_in = scoped_root(p, "dlc-audited", dlc_export_policy());
+    let root = opted_in.clone().unwrap_or_else(|| label("dlc-audited"));
+    let mut unhardened = hardened(&[5]);
+    unhardened.push(ChildNumber::Normal { index: 6 });
+    for path in [hardened(&[3, 4]), Vec::new(), unhardened, hardened(&[9])] {
+        let (r, record) = one_record(p, || p.export_scoped_child(&root, ExportScope::Dlc, &path));
+        assert_eq!(record.operation, Operation::ExportScopedChild);
+        assert_eq!(record.key_id.as_ref(), Some(&root));
+        assert_eq!(record.input_hash, Some(dlc_input_hash(&path)), "{path:?}");
+        assert_eq!(record.outcome, r.as_ref().map_or_else(HsmError::audit_code, |_| 0));
+        if opted_in.is_some() {
+            let valid = ExportScope::Dlc.child_path(&path).is_ok();
+            assert_eq!(r.is_ok(), valid, "{path:?}: {r:?}");
+        }
+    }
+    assert_ne!(dlc_input_hash(&hardened(&[3, 4])), dlc_input_hash(&hardened(&[3])));
 }

@@ -202,6 +202,13 @@ pub enum HsmError {
         #[source]
         source: bitcoin::bip32::Error,
     },
+    /// The path given to [`export_scoped_child`](crate::HsmProvider::export_scoped_child) is
+    /// not 1 to 8 hardened steps; nothing was exported.
+    #[error("invalid path below the export scope's branch: {defect}")]
+    InvalidScopedPath {
+        /// What is wrong with it.
+        defect: crate::key::ScopedPathDefect,
+    },
     /// An extended key decodes but breaks a BIP32 rule.
     #[error("invalid extended key: {defect:?}")]
     InvalidExtendedKey {
@@ -414,6 +421,7 @@ impl HsmError {
             HsmError::Anchor { .. } => 38,
             HsmError::AnchorNonceConflict => 39,
             HsmError::StaleEntry { .. } => 40,
+            HsmError::InvalidScopedPath { .. } => 41,
         }
     }
 

@@ -16,14 +16,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bitcoin::bip32::DerivationPath;
+use bitcoin::bip32::{ChildNumber, DerivationPath};
 use bitcoin::{NetworkKind, TapNodeHash};
 use secp256k1::{ecdsa, schnorr, XOnlyPublicKey};
 
 use crate::audit::{AuditRecord, AuditSummary};
 use crate::{
-    AccountXpub, AuxRand, Capabilities, Capability, Ed25519Signature, HsmError, HsmProvider, KeyId, KeyInfo,
-    KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, P256Signature, PublicKey, SecretBytes,
+    AccountXpub, AuxRand, Capabilities, Capability, Ed25519Signature, ExportScope, HsmError, HsmProvider, KeyId,
+    KeyInfo, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, P256Signature, PublicKey, SecretBytes,
     SecretString,
 };
 
@@ -206,6 +206,15 @@ impl HsmProvider for FailoverHsm {
 
     fn account_xpub(&self, root: &KeyId, path: &DerivationPath, network: NetworkKind) -> Result<AccountXpub, HsmError> {
         self.call(|p| p.account_xpub(root, path, network))
+    }
+
+    fn export_scoped_child(
+        &self,
+        root: &KeyId,
+        scope: ExportScope,
+        path: &[ChildNumber],
+    ) -> Result<SecretBytes, HsmError> {
+        self.call(|p| p.export_scoped_child(root, scope, path))
     }
 
     /// Nonces are committed on the active provider only: a nonce committed on one provider

@@ -13,6 +13,8 @@ use std::fmt;
 use anya_core_types::{Label, UnixTime};
 use bitcoin::bip32::{ChildNumber, DerivationPath};
 
+use crate::HsmError;
+
 /// The name of a key inside a provider.
 pub type KeyId = Label;
 
@@ -71,6 +73,7 @@ impl KeySpec {
                 Usage::SignSchnorr,
                 Usage::SignTaprootKeySpend,
                 Usage::DeriveXpub,
+                Usage::ExportDlcChild,
             ]),
             KeySpec::P256 => UsageSet::of(&[Usage::SignP256]),
         }
@@ -100,10 +103,14 @@ pub enum Usage {
     /// ECDSA signing over P-256 with SHA-256.
     // Appended: a usage's bit is its position, and stored policies keep their bits.
     SignP256,
+    /// Exporting the secret of a child at the DLC branch of a BIP32 root through
+    /// [`HsmProvider::export_scoped_child`](crate::HsmProvider::export_scoped_child) with
+    /// [`ExportScope::Dlc`]. Opt-in: [`KeyPolicy::default_for`] leaves it out.
+    ExportDlcChild,
 }
 
 impl Usage {
-    const ALL: [Usage; 9] = [
+    const ALL: [Usage; 10] = [
         Usage::SignEcdsa,
         Usage::SignSchnorr,
         Usage::SignTaprootKeySpend,
@@ -113,7 +120,12 @@ impl Usage {
         Usage::DeriveXpub,
         Usage::OracleNonce,
         Usage::SignP256,
+        Usage::ExportDlcChild,
     ];
+
+    /// Uses that let a secret leave the provider: a policy has them only when asked for by
+    /// name, never through [`KeyPolicy::default_for`].
+    const OPT_IN: [Usage; 1] = [Usage::ExportDlcChild];
 
     fn bit(self) -> u16 {
         1 << (self as u16)
@@ -146,6 +158,18 @@ impl UsageSet {
         Self(self.0 & other.0)
     }
 
+    /// This set plus `usage`.
+    #[must_use]
+    pub fn with(self, usage: Usage) -> Self {
+        Self(self.0 | usage.bit())
+    }
+
+    /// This set without `usage`.
+    #[must_use]
+    pub fn without(self, usage: Usage) -> Self {
+        Self(self.0 & !usage.bit())
+    }
+
     pub(crate) fn bits(self) -> u16 {
         self.0
     }
@@ -173,10 +197,14 @@ pub struct KeyPolicy {
 }
 
 impl KeyPolicy {
-    /// Every use the spec supports; not exportable.
+    /// Every use the spec supports except those that let a secret leave the provider
+    /// ([`Usage::ExportDlcChild`], which a root has only when asked for with
+    /// [`allowing`](Self::allowing)); not exportable.
     pub fn default_for(spec: KeySpec) -> Self {
         Self {
-            allowed: spec.possible_usages(),
+            allowed: Usage::OPT_IN
+                .into_iter()
+                .fold(spec.possible_usages(), UsageSet::without),
             exportable: false,
         }
     }
@@ -194,6 +222,114 @@ impl KeyPolicy {
     pub fn exportable(mut self) -> Self {
         self.exportable = true;
         self
+    }
+
+    /// The same policy, also allowing `usage` (for an opt-in use such as
+    /// [`Usage::ExportDlcChild`]).
+    #[must_use]
+    pub fn allowing(mut self, usage: Usage) -> Self {
+        self.allowed = self.allowed.with(usage);
+        self
+    }
+}
+
+/// Which kind of derived child [`HsmProvider::export_scoped_child`] may export: each scope is
+/// a dedicated hardened branch below a BIP32 root, allowed by a usage of its own, so the root
+/// itself and every other branch (wallet accounts, identity keys) never leave the provider.
+///
+/// [`HsmProvider::export_scoped_child`]: crate::HsmProvider::export_scoped_child
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExportScope {
+    /// Per-contract DLC funding keys, which ddk-manager's `ContractSigner::get_secret_key`
+    /// needs raw. Branch [`DLC_BRANCH_INDEX`](Self::DLC_BRANCH_INDEX)', usage
+    /// [`Usage::ExportDlcChild`].
+    Dlc,
+}
+
+impl ExportScope {
+    /// The hardened index of the DLC branch: the ASCII bytes `"DLC"` read as a big-endian
+    /// integer (`0x444C43`, 4 475 971). Far from every BIP43 purpose in use, so no wallet
+    /// account shares its subtree.
+    pub const DLC_BRANCH_INDEX: u32 = u32::from_be_bytes([0, b'D', b'L', b'C']);
+
+    /// The most steps of the path below the branch.
+    pub const MAX_PATH_LEN: usize = 8;
+
+    /// The hardened first step below the root that every child of this scope sits under.
+    pub fn branch(self) -> ChildNumber {
+        let index = match self {
+            ExportScope::Dlc => Self::DLC_BRANCH_INDEX,
+        };
+        ChildNumber::Hardened { index }
+    }
+
+    /// The usage a root's policy must allow for children of this scope to be exported.
+    pub fn usage(self) -> Usage {
+        match self {
+            ExportScope::Dlc => Usage::ExportDlcChild,
+        }
+    }
+
+    /// The full path from the root of the child exported for `path`: [`branch`](Self::branch)
+    /// followed by `path`, which must have 1 to [`MAX_PATH_LEN`](Self::MAX_PATH_LEN) steps,
+    /// every one hardened (so that no xpub, however obtained, derives these keys).
+    pub fn child_path(self, path: &[ChildNumber]) -> Result<DerivationPath, HsmError> {
+        let defect = if path.is_empty() {
+            Some(ScopedPathDefect::Empty)
+        } else if path.len() > Self::MAX_PATH_LEN {
+            Some(ScopedPathDefect::TooLong { len: path.len() })
+        } else {
+            path.iter()
+                .position(ChildNumber::is_normal)
+                .map(|position| ScopedPathDefect::Unhardened { position })
+        };
+        if let Some(defect) = defect {
+            return Err(HsmError::InvalidScopedPath { defect });
+        }
+        Ok(std::iter::once(self.branch()).chain(path.iter().copied()).collect())
+    }
+
+    /// What an [`ExportScopedChild`](crate::Operation::ExportScopedChild) audit record holds as
+    /// its input hash: SHA-256 of the BIP32 indices (hardened bit set) of the branch and then
+    /// of `path`, each as 4 big-endian bytes, whether or not the path is valid.
+    pub(crate) fn audit_input_hash(self, path: &[ChildNumber]) -> [u8; 32] {
+        let bytes: Vec<u8> = std::iter::once(self.branch())
+            .chain(path.iter().copied())
+            .flat_map(|c| u32::from(c).to_be_bytes())
+            .collect();
+        crate::audit::input_hash(&bytes)
+    }
+}
+
+/// What is wrong with the path given to
+/// [`HsmProvider::export_scoped_child`](crate::HsmProvider::export_scoped_child).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ScopedPathDefect {
+    /// No step below the branch: the branch key itself is never exported.
+    Empty,
+    /// More than [`ExportScope::MAX_PATH_LEN`] steps.
+    TooLong {
+        /// Steps given.
+        len: usize,
+    },
+    /// A step is not hardened.
+    Unhardened {
+        /// Its position in the path (0 is the first step below the branch).
+        position: usize,
+    },
+}
+
+impl fmt::Display for ScopedPathDefect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScopedPathDefect::Empty => f.write_str("no step below the branch"),
+            ScopedPathDefect::TooLong { len } => {
+                write!(f, "{len} steps, more than {}", ExportScope::MAX_PATH_LEN)
+            }
+            ScopedPathDefect::Unhardened { position } => write!(f, "step {position} is not hardened"),
+        }
     }
 }
 
@@ -332,13 +468,66 @@ mod tests {
         // Sealed entries and PKCS#11 records carry these: new values go at the end.
         assert_eq!(UsageSet::of(&[Usage::OracleNonce]).bits(), 1 << 7);
         assert_eq!(UsageSet::of(&[Usage::SignP256]).bits(), 1 << 8);
-        assert_eq!(UsageSet::from_bits(0x1ff), Some(UsageSet(0x1ff)));
-        assert_eq!(UsageSet::from_bits(0x200), None);
+        assert_eq!(UsageSet::of(&[Usage::ExportDlcChild]).bits(), 1 << 9);
+        assert_eq!(UsageSet::from_bits(0x3ff), Some(UsageSet(0x3ff)));
+        assert_eq!(UsageSet::from_bits(0x400), None);
         assert_eq!(KeySpec::P256.code(), 5);
         for code in 1..=5 {
             assert_eq!(KeySpec::from_code(code).map(KeySpec::code), Some(code));
         }
         assert_eq!(KeySpec::from_code(6), None);
         assert_eq!(KeySpec::P256.possible_usages(), UsageSet::of(&[Usage::SignP256]));
+    }
+
+    #[test]
+    fn default_policies_leave_out_only_the_opt_in_usages() {
+        for spec in [
+            KeySpec::Secp256k1,
+            KeySpec::Ed25519,
+            KeySpec::Aes256,
+            KeySpec::Bip32Root,
+            KeySpec::P256,
+        ] {
+            let default = KeyPolicy::default_for(spec);
+            assert_eq!(
+                default.allowed,
+                spec.possible_usages().without(Usage::ExportDlcChild),
+                "{spec:?}"
+            );
+            assert!(!default.exportable);
+        }
+        assert!(KeySpec::Bip32Root.possible_usages().contains(Usage::ExportDlcChild));
+        let opted_in = KeyPolicy::default_for(KeySpec::Bip32Root).allowing(Usage::ExportDlcChild);
+        assert_eq!(opted_in.allowed, KeySpec::Bip32Root.possible_usages());
+        assert!(!opted_in.exportable);
+    }
+
+    #[test]
+    fn the_dlc_branch_is_dlc_in_ascii_hardened() {
+        assert_eq!(ExportScope::DLC_BRANCH_INDEX, 0x0044_4C43);
+        assert_eq!(ExportScope::DLC_BRANCH_INDEX, 4_475_971);
+        assert_eq!(&ExportScope::DLC_BRANCH_INDEX.to_be_bytes()[1..], b"DLC");
+        assert_eq!(ExportScope::Dlc.branch(), ChildNumber::Hardened { index: 4_475_971 });
+        assert_eq!(ExportScope::Dlc.usage(), Usage::ExportDlcChild);
+        let path: DerivationPath = "m/4475971'/7'/42'".parse().expect("path");
+        let steps = [ChildNumber::Hardened { index: 7 }, ChildNumber::Hardened { index: 42 }];
+        assert_eq!(ExportScope::Dlc.child_path(&steps).expect("valid"), path);
+    }
+
+    #[test]
+    fn scoped_paths_are_one_to_eight_hardened_steps() {
+        let h = |index| ChildNumber::Hardened { index };
+        let defect = |path: &[ChildNumber]| match ExportScope::Dlc.child_path(path) {
+            Err(HsmError::InvalidScopedPath { defect }) => Some(defect),
+            Ok(_) => None,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_eq!(defect(&[]), Some(ScopedPathDefect::Empty));
+        assert_eq!(defect(&[h(0); 8]), None);
+        assert_eq!(defect(&[h(0); 9]), Some(ScopedPathDefect::TooLong { len: 9 }));
+        assert_eq!(
+            defect(&[h(0), ChildNumber::Normal { index: 0 }]),
+            Some(ScopedPathDefect::Unhardened { position: 1 })
+        );
     }
 }

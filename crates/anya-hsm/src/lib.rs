@@ -30,8 +30,8 @@ pub use capability::{Capabilities, Capability};
 pub use error::{HsmError, KekSource, SealedDefect};
 pub use failover::FailoverHsm;
 pub use key::{
-    AccountXpub, AuxRand, Ed25519Signature, KeyId, KeyInfo, KeyPolicy, KeyRef, KeySpec, MnemonicLength, PublicKey,
-    Usage, UsageSet,
+    AccountXpub, AuxRand, Ed25519Signature, ExportScope, KeyId, KeyInfo, KeyPolicy, KeyRef, KeySpec, MnemonicLength,
+    PublicKey, ScopedPathDefect, Usage, UsageSet,
 };
 pub use p256::P256Signature;
 pub use provider::{HsmProvider, KeyMaterial};

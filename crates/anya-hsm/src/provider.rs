@@ -1,14 +1,14 @@
 //! The `HsmProvider` contract.
 
-use bitcoin::bip32::DerivationPath;
+use bitcoin::bip32::{ChildNumber, DerivationPath};
 use bitcoin::NetworkKind;
 use bitcoin::TapNodeHash;
 use secp256k1::{ecdsa, schnorr, XOnlyPublicKey};
 
 use crate::audit::{AuditRecord, AuditSummary};
 use crate::{
-    AccountXpub, AuxRand, Capabilities, Ed25519Signature, HsmError, KeyId, KeyInfo, KeyPolicy, KeyRef, KeySpec, Label,
-    MnemonicLength, P256Signature, PublicKey, SecretBytes, SecretString,
+    AccountXpub, AuxRand, Capabilities, Ed25519Signature, ExportScope, HsmError, KeyId, KeyInfo, KeyPolicy, KeyRef,
+    KeySpec, Label, MnemonicLength, P256Signature, PublicKey, SecretBytes, SecretString,
 };
 
 /// Key material handed to [`HsmProvider::import_key`]; it is sealed on arrival.
@@ -175,6 +175,35 @@ pub trait HsmProvider: Send + Sync {
 
     /// The extended public key at `path` below a BIP32 root, with its origin. Needs `Bip32`.
     fn account_xpub(&self, root: &KeyId, path: &DerivationPath, network: NetworkKind) -> Result<AccountXpub, HsmError>;
+
+    /// The secret of the child of the BIP32 root `root` at `scope`'s own hardened branch
+    /// followed by `path` (`root / scope.branch() / path…`): its 32-byte secp256k1 secret key.
+    ///
+    /// This is the one way a secret derived from a root leaves the provider, for callers that
+    /// must hold a raw key (ddk-manager's `ContractSigner::get_secret_key` for per-contract DLC
+    /// funding keys). Only children of the scope's branch leave, and only from a root whose
+    /// policy allows [`scope.usage()`](ExportScope::usage) (opt-in: not in
+    /// [`KeyPolicy::default_for`]); the root's `exportable` flag is not consulted, and the root
+    /// itself, the branch key and every other branch stay inside.
+    ///
+    /// `path` must be 1 to [`ExportScope::MAX_PATH_LEN`] steps, every one hardened
+    /// ([`HsmError::InvalidScopedPath`] otherwise); a root whose policy lacks the usage is
+    /// [`HsmError::UsageNotAllowed`]; a key that is not a root is [`HsmError::WrongKeyType`].
+    /// The child's public key is [`public_key`](Self::public_key) of
+    /// [`KeyRef::Derived`] at [`scope.child_path(path)`](ExportScope::child_path).
+    ///
+    /// Every call, refused or not, is audited as [`Operation::ExportScopedChild`] with `root`
+    /// as its key and, as its input hash, SHA-256 of the BIP32 indices (hardened bit set) of
+    /// the branch and then of each step of `path`, 4 big-endian bytes each: the chain shows
+    /// which child left. Needs `Bip32` and `Export` (a provider missing both names `Bip32`).
+    ///
+    /// [`Operation::ExportScopedChild`]: crate::Operation::ExportScopedChild
+    fn export_scoped_child(
+        &self,
+        root: &KeyId,
+        scope: ExportScope,
+        path: &[ChildNumber],
+    ) -> Result<SecretBytes, HsmError>;
 
     /// Commits a one-time BIP340 nonce for `key` under `nonce`; returns its public point R
     /// (x-only, even y), to be announced. Needs `OracleNonces`.

@@ -14,11 +14,11 @@ use anya_hsm::audit::{AuditRecord, AuditSummary};
 use anya_hsm::conformance::{software_fixture, TempHsm};
 use anya_hsm::failover::Active;
 use anya_hsm::{
-    AccountXpub, AuxRand, Capabilities, Ed25519Signature, FailoverHsm, HsmError, HsmProvider, KeyId, KeyInfo,
-    KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, P256Signature, Pkcs11Hsm, Pkcs11Options, PublicKey,
-    SecretBytes, SecretString, SoftwareHsm,
+    AccountXpub, AuxRand, Capabilities, Ed25519Signature, ExportScope, FailoverHsm, HsmError, HsmProvider, KeyId,
+    KeyInfo, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, P256Signature, Pkcs11Hsm, Pkcs11Options,
+    PublicKey, SecretBytes, SecretString, SoftwareHsm,
 };
-use bitcoin::bip32::DerivationPath;
+use bitcoin::bip32::{ChildNumber, DerivationPath};
 use bitcoin::{NetworkKind, TapNodeHash};
 use secp256k1::{ecdsa, schnorr, Message, Secp256k1, XOnlyPublicKey};
 
@@ -165,6 +165,15 @@ impl HsmProvider for Pullable {
     fn account_xpub(&self, root: &KeyId, path: &DerivationPath, network: NetworkKind) -> Result<AccountXpub, HsmError> {
         self.check()?;
         self.inner.account_xpub(root, path, network)
+    }
+    fn export_scoped_child(
+        &self,
+        root: &KeyId,
+        scope: ExportScope,
+        path: &[ChildNumber],
+    ) -> Result<SecretBytes, HsmError> {
+        self.check()?;
+        self.inner.export_scoped_child(root, scope, path)
     }
     fn commit_nonce(&self, key: &KeyId, nonce: &Label) -> Result<XOnlyPublicKey, HsmError> {
         self.check()?;

@@ -4,7 +4,7 @@ use std::sync::MutexGuard;
 use std::time::Duration;
 
 use anya_core_types::UnixTime;
-use bitcoin::bip32::DerivationPath;
+use bitcoin::bip32::{ChildNumber, DerivationPath};
 use bitcoin::hashes::Hash;
 use bitcoin::{NetworkKind, TapNodeHash};
 use cryptoki::context::Function;
@@ -21,8 +21,8 @@ use super::token::{self, ED25519_PARAMS, P256_PARAMS, SECP256K1_PARAMS};
 use super::Pkcs11Hsm;
 use crate::audit::{input_hash, AuditRecord, AuditSummary, Operation};
 use crate::{
-    AccountXpub, AuxRand, Capabilities, Capability, Ed25519Signature, HsmError, HsmProvider, KeyId, KeyInfo,
-    KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, P256Signature, PublicKey, SecretBytes,
+    AccountXpub, AuxRand, Capabilities, Capability, Ed25519Signature, ExportScope, HsmError, HsmProvider, KeyId,
+    KeyInfo, KeyMaterial, KeyPolicy, KeyRef, KeySpec, Label, MnemonicLength, P256Signature, PublicKey, SecretBytes,
     SecretString, Usage,
 };
 
@@ -635,6 +635,21 @@ impl HsmProvider for Pkcs11Hsm {
         self.audited(Operation::AccountXpub, Some(root), None, || {
             unsupported(Capability::Bip32)
         })
+    }
+
+    fn export_scoped_child(
+        &self,
+        root: &KeyId,
+        scope: ExportScope,
+        path: &[ChildNumber],
+    ) -> Result<SecretBytes, HsmError> {
+        // No token derives BIP32 children, so there is no root to export a child of.
+        self.audited(
+            Operation::ExportScopedChild,
+            Some(root),
+            Some(scope.audit_input_hash(path)),
+            || unsupported(Capability::Bip32),
+        )
     }
 
     fn commit_nonce(&self, key: &KeyId, _nonce: &Label) -> Result<XOnlyPublicKey, HsmError> {

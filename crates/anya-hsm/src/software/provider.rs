@@ -18,8 +18,8 @@ use crate::audit::{input_hash, AuditRecord, AuditSummary, Operation};
 use crate::error::SealedDefect;
 use crate::provider::KeyMaterial;
 use crate::{
-    AccountXpub, AuxRand, Capabilities, Ed25519Signature, HsmError, HsmProvider, KeyId, KeyInfo, KeyPolicy, KeyRef,
-    KeySpec, MnemonicLength, P256Signature, PublicKey, SecretBytes, SecretString, Usage,
+    AccountXpub, AuxRand, Capabilities, Ed25519Signature, ExportScope, HsmError, HsmProvider, KeyId, KeyInfo,
+    KeyPolicy, KeyRef, KeySpec, MnemonicLength, P256Signature, PublicKey, SecretBytes, SecretString, Usage,
 };
 
 /// A secp256k1 key pair borrowed from the cache or derived for one call.
@@ -606,6 +606,41 @@ impl HsmProvider for SoftwareHsm {
                 origin: (hd.fingerprint, path.clone()),
             })
         })
+    }
+
+    fn export_scoped_child(
+        &self,
+        root: &KeyId,
+        scope: ExportScope,
+        path: &[ChildNumber],
+    ) -> Result<SecretBytes, HsmError> {
+        self.audited(
+            Operation::ExportScopedChild,
+            Some(root),
+            Some(scope.audit_input_hash(path)),
+            || {
+                // The path is checked before the key is touched: a refused path derives nothing.
+                scope.child_path(path)?;
+                let key = self.key(root)?;
+                let usage = scope.usage();
+                Self::check_usage(&key, usage)?;
+                let Material::Bip32(hd) = &key.material else {
+                    return Err(HsmError::WrongKeyType {
+                        id: root.clone(),
+                        spec: key.header.spec,
+                        usage,
+                    });
+                };
+                let secp = &self.inner.secp;
+                // The branch key goes through the account cache (one entry per scope); each
+                // child below it is derived for this call only, so that one-off per-contract
+                // keys neither fill the cache nor stay in memory after the call.
+                let branch = hd.derive_xpriv(secp, &[scope.branch()])?;
+                let child = SecretXpriv(branch.0.derive_priv(secp, &path)?);
+                let secret = Zeroizing::new(child.0.private_key.secret_bytes());
+                Ok(SecretBytes::from_slice(secret.as_ref()))
+            },
+        )
     }
 
     fn commit_nonce(&self, key_id: &KeyId, nonce_id: &Label) -> Result<XOnlyPublicKey, HsmError> {
