@@ -589,6 +589,28 @@ impl BitcoindChain {
         }
     }
 
+    /// The transaction `txid` (`getrawtransaction`), or `None` when the node does not know it.
+    /// A confirmed transaction is found through `-txindex` (the node started by
+    /// `anya_testkit::Bitcoind` has it); without it, Core finds only mempool transactions and
+    /// those with an output in a wallet loaded on the node. The answer is checked to be the
+    /// transaction asked for.
+    pub fn transaction(&self, txid: &Txid) -> Result<Option<Transaction>, RpcError> {
+        match self.call::<String>("getrawtransaction", &[serde_json::json!(txid), false.into()]) {
+            Ok(hex) => {
+                let tx: Transaction =
+                    bitcoin::consensus::encode::deserialize_hex(&hex).map_err(|e| RpcError::Reply(Box::new(e)))?;
+                if tx.compute_txid() != *txid {
+                    return Err(RpcError::Reply(
+                        format!("getrawtransaction {txid} answered {}", tx.compute_txid()).into(),
+                    ));
+                }
+                Ok(Some(tx))
+            }
+            Err(RpcError::Rpc { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The fee `txid` pays, from the node's mempool (`getmempoolentry`), or `None` when it is
     /// not in the mempool. This is how to learn the fee of a transaction someone else sent,
     /// for [`AnyaWallet::cpfp_with_parent_fee`].

@@ -19,6 +19,7 @@
 //! (balance, addresses, history, sync); signing on it is [`WalletError::WatchOnly`].
 
 pub mod persist;
+mod shared;
 
 use std::sync::Arc;
 
@@ -146,6 +147,14 @@ pub enum WalletError {
     ParentFeeUnknown {
         /// The parent.
         txid: Txid,
+    },
+    /// The wallet's confirmed, unreserved coins do not reach the amount asked for.
+    #[error("need {needed}, but the confirmed unreserved coins hold {available}")]
+    InsufficientFunds {
+        /// The amount asked for.
+        needed: Amount,
+        /// What the coins that could be chosen hold.
+        available: Amount,
     },
     /// A sum of the values of a stored transaction (or a fee given for it) leaves the money
     /// range: the wallet's records are damaged, or the fee given is wrong.
@@ -637,8 +646,13 @@ impl AnyaWallet {
         fee_rate: FeeRate,
         condition: Option<Condition>,
     ) -> Result<Psbt, WalletError> {
+        // Coins set aside for a shared transaction (a DLC funding) are never spent here.
+        let reserved = self.reserved()?;
         let mut builder = self.wallet.build_tx();
         builder.fee_rate(fee_rate);
+        if !reserved.is_empty() {
+            builder.unspendable(reserved);
+        }
         if let Some(condition) = condition {
             builder.set_condition(condition);
         }
