@@ -20,8 +20,32 @@ use secp256k1::XOnlyPublicKey;
 use super::client::OracleClient;
 use super::Oracle;
 
+pub mod signer;
 pub mod storage;
+#[cfg(feature = "dlc-contracts")]
+pub mod wallet;
+
+pub use signer::{HsmContractSigner, HsmContractSignerProvider};
 pub use storage::KvDlcStorage;
+#[cfg(feature = "dlc-contracts")]
+pub use wallet::{BitcoindBlockchain, ClockTime, DlcWallet, TracingLogger};
+
+/// The contract manager on anya: an [`AnyaWallet`](anya_bitcoin::wallet::AnyaWallet) and its
+/// HSM root for funding and contract keys, a bitcoind node for the chain and fee estimates,
+/// an anya store for every contract, and oracles of type `O` (an [`HttpOracle`], a
+/// [`LocalOracle`], or `Arc<dyn ddk_manager::Oracle + Send + Sync>` to mix them).
+#[cfg(feature = "dlc-contracts")]
+pub type DlcManager<O> = ddk_manager::manager::Manager<
+    Arc<DlcWallet>,
+    Arc<ddk_manager::CachedContractSignerProvider<Arc<HsmContractSignerProvider>, HsmContractSigner>>,
+    Arc<BitcoindBlockchain>,
+    Arc<KvDlcStorage>,
+    Arc<O>,
+    Arc<ClockTime>,
+    Arc<BitcoindBlockchain>,
+    HsmContractSigner,
+    Arc<TracingLogger>,
+>;
 
 fn oracle_error(e: impl std::fmt::Display) -> ManagerError {
     ManagerError::OracleError(e.to_string())
