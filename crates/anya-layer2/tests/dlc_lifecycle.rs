@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use anya_bitcoin::rpc::{BitcoindChain, RpcAuth, RpcConfig};
 use anya_bitcoin::wallet::{AnyaWallet, Template};
 use anya_core_types::{Clock, Label, SystemClock};
-use anya_hsm::{HsmProvider, KeyPolicy, KeySpec, Usage};
+use anya_hsm::{HsmProvider, KeyPolicy, KeySpec, Operation, Usage};
 use anya_layer2::dlc::contracts::{
     BitcoindBlockchain, ClockTime, DlcManager, DlcWallet, HsmContractSignerProvider, KvDlcStorage, LocalOracle,
     TracingLogger,
@@ -20,6 +20,7 @@ use anya_layer2::dlc::contracts::{
 use anya_layer2::dlc::{Oracle, OracleOptions};
 use anya_storage::{KvStore, SqliteOptions, SqliteStore};
 use anya_testkit::Bitcoind;
+use bitcoin::hashes::Hash as _;
 use bitcoin::{Amount, Network, Transaction};
 use common::{hsm_options, TestClock, PASS};
 use ddk_dlc::{EnumerationPayout, Payout};
@@ -44,7 +45,8 @@ fn now() -> u64 {
 
 /// One side of a contract.
 struct Party {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    name: String,
     store: Arc<dyn KvStore>,
     hsm: Arc<dyn HsmProvider>,
     wallet: Arc<Mutex<AnyaWallet>>,
@@ -94,8 +96,7 @@ impl Party {
             )
             .expect("keystore"),
         );
-        let mut policy = KeyPolicy::default_for(KeySpec::Bip32Root);
-        policy = policy.allowing(Usage::ExportDlcChild);
+        let policy = KeyPolicy::default_for(KeySpec::Bip32Root).allowing(Usage::ExportDlcChild);
         hsm.generate_key(&label("root"), KeySpec::Bip32Root, policy)
             .expect("root");
         let wallet = AnyaWallet::create(
@@ -116,7 +117,46 @@ impl Party {
         let id = PublicKey::from_secret_key(&Secp256k1::new(), &SecretKey::new(&mut rand::thread_rng()));
         let manager = manager(&store, &hsm, &wallet, chain, oracle, clock).await;
         Self {
-            _dir: dir,
+            dir,
+            name: name.to_owned(),
+            store,
+            hsm,
+            wallet,
+            id,
+            manager,
+        }
+    }
+
+    /// The same party after its process stopped: keystore, wallet and manager opened again
+    /// from its store.
+    async fn restart(self, net: &Net) -> Self {
+        let Party {
+            dir,
+            name,
+            id,
+            manager: old,
+            wallet: old_wallet,
+            hsm: old_hsm,
+            store: old_store,
+        } = self;
+        drop((old, old_wallet, old_hsm, old_store));
+        let store: Arc<dyn KvStore> =
+            Arc::new(SqliteStore::open(dir.path().join("party.db"), SqliteOptions::default()).expect("sqlite"));
+        let hsm = anya_hsm::SoftwareHsm::open(Arc::clone(&store), hsm_options(dir.path())).expect("keystore");
+        hsm.unlock(&anya_hsm::SecretString::from(PASS)).expect("unlocked");
+        let hsm: Arc<dyn HsmProvider> = Arc::new(hsm);
+        let wallet = AnyaWallet::load(
+            Arc::clone(&store),
+            Arc::clone(&hsm),
+            Arc::new(SystemClock),
+            label(&name),
+        )
+        .expect("wallet");
+        let wallet = Arc::new(Mutex::new(wallet));
+        let manager = manager(&store, &hsm, &wallet, &net.chain, &net.oracle, &net.clock).await;
+        Self {
+            dir,
+            name,
             store,
             hsm,
             wallet,
@@ -293,33 +333,102 @@ async fn open(alice: &Party, bob: &Party, input: &ContractInput) -> ContractId {
     contract_id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_enum_contract_closes_by_cet_with_the_payouts_to_the_satoshi() {
-    let Some(net) = net() else { return };
-    let alice = Party::new(&net, "alice").await;
-    let bob = Party::new(&net, "bob").await;
+/// Two parties with one confirmed, mature 50 BTC coin each, synced.
+async fn parties(net: &Net) -> (Party, Party) {
+    let alice = Party::new(net, "alice").await;
+    let bob = Party::new(net, "bob").await;
     net.mine(100);
     alice.sync(&net.chain);
     bob.sync(&net.chain);
-    let (alice_start, bob_start) = (alice.balance(), bob.balance());
-    assert_eq!(alice_start, btc(50.0));
+    assert_eq!(alice.balance(), btc(50.0));
+    assert_eq!(bob.balance(), btc(50.0));
+    (alice, bob)
+}
 
+/// What `tx` pays `party`'s wallet.
+fn pays(party: &Party, tx: &Transaction) -> Amount {
+    let w = party.wallet.lock().unwrap();
+    tx.output
+        .iter()
+        .filter(|o| w.is_mine(&o.script_pubkey))
+        .map(|o| o.value)
+        .sum()
+}
+
+/// After `fund` and `close` confirmed: each party's balance is its start, minus what it put
+/// into the funding transaction, plus `payout`; `close` pays it exactly `payout`; and what it
+/// put in is its collateral plus at most its share of the fees at 2 sat/vB.
+fn assert_settled(net: &Net, fund: &Transaction, close: &Transaction, sides: &[(&Party, Amount, Amount)]) {
+    let fund_spent = spent_outputs(&net.chain, fund);
+    for (party, collateral, payout) in sides {
+        party.sync(&net.chain);
+        assert_eq!(pays(party, close), *payout, "{} is paid its payout", party.name);
+        let put_in = party.net_out(fund, &fund_spent);
+        let put_in = u64::try_from(put_in).expect("each side puts money in");
+        assert!(
+            put_in > collateral.to_sat() && put_in < collateral.to_sat() + 2_000,
+            "{} put in {put_in} sat for a collateral of {collateral}",
+            party.name
+        );
+        assert_eq!(
+            party.balance(),
+            btc(50.0) - Amount::from_sat(put_in) + *payout,
+            "{}'s balance to the satoshi",
+            party.name
+        );
+        // The funding coins are spent: no reservation is left once the wallet selects again.
+        let _ = party.wallet.lock().unwrap().select_coins(Amount::from_sat(1), false);
+    }
+    assert_eq!(
+        net.chain
+            .confirmations(&close.compute_txid())
+            .expect("rpc")
+            .map(|c| c >= 3),
+        Some(true)
+    );
+}
+
+/// The funding transaction of a signed contract.
+async fn funding(party: &Party, id: &ContractId) -> Transaction {
+    match party.contract(id).await {
+        Contract::Signed(c) | Contract::Confirmed(c) | Contract::Refunded(c) => {
+            c.accepted_contract.dlc_transactions.fund
+        }
+        Contract::PreClosed(c) => c.signed_contract.accepted_contract.dlc_transactions.fund,
+        Contract::Closed(c) => c.signed_contract.accepted_contract.dlc_transactions.fund,
+        other => panic!("{} has no funding transaction in state {other:?}", party.name),
+    }
+}
+
+const PAYOUTS: [(&str, f64, f64); 2] = [("heads", 1.6, 0.4), ("tails", 0.3, 1.7)];
+
+fn coin_event(net: &Net, id: &str, maturity: u32) -> ContractInput {
     let oracle = &net.oracle_fixture.oracle;
-    let maturity = net.now() as u32 + 600;
     oracle
-        .create_enum_event("coin", maturity, vec!["heads".to_owned(), "tails".to_owned()])
+        .create_enum_event(id, maturity, vec!["heads".to_owned(), "tails".to_owned()])
         .expect("event");
-    let payouts = [("heads", btc(1.6), btc(0.4)), ("tails", btc(0.3), btc(1.7))];
-    let input = enum_input(oracle, "coin", &payouts);
+    let payouts: Vec<(&str, Amount, Amount)> = PAYOUTS.iter().map(|(o, a, b)| (*o, btc(*a), btc(*b))).collect();
+    enum_input(oracle, id, &payouts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enum_contract_closes_by_cet_with_the_payouts_to_the_satoshi() {
+    let Some(net) = net() else { return };
+    let (alice, bob) = parties(&net).await;
+    let maturity = net.now() as u32 + 600;
+    let input = coin_event(&net, "coin", maturity);
     let id = open(&alice, &bob, &input).await;
 
-    let Contract::Signed(signed) = alice.contract(&id).await else {
-        panic!("alice holds the contract signed")
-    };
-    let fund = signed.accepted_contract.dlc_transactions.fund.clone();
+    assert!(matches!(alice.contract(&id).await, Contract::Signed(_)));
     assert!(matches!(bob.contract(&id).await, Contract::Signed(_)));
-    // The funding coins are reserved: the wallets' own payments cannot spend them.
-    assert!(!alice.wallet.lock().unwrap().reserved().expect("reserved").is_empty());
+    let fund = funding(&alice, &id).await;
+    assert_eq!(fund, funding(&bob, &id).await);
+    // The funding coins are reserved in the store until they are spent.
+    let reserved = alice.wallet.lock().unwrap().reserved().expect("reserved");
+    assert!(!reserved.is_empty());
+    assert!(reserved
+        .iter()
+        .all(|o| fund.input.iter().any(|i| i.previous_output == *o)));
 
     net.mine(3);
     alice.tick().await;
@@ -328,7 +437,10 @@ async fn an_enum_contract_closes_by_cet_with_the_payouts_to_the_satoshi() {
     assert!(matches!(bob.contract(&id).await, Contract::Confirmed(_)));
 
     net.advance_to(u64::from(maturity) + 60);
-    oracle.attest_enum("coin", "tails").expect("attested");
+    net.oracle_fixture
+        .oracle
+        .attest_enum("coin", "tails")
+        .expect("attested");
     alice.tick().await;
     let Contract::PreClosed(pre) = alice.contract(&id).await else {
         panic!("alice broadcast the CET")
@@ -340,32 +452,126 @@ async fn an_enum_contract_closes_by_cet_with_the_payouts_to_the_satoshi() {
     assert!(matches!(alice.contract(&id).await, Contract::Closed(_)));
     assert!(matches!(bob.contract(&id).await, Contract::Closed(_)));
 
-    // The CET pays each side exactly its payout for "tails".
-    let pays = |p: &Party| -> u64 {
-        let w = p.wallet.lock().unwrap();
-        cet.output
-            .iter()
-            .filter(|o| w.is_mine(&o.script_pubkey))
-            .map(|o| o.value.to_sat())
-            .sum()
-    };
-    assert_eq!(pays(&alice), btc(0.3).to_sat());
-    assert_eq!(pays(&bob), btc(1.7).to_sat());
+    assert_settled(
+        &net,
+        &fund,
+        &cet,
+        &[(&alice, btc(1.0), btc(0.3)), (&bob, btc(1.0), btc(1.7))],
+    );
 
-    alice.sync(&net.chain);
-    bob.sync(&net.chain);
-    let fund_spent = spent_outputs(&net.chain, &fund);
-    for (party, start, payout) in [(&alice, alice_start, btc(0.3)), (&bob, bob_start, btc(1.7))] {
-        let put_in = party.net_out(&fund, &fund_spent);
-        assert!(put_in > 0);
-        let expected = start.to_sat() as i64 - put_in + payout.to_sat() as i64;
-        assert_eq!(party.balance().to_sat() as i64, expected);
+    // The funding was approved by each wallet's spending policy, and each contract key that
+    // left the HSM left through the audited DLC export.
+    for party in [&alice, &bob] {
+        let records = party.hsm.audit_records(0, 10_000).expect("audit");
+        let fund_subject = fund.compute_txid().to_byte_array();
+        assert!(records
+            .iter()
+            .any(|r| r.operation == Operation::Decision && r.input_hash == Some(fund_subject) && r.outcome == 0));
+        let exports = records
+            .iter()
+            .filter(|r| r.operation == Operation::ExportScopedChild)
+            .count();
+        assert!(
+            exports >= 1,
+            "{} exported its contract key through the audited scope",
+            party.name
+        );
+        assert!(records.iter().all(|r| r.operation != Operation::ExportKey));
+        party.hsm.verify_audit_chain().expect("chain verifies");
     }
-    // Each side put in its collateral and at most its share of the fees (2 sat/vB).
-    let alice_in = alice.net_out(&fund, &fund_spent) as u64;
-    let bob_in = bob.net_out(&fund, &fund_spent) as u64;
-    assert!(alice_in > btc(1.0).to_sat() && alice_in < btc(1.0).to_sat() + 2_000);
-    assert!(bob_in > btc(1.0).to_sat() && bob_in < btc(1.0).to_sat() + 2_000);
-    // The funding coins were released by the chain: nothing stays reserved after a new selection.
-    let _ = (alice.store.clone(), alice.hsm.clone());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unattested_contract_is_refunded_after_its_refund_locktime() {
+    let Some(net) = net() else { return };
+    let (alice, bob) = parties(&net).await;
+    let maturity = net.now() as u32 + 600;
+    let input = coin_event(&net, "never", maturity);
+    let id = open(&alice, &bob, &input).await;
+    let fund = funding(&alice, &id).await;
+    net.mine(3);
+    alice.tick().await;
+    bob.tick().await;
+    let Contract::Confirmed(c) = alice.contract(&id).await else {
+        panic!("confirmed")
+    };
+    let refund_locktime = u64::from(c.accepted_contract.dlc_transactions.refund.lock_time.to_consensus_u32());
+    assert_eq!(
+        refund_locktime,
+        u64::from(maturity) + u64::from(ddk_manager::manager::REFUND_DELAY)
+    );
+
+    // Past maturity but before the refund locktime, with no attestation: nothing happens.
+    net.advance_to(u64::from(maturity) + 3600);
+    alice.tick().await;
+    assert!(matches!(alice.contract(&id).await, Contract::Confirmed(_)));
+
+    net.advance_to(refund_locktime + 60);
+    alice.tick().await;
+    let Contract::Refunded(r) = alice.contract(&id).await else {
+        panic!("alice broadcast the refund")
+    };
+    let refund = r.accepted_contract.dlc_transactions.refund.clone();
+    net.mine(3);
+    bob.tick().await;
+    assert!(
+        !matches!(bob.contract(&id).await, Contract::Confirmed(_)),
+        "bob saw the refund"
+    );
+    // The refund transaction as the chain has it (signed), paying each side its collateral.
+    let refund = net
+        .chain
+        .transaction(&refund.compute_txid())
+        .expect("rpc")
+        .expect("on chain");
+    assert_settled(
+        &net,
+        &fund,
+        &refund,
+        &[(&alice, btc(1.0), btc(1.0)), (&bob, btc(1.0), btc(1.0))],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_offline_after_signing_finds_its_payout_when_it_returns() {
+    let Some(net) = net() else { return };
+    let (alice, bob) = parties(&net).await;
+    let maturity = net.now() as u32 + 600;
+    let input = coin_event(&net, "away", maturity);
+    let id = open(&alice, &bob, &input).await;
+    let fund = funding(&bob, &id).await;
+
+    // Alice's process stops once the contract is signed; Bob carries on alone.
+    let alice_dir_kept = alice;
+    net.mine(3);
+    bob.tick().await;
+    net.advance_to(u64::from(maturity) + 60);
+    net.oracle_fixture
+        .oracle
+        .attest_enum("away", "heads")
+        .expect("attested");
+    bob.tick().await;
+    let Contract::PreClosed(pre) = bob.contract(&id).await else {
+        panic!("bob broadcast the CET")
+    };
+    let cet = pre.signed_cet.clone();
+    net.mine(3);
+    bob.tick().await;
+    assert!(matches!(bob.contract(&id).await, Contract::Closed(_)));
+
+    // Alice comes back on the same store: her manager finds the contract and the CET.
+    let alice = alice_dir_kept.restart(&net).await;
+    alice.tick().await;
+    assert!(
+        matches!(alice.contract(&id).await, Contract::Closed(_) | Contract::PreClosed(_)),
+        "alice's manager saw the CET"
+    );
+    alice.tick().await;
+    assert!(matches!(alice.contract(&id).await, Contract::Closed(_)));
+    assert_settled(
+        &net,
+        &fund,
+        &cet,
+        &[(&alice, btc(1.0), btc(1.6)), (&bob, btc(1.0), btc(0.4))],
+    );
 }
