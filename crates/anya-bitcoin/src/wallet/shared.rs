@@ -9,8 +9,8 @@
 //!   records).
 //! - **Shared signing.** [`AnyaWallet::sign_shared_input`] signs one of the wallet's inputs of a
 //!   transaction whose other inputs belong to someone else. The spending policy judges what
-//!   leaves *this* wallet (its inputs minus the outputs paying it), attributed to the
-//!   transaction's largest output that is not the wallet's (the shared output), and the
+//!   leaves *this* wallet (its inputs minus the outputs paying it), attributed to the shared
+//!   output (the largest P2WSH output that is not the wallet's, else the largest), and the
 //!   decision is in the HSM's audit chain before any signature is made. The input is signed
 //!   with the wallet's own record of the coin (never the PSBT's amount), finalized, and checked
 //!   by Bitcoin Core's script interpreter.
@@ -20,6 +20,7 @@ use std::collections::HashSet;
 use anya_storage::{Namespace, Scan, StoreError, WriteBatch};
 use bdk_wallet::{AddressInfo, KeychainKind, LocalOutput};
 use bitcoin::consensus::encode::{deserialize, serialize};
+use bitcoin::constants::COINBASE_MATURITY;
 use bitcoin::psbt::Psbt;
 use bitcoin::{Amount, OutPoint, TxOut};
 use miniscript::psbt::PsbtExt;
@@ -29,7 +30,11 @@ use crate::policy::{OutputRole, SpendOutput, SpendSummary};
 use crate::psbt::{checked_total, AmountSide};
 use crate::verify::{verify_input, VerifyFlags};
 
-/// How many times a selection is retried when another one reserved a coin it chose.
+/// Retries of a selection whose reservation lost to another's, beyond one per coin it could
+/// choose. Each lost race means another selection reserved one of those coins, so unless coins
+/// are unreserved meanwhile a selection ends (chosen, or [`WalletError::InsufficientFunds`])
+/// within one retry per coin; two selectors choosing largest first collide again and again,
+/// so a fixed small count would fail one of them while coins are left.
 const MAX_SELECT_RETRIES: usize = 8;
 
 fn reserved_ns(wallet: &AnyaWallet) -> Result<Namespace, StoreError> {
@@ -62,20 +67,23 @@ impl AnyaWallet {
             .collect()
     }
 
-    /// Chooses confirmed, unreserved coins worth at least `amount` (largest first) and, when
-    /// `reserve` is set, reserves them durably, all or none. A coin reserved by a concurrent
-    /// selection is skipped and the choice made again. Records of reserved coins that are no
-    /// longer unspent are dropped in the same batch.
+    /// Chooses confirmed (and, from a coinbase, mature), unreserved coins worth at least
+    /// `amount` (largest first) and, when `reserve` is set, reserves them durably, all or none.
+    /// A coin reserved by a concurrent selection is skipped and the choice made again.
+    /// Records of reserved coins this wallet knows to be spent are dropped in the same batch
+    /// (a coin it has not seen yet, reserved through a handle synced further, keeps its record).
     ///
     /// Not enough coins is [`WalletError::InsufficientFunds`], and nothing is reserved.
     pub fn select_coins(&self, amount: Amount, reserve: bool) -> Result<Vec<LocalOutput>, WalletError> {
         let ns = reserved_ns(self)?;
-        let mut last = None;
-        for _ in 0..MAX_SELECT_RETRIES {
+        let mut retries: Option<usize> = None;
+        loop {
             let reserved: HashSet<OutPoint> = self.reserved()?.into_iter().collect();
             let mut unspent: Vec<LocalOutput> = self.wallet.list_unspent().collect();
             let live: HashSet<OutPoint> = unspent.iter().map(|u| u.outpoint).collect();
-            unspent.retain(|u| u.chain_position.is_confirmed() && !reserved.contains(&u.outpoint));
+            let tip = self.wallet.latest_checkpoint().height();
+            unspent.retain(|u| self.spendable_next_block(u, tip) && !reserved.contains(&u.outpoint));
+            let retries = retries.get_or_insert(unspent.len().saturating_add(MAX_SELECT_RETRIES));
             unspent.sort_by(|a, b| b.txout.value.cmp(&a.txout.value).then(a.outpoint.cmp(&b.outpoint)));
             let mut chosen = Vec::new();
             let mut total = Amount::ZERO;
@@ -102,19 +110,33 @@ impl AnyaWallet {
                 batch.check(&ns, key.clone(), None)?;
                 batch.put(&ns, key, now.to_be_bytes())?;
             }
-            for gone in reserved.iter().filter(|o| !live.contains(o)) {
+            // Spent as far as this wallet knows: it holds the transaction that made the coin,
+            // and the coin is not unspent.
+            let spent = |o: &&OutPoint| !live.contains(o) && self.wallet.get_tx(o.txid).is_some();
+            for gone in reserved.iter().filter(spent) {
                 batch.delete(&ns, serialize(gone))?;
             }
             match self.store.write(batch) {
                 Ok(_) => return Ok(chosen),
-                Err(e) if e.is_conflict() => last = Some(e),
+                Err(e) if e.is_conflict() && *retries > 0 => *retries -= 1,
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(last.map_or_else(
-            || WalletError::Psbt("coin selection contended".to_owned()),
-            WalletError::Store,
-        ))
+    }
+
+    /// Whether `utxo` may be spent by the block after `tip`: it is confirmed and, if a coinbase
+    /// pays it, mature (BDK's own coin selection skips immature coinbase outputs by the same
+    /// rule). A confirmed but immature coinbase output reserved for a funding transaction would
+    /// make that transaction invalid for up to 100 blocks.
+    fn spendable_next_block(&self, utxo: &LocalOutput, tip: u32) -> bool {
+        let Some(height) = utxo.chain_position.confirmation_height_upper_bound() else {
+            return false;
+        };
+        let coinbase = self
+            .wallet
+            .get_tx(utxo.outpoint.txid)
+            .is_some_and(|tx| tx.tx_node.tx.is_coinbase());
+        !coinbase || tip.saturating_sub(height) >= COINBASE_MATURITY - 1
     }
 
     /// Releases reserved coins (a contract that was refused or abandoned before its funding
@@ -131,7 +153,8 @@ impl AnyaWallet {
 
     /// What the policy judges when the wallet signs into a shared transaction: the wallet's
     /// inputs (valued from its own records), the outputs paying it, and what leaves it as one
-    /// external output on the transaction's largest output that is not the wallet's.
+    /// external output on the shared output: the largest P2WSH output that is not the
+    /// wallet's (a DLC's 2-of-2 funding output), or else the largest output that is not.
     ///
     /// The fee stands for the transaction's whole fee (as far as the PSBT's other inputs tell),
     /// capped at what leaves the wallet: an upper bound on the wallet's share.
@@ -161,7 +184,9 @@ impl AnyaWallet {
                     value: out.value,
                     role: OutputRole::Wallet,
                 });
-            } else if shared.is_none_or(|s| out.value > s.value) {
+            } else if shared
+                .is_none_or(|s| (out.script_pubkey.is_p2wsh(), out.value) > (s.script_pubkey.is_p2wsh(), s.value))
+            {
                 shared = Some(out);
             }
         }
@@ -205,8 +230,10 @@ impl AnyaWallet {
     /// wallet](Self::summarize_shared) (the decision is in the HSM's audit chain; approving the
     /// same transaction again for its next input does not count it twice). The input's
     /// previous output must be one of the wallet's unspent coins; its amount and script come
-    /// from the wallet's records, not from the PSBT. The input is finalized and verified with
-    /// Bitcoin Core's script interpreter against the PSBT's spent outputs.
+    /// from the wallet's records, not from the PSBT, and it is signed with SIGHASH_ALL
+    /// (SIGHASH_DEFAULT for Taproot) whatever sighash type the PSBT asks for. The input is
+    /// finalized and verified with Bitcoin Core's script interpreter against the PSBT's spent
+    /// outputs.
     ///
     /// A refusal is [`WalletError::Policy`] and nothing is signed; an input that is not the
     /// wallet's is [`WalletError::Psbt`].
@@ -241,9 +268,27 @@ impl AnyaWallet {
         input.tap_internal_key = ours.tap_internal_key;
         input.redeem_script = ours.redeem_script;
         input.witness_script = ours.witness_script;
+        input.tap_merkle_root = ours.tap_merkle_root;
+        input.tap_scripts = ours.tap_scripts;
+        // The signature commits to the whole transaction the policy judged (SIGHASH_ALL, or
+        // SIGHASH_DEFAULT for Taproot), whatever the PSBT asks: with SIGHASH_NONE or
+        // SIGHASH_SINGLE the other party could rewrite the outputs after we signed.
+        input.sighash_type = None;
         input.partial_sigs.clear();
         input.tap_key_sig = None;
+        input.tap_script_sigs.clear();
+        // A witness the PSBT brings for this input is not ours to keep: the finalizer keeps
+        // an input that is already final, so a stale or junk one would stand in for our
+        // signature (and fail verification after the policy counted the spend).
+        input.final_script_sig = None;
+        input.final_script_witness = None;
 
+        // Every spent output must be known before the policy counts the spend: signing and
+        // verification need them, and a PSBT that can never be signed must not use up the
+        // velocity allowance.
+        for i in 0..psbt.inputs.len() {
+            crate::signer::prevout(psbt, i)?;
+        }
         let summary = self.summarize_shared(psbt)?;
         self.policy.approve(&summary, hsm, key)?;
 
