@@ -20,15 +20,21 @@ use secp256k1::XOnlyPublicKey;
 use super::client::OracleClient;
 use super::Oracle;
 
+pub mod resume;
 pub mod signer;
 pub mod storage;
 #[cfg(feature = "dlc-contracts")]
 pub mod wallet;
+pub mod wire;
 
+pub use resume::{outgoing_message, Pending};
+#[cfg(feature = "dlc-contracts")]
+pub use resume::{resume, Resumed};
 pub use signer::{HsmContractSigner, HsmContractSignerProvider};
 pub use storage::KvDlcStorage;
 #[cfg(feature = "dlc-contracts")]
 pub use wallet::{BitcoindBlockchain, ClockTime, DlcWallet, TracingLogger};
+pub use wire::{decode_message, encode_message, WireError};
 
 /// The contract manager on anya: an [`AnyaWallet`](anya_bitcoin::wallet::AnyaWallet) and its
 /// HSM root for funding and contract keys, a bitcoind node for the chain and fee estimates,

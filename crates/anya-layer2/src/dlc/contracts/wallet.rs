@@ -58,6 +58,20 @@ impl DlcWallet {
     pub fn wallet(&self) -> &Arc<Mutex<AnyaWallet>> {
         &self.wallet
     }
+
+    /// Releases every reserved coin not in `keep` (the coins live contracts fund themselves
+    /// with, from [`funding_outpoints`](super::resume::funding_outpoints)) and returns them.
+    pub fn release_unused(&self, keep: &std::collections::HashSet<OutPoint>) -> Result<Vec<OutPoint>, ManagerError> {
+        let w = lock(&self.wallet);
+        let unused: Vec<OutPoint> = w
+            .reserved()
+            .map_err(wallet_error)?
+            .into_iter()
+            .filter(|o| !keep.contains(o))
+            .collect();
+        w.unreserve(&unused).map_err(wallet_error)?;
+        Ok(unused)
+    }
 }
 
 #[async_trait::async_trait]
