@@ -21,6 +21,8 @@ use super::client::OracleClient;
 use super::Oracle;
 
 pub mod resume;
+#[cfg(feature = "dlc-contracts")]
+pub mod service;
 pub mod signer;
 pub mod storage;
 #[cfg(feature = "dlc-contracts")]
@@ -30,6 +32,8 @@ pub mod wire;
 pub use resume::{outgoing_message, Pending};
 #[cfg(feature = "dlc-contracts")]
 pub use resume::{resume, Resumed};
+#[cfg(feature = "dlc-contracts")]
+pub use service::{AnyOracle, ContractSummary, DlcError, DlcParts, DlcService};
 pub use signer::{HsmContractSigner, HsmContractSignerProvider};
 pub use storage::KvDlcStorage;
 #[cfg(feature = "dlc-contracts")]

@@ -1,0 +1,361 @@
+//! [`DlcService`]: one party's contracts, ready to serve.
+//!
+//! It holds a `ddk-manager` on anya's wallet, HSM, store and bitcoind (the [`DlcManager`]), runs
+//! [`resume`] when it opens (so a restart after a crash at any step picks the contract up
+//! again), works in message bytes ([`encode_message`](super::encode_message)'s format) so that
+//! any transport can carry them, and runs one manager operation at a time (a contract's steps
+//! read and write several records; serializing them keeps each step whole).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anya_bitcoin::rpc::BitcoindChain;
+use anya_bitcoin::wallet::AnyaWallet;
+use anya_core_types::Clock;
+use anya_hsm::{HsmProvider, KeyId};
+use anya_storage::KvStore;
+use bitcoin::hex::DisplayHex;
+use bitcoin::{Amount, Network, Txid};
+use ddk_manager::contract::contract_input::ContractInput;
+use ddk_manager::contract::Contract;
+use ddk_manager::error::Error as ManagerError;
+use ddk_manager::{ContractId, Storage as _};
+use ddk_messages::Message;
+use secp256k1::{PublicKey, XOnlyPublicKey};
+use serde::Serialize;
+
+use super::resume::Resumed;
+use super::wire::{decode_message, encode_message, WireError};
+use super::{
+    resume, BitcoindBlockchain, ClockTime, DlcManager, DlcWallet, HsmContractSignerProvider, KvDlcStorage,
+    TracingLogger,
+};
+
+/// Any oracle the manager reads, remote or local.
+pub type AnyOracle = dyn ddk_manager::Oracle + Send + Sync;
+
+/// The store namespace of the contracts.
+pub const CONTRACTS_NS: &str = "anya/dlc/contracts";
+
+/// Why a contract operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DlcError {
+    /// Message bytes that are not a contract message.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The manager refused (a message that does not verify, a contract in another state, an
+    /// unknown oracle, not enough coins, …) or failed.
+    #[error("{0}")]
+    Manager(#[from] ManagerError),
+    /// No contract has this id.
+    #[error("no contract {0}")]
+    NotFound(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] anya_storage::StoreError),
+    /// The node is not on the wallet's network, or cannot be reached.
+    #[error("chain: {0}")]
+    Chain(#[from] anya_bitcoin::rpc::RpcError),
+}
+
+/// A contract as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContractSummary {
+    /// Its id (hex): the final id once accepted, the temporary id before.
+    pub id: String,
+    /// Its temporary id (hex), as the offer named it.
+    pub temporary_id: String,
+    /// Its state: `offered`, `accepted`, `signed`, `confirmed`, `preclosed`, `closed`,
+    /// `refunded`, `failed-accept`, `failed-sign` or `rejected`.
+    pub state: &'static str,
+    /// Whether this party offered it.
+    pub is_offer_party: bool,
+    /// The counterparty (hex public key).
+    pub counterparty: String,
+    /// The offer party's collateral (sat).
+    pub offer_collateral: u64,
+    /// The accepting party's collateral (sat).
+    pub accept_collateral: u64,
+    /// The funding transaction, once there is one.
+    pub funding_txid: Option<Txid>,
+    /// The closing transaction (CET or refund), once there is one.
+    pub closing_txid: Option<Txid>,
+    /// This party's profit or loss in sat, once closed.
+    pub pnl: i64,
+    /// The oracle events it settles on.
+    pub events: Vec<String>,
+}
+
+/// The state's name.
+pub fn state_name(contract: &Contract) -> &'static str {
+    match contract {
+        Contract::Offered(_) => "offered",
+        Contract::Accepted(_) => "accepted",
+        Contract::Signed(_) => "signed",
+        Contract::Confirmed(_) => "confirmed",
+        Contract::PreClosed(_) => "preclosed",
+        Contract::Closed(_) => "closed",
+        Contract::Refunded(_) => "refunded",
+        Contract::FailedAccept(_) => "failed-accept",
+        Contract::FailedSign(_) => "failed-sign",
+        Contract::Rejected(_) => "rejected",
+    }
+}
+
+fn offered(contract: &Contract) -> Option<&ddk_manager::contract::offered_contract::OfferedContract> {
+    Some(match contract {
+        Contract::Offered(o) | Contract::Rejected(o) => o,
+        Contract::Accepted(a) => &a.offered_contract,
+        Contract::Signed(s) | Contract::Confirmed(s) | Contract::Refunded(s) => &s.accepted_contract.offered_contract,
+        Contract::PreClosed(p) => &p.signed_contract.accepted_contract.offered_contract,
+        Contract::Closed(c) => &c.signed_contract.accepted_contract.offered_contract,
+        Contract::FailedAccept(f) => &f.offered_contract,
+        Contract::FailedSign(f) => &f.accepted_contract.offered_contract,
+    })
+}
+
+impl ContractSummary {
+    /// The summary of `contract`.
+    pub fn of(contract: &Contract) -> Self {
+        let (offer, accept, _) = contract.get_collateral();
+        let closing_txid = match contract {
+            Contract::PreClosed(p) => Some(p.signed_cet.compute_txid()),
+            Contract::Closed(c) => c.signed_cet.as_ref().map(bitcoin::Transaction::compute_txid),
+            Contract::Refunded(r) => Some(r.accepted_contract.dlc_transactions.refund.compute_txid()),
+            _ => None,
+        };
+        let offered = offered(contract);
+        Self {
+            id: contract.get_id().to_lower_hex_string(),
+            temporary_id: contract.get_temporary_id().to_lower_hex_string(),
+            state: state_name(contract),
+            is_offer_party: offered.is_some_and(|o| o.is_offer_party),
+            counterparty: contract.get_counter_party_id().serialize().to_lower_hex_string(),
+            offer_collateral: offer.to_sat(),
+            accept_collateral: accept.to_sat(),
+            funding_txid: contract.get_funding_txid(),
+            closing_txid,
+            pnl: contract.get_pnl().to_sat(),
+            events: offered
+                .map(|o| {
+                    o.contract_info
+                        .iter()
+                        .flat_map(|i| i.oracle_announcements.iter().map(|a| a.oracle_event.event_id.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// What the parts of a [`DlcService`] are.
+pub struct DlcParts {
+    /// The store (contracts live in [`CONTRACTS_NS`]).
+    pub store: Arc<dyn KvStore>,
+    /// The keystore holding `root`.
+    pub hsm: Arc<dyn HsmProvider>,
+    /// The BIP32 root of the contract keys (its policy must allow
+    /// [`Usage::ExportDlcChild`](anya_hsm::Usage::ExportDlcChild)); usually the wallet's.
+    pub root: KeyId,
+    /// The wallet funding the contracts.
+    pub wallet: Arc<Mutex<AnyaWallet>>,
+    /// The node.
+    pub chain: Arc<BitcoindChain>,
+    /// The network (checked against the node).
+    pub network: Network,
+    /// The oracles contracts may use.
+    pub oracles: Vec<Arc<AnyOracle>>,
+    /// The time the manager sees.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for DlcParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DlcParts")
+            .field("root", &self.root)
+            .field("network", &self.network)
+            .field("oracles", &self.oracles.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One party's contracts (see the [module docs](self)).
+pub struct DlcService {
+    manager: tokio::sync::Mutex<DlcManager<AnyOracle>>,
+    storage: Arc<KvDlcStorage>,
+    wallet: Arc<DlcWallet>,
+    blockchain: Arc<BitcoindBlockchain>,
+    oracle_keys: Vec<XOnlyPublicKey>,
+}
+
+impl std::fmt::Debug for DlcService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DlcService")
+            .field("oracles", &self.oracle_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DlcService {
+    /// Opens the service and [resumes](resume) what a previous process left: returns what the
+    /// resume did (the messages in it are to be sent again, as bytes from
+    /// [`encode_message`](super::encode_message)).
+    pub async fn open(parts: DlcParts) -> Result<(Self, Resumed), DlcError> {
+        let blockchain = Arc::new(BitcoindBlockchain::new(Arc::clone(&parts.chain), parts.network)?);
+        let storage = Arc::new(KvDlcStorage::new(Arc::clone(&parts.store), CONTRACTS_NS)?);
+        let wallet = Arc::new(DlcWallet::new(parts.wallet));
+        let mut oracles = HashMap::new();
+        let mut oracle_keys = Vec::new();
+        for oracle in parts.oracles {
+            let key = oracle.get_public_key();
+            oracle_keys.push(key);
+            oracles.insert(key, oracle);
+        }
+        let manager = DlcManager::new(
+            Arc::clone(&wallet),
+            Arc::new(HsmContractSignerProvider::new(parts.hsm, parts.root)),
+            Arc::clone(&blockchain),
+            Arc::clone(&storage),
+            oracles,
+            Arc::new(ClockTime(parts.clock)),
+            Arc::clone(&blockchain),
+            Arc::new(TracingLogger),
+        )
+        .await?;
+        let resumed = resume(&storage, &wallet, &blockchain).await?;
+        Ok((
+            Self {
+                manager: tokio::sync::Mutex::new(manager),
+                storage,
+                wallet,
+                blockchain,
+                oracle_keys,
+            },
+            resumed,
+        ))
+    }
+
+    /// The oracles' public keys.
+    pub fn oracles(&self) -> &[XOnlyPublicKey] {
+        &self.oracle_keys
+    }
+
+    /// The wallet funding the contracts.
+    pub fn wallet(&self) -> &Arc<DlcWallet> {
+        &self.wallet
+    }
+
+    /// The node.
+    pub fn blockchain(&self) -> &Arc<BitcoindBlockchain> {
+        &self.blockchain
+    }
+
+    /// Offers `input` to `counterparty` (the announcements are read from the oracles): returns
+    /// the contract's temporary id and the offer's bytes. The offer is stored (and its coins
+    /// reserved) before it is returned.
+    pub async fn offer(
+        &self,
+        input: &ContractInput,
+        counterparty: PublicKey,
+    ) -> Result<(ContractId, Vec<u8>), DlcError> {
+        let manager = self.manager.lock().await;
+        let offer = manager.send_offer(input, counterparty).await?;
+        Ok((offer.temporary_contract_id, encode_message(&Message::Offer(offer))))
+    }
+
+    /// Hands a message from `from` to the manager: an offer is stored (to accept or not), an
+    /// accept is answered with the sign message (returned), a sign makes this party broadcast
+    /// the funding transaction. A message that does not decode, verify or fit the contract's
+    /// state is an error.
+    pub async fn receive(&self, bytes: &[u8], from: PublicKey) -> Result<Option<Vec<u8>>, DlcError> {
+        let message = decode_message(bytes)?;
+        let manager = self.manager.lock().await;
+        let reply = manager.on_dlc_message(&message, from).await?;
+        Ok(reply.as_ref().map(encode_message))
+    }
+
+    /// Accepts the offer `temporary_id`: returns the contract's id and the accept's bytes for
+    /// the offer party. The accepted contract is stored before it is returned.
+    pub async fn accept(&self, temporary_id: &ContractId) -> Result<(ContractId, Vec<u8>), DlcError> {
+        let manager = self.manager.lock().await;
+        let (id, _, accept) = manager.accept_contract_offer(temporary_id).await?;
+        Ok((id, encode_message(&Message::Accept(accept))))
+    }
+
+    /// The manager's periodic work: new blocks, funding confirmations, attestations (closing
+    /// by CET), refunds after the refund locktime. Returns the contracts whose state changed,
+    /// in their new state.
+    pub async fn tick(&self) -> Result<Vec<ContractSummary>, DlcError> {
+        let manager = self.manager.lock().await;
+        let before: HashMap<ContractId, &'static str> = self
+            .storage
+            .get_contracts()
+            .await?
+            .iter()
+            .map(|c| (c.get_id(), state_name(c)))
+            .collect();
+        manager.periodic_chain_monitor().await?;
+        manager.periodic_check(false).await?;
+        Ok(self
+            .storage
+            .get_contracts()
+            .await?
+            .iter()
+            .filter(|c| before.get(&c.get_id()) != Some(&state_name(c)))
+            .map(ContractSummary::of)
+            .collect())
+    }
+
+    /// Every contract.
+    pub async fn contracts(&self) -> Result<Vec<ContractSummary>, DlcError> {
+        Ok(self
+            .storage
+            .get_contracts()
+            .await?
+            .iter()
+            .map(ContractSummary::of)
+            .collect())
+    }
+
+    /// The contract `id` (its final id, or its temporary id before it has one).
+    pub async fn contract(&self, id: &ContractId) -> Result<Contract, DlcError> {
+        if let Some(c) = self.storage.get_contract(id).await? {
+            return Ok(c);
+        }
+        self.storage
+            .get_contracts()
+            .await?
+            .into_iter()
+            .find(|c| c.get_temporary_id() == *id)
+            .ok_or_else(|| DlcError::NotFound(id.to_lower_hex_string()))
+    }
+
+    /// What `contract` pays this party when it closed by a CET or refund (what its outputs to
+    /// this party's payout script hold), once known.
+    pub fn payout(contract: &Contract) -> Option<Amount> {
+        let signed = match contract {
+            Contract::Closed(c) => &c.signed_contract,
+            Contract::PreClosed(p) => &p.signed_contract,
+            _ => return None,
+        };
+        let offer = &signed.accepted_contract.offered_contract;
+        let spk = if offer.is_offer_party {
+            &offer.offer_params.payout_script_pubkey
+        } else {
+            &signed.accepted_contract.accept_params.payout_script_pubkey
+        };
+        let cet = match contract {
+            Contract::Closed(c) => c.signed_cet.as_ref()?,
+            Contract::PreClosed(p) => &p.signed_cet,
+            _ => return None,
+        };
+        Some(
+            cet.output
+                .iter()
+                .filter(|o| &o.script_pubkey == spk)
+                .map(|o| o.value)
+                .sum(),
+        )
+    }
+}
