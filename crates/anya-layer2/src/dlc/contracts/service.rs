@@ -57,6 +57,14 @@ pub enum DlcError {
     /// The node is not on the wallet's network, or cannot be reached.
     #[error("chain: {0}")]
     Chain(#[from] anya_bitcoin::rpc::RpcError),
+    /// A contract anya refuses to enter: one with several contract infos (a disjoint
+    /// contract). ddk-manager 1.1.2 builds the CETs of every info after the first with lock
+    /// time 0 on the accepting side and checks the offer side's adaptor signatures against the
+    /// wrong CETs, so the two parties sign different transactions for those outcomes (found
+    /// with the dlcspecs vectors, `tests/dlc_vectors.rs`): such a contract could close only on
+    /// the first info's outcomes or by refund.
+    #[error("disjoint contracts (several contract infos) are refused: their CETs are not signed alike by both parties in ddk-manager 1.1.2")]
+    Disjoint,
 }
 
 /// A contract as the API shows it.
@@ -259,6 +267,9 @@ impl DlcService {
         input: &ContractInput,
         counterparty: PublicKey,
     ) -> Result<(ContractId, Vec<u8>), DlcError> {
+        if input.contract_infos.len() != 1 {
+            return Err(DlcError::Disjoint);
+        }
         let manager = self.manager.lock().await;
         let offer = manager.send_offer(input, counterparty).await?;
         Ok((offer.temporary_contract_id, encode_message(&Message::Offer(offer))))
@@ -270,6 +281,11 @@ impl DlcService {
     /// state is an error.
     pub async fn receive(&self, bytes: &[u8], from: PublicKey) -> Result<Option<Vec<u8>>, DlcError> {
         let message = decode_message(bytes)?;
+        if let Message::Offer(offer) = &message {
+            if matches!(offer.contract_info, ddk_messages::contract_msgs::ContractInfo::DisjointContractInfo(_)) {
+                return Err(DlcError::Disjoint);
+            }
+        }
         let manager = self.manager.lock().await;
         let reply = manager.on_dlc_message(&message, from).await?;
         Ok(reply.as_ref().map(encode_message))
