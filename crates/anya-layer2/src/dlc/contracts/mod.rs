@@ -20,6 +20,9 @@ use secp256k1::XOnlyPublicKey;
 use super::client::OracleClient;
 use super::Oracle;
 
+pub mod cets;
+#[cfg(feature = "dlc-contracts")]
+pub mod regtest;
 pub mod resume;
 #[cfg(feature = "dlc-contracts")]
 pub mod service;
@@ -31,6 +34,8 @@ pub mod wire;
 
 pub use resume::{outgoing_message, Pending};
 #[cfg(feature = "dlc-contracts")]
+pub use regtest::RegtestBlockchain;
+#[cfg(feature = "dlc-contracts")]
 pub use resume::{resume, Resumed};
 #[cfg(feature = "dlc-contracts")]
 pub use service::{AnyOracle, ContractSummary, DlcError, DlcParts, DlcService};
@@ -41,18 +46,19 @@ pub use wallet::{BitcoindBlockchain, ClockTime, DlcWallet, TracingLogger};
 pub use wire::{decode_message, encode_message, WireError};
 
 /// The contract manager on anya: an [`AnyaWallet`](anya_bitcoin::wallet::AnyaWallet) and its
-/// HSM root for funding and contract keys, a bitcoind node for the chain and fee estimates,
-/// an anya store for every contract, and oracles of type `O` (an [`HttpOracle`], a
-/// [`LocalOracle`], or `Arc<dyn ddk_manager::Oracle + Send + Sync>` to mix them).
+/// HSM root for funding and contract keys, a chain `B` for blocks, broadcasts and fee
+/// estimates (a bitcoind node by default, or the in-process [`RegtestBlockchain`]), an anya
+/// store for every contract, and oracles of type `O` (an [`HttpOracle`], a [`LocalOracle`], or
+/// `dyn ddk_manager::Oracle + Send + Sync` to mix them).
 #[cfg(feature = "dlc-contracts")]
-pub type DlcManager<O> = ddk_manager::manager::Manager<
+pub type DlcManager<O, B = BitcoindBlockchain> = ddk_manager::manager::Manager<
     Arc<DlcWallet>,
     Arc<ddk_manager::CachedContractSignerProvider<Arc<HsmContractSignerProvider>, HsmContractSigner>>,
-    Arc<BitcoindBlockchain>,
+    Arc<B>,
     Arc<KvDlcStorage>,
     Arc<O>,
     Arc<ClockTime>,
-    Arc<BitcoindBlockchain>,
+    Arc<B>,
     HsmContractSigner,
     Arc<TracingLogger>,
 >;
