@@ -23,11 +23,12 @@ use std::collections::HashSet;
 
 use bitcoin::psbt::Psbt;
 use bitcoin::{OutPoint, Transaction, Witness};
+use ddk_manager::contract::accepted_contract::AcceptedContract;
 use ddk_manager::contract::signed_contract::SignedContract;
 use ddk_manager::contract::Contract;
 use ddk_manager::error::Error as ManagerError;
 use ddk_manager::{Blockchain, ContractId, Storage, Wallet};
-use ddk_messages::{Message, OfferDlc};
+use ddk_messages::{FundingSignatures, Message, OfferDlc};
 use secp256k1::PublicKey;
 
 /// Something a restarted party must do again for one contract.
@@ -41,6 +42,14 @@ pub enum Pending {
         to: PublicKey,
         /// The message, rebuilt from the stored state.
         message: Box<Message>,
+    },
+    /// Recovery failed for this contract (its funding transaction could not be completed or
+    /// was refused by the node); the other contracts are resumed regardless.
+    Failed {
+        /// The contract.
+        contract: ContractId,
+        /// Why.
+        reason: String,
     },
     /// Broadcast the contract's funding transaction (this party accepted, stored the signed
     /// contract, and may have stopped before broadcasting).
@@ -68,22 +77,15 @@ pub fn outgoing_message(contract: &Contract) -> Option<Message> {
     }
 }
 
-/// The funding transaction of `contract` signed by both parties: the offer party's stored
-/// funding signatures and the accepting party's own inputs signed again by `wallet` (its
-/// spending policy approves the same transaction again without counting it twice). For the
-/// accepting party of a contract whose funding inputs are ordinary coins; a contract funded
-/// from another DLC (a splice) is [`ManagerError::InvalidState`].
-pub async fn complete_funding<W: Deref>(wallet: &W, contract: &SignedContract) -> Result<Transaction, ManagerError>
-where
-    W::Target: Wallet,
-{
-    let accepted = &contract.accepted_contract;
+/// The funding PSBT of `accepted` with every input's spent output, and the offer party's
+/// inputs finalized with `theirs` (their funding signatures): what the accepting party checks
+/// and completes. Returns it with the indexes of the accepting party's inputs. Contracts funded
+/// from another contract (a splice) are [`ManagerError::InvalidState`].
+pub fn funding_with_offer_witnesses(
+    accepted: &AcceptedContract,
+    theirs: &FundingSignatures,
+) -> Result<(Psbt, Vec<usize>), ManagerError> {
     let offered = &accepted.offered_contract;
-    if offered.is_offer_party {
-        return Err(ManagerError::InvalidState(
-            "only the accepting party holds every funding signature".to_owned(),
-        ));
-    }
     let mut all: Vec<_> = offered
         .funding_inputs
         .iter()
@@ -91,7 +93,7 @@ where
         .collect();
     if all.iter().any(|i| i.dlc_input.is_some()) {
         return Err(ManagerError::InvalidState(
-            "a contract funded from another contract cannot be resumed here".to_owned(),
+            "a contract funded from another contract is not supported".to_owned(),
         ));
     }
     all.sort_by_key(|i| i.input_serial_id);
@@ -116,30 +118,52 @@ where
         }
         psbt.inputs[index].witness_utxo = Some(out.clone());
     }
-    let theirs = &contract.funding_signatures.funding_signatures;
+    let theirs = &theirs.funding_signatures;
     if theirs.len() != offered.funding_inputs.len() {
         return Err(ManagerError::InvalidState(
             "the offer party's funding signatures do not match its inputs".to_owned(),
         ));
     }
+    let position = |input| {
+        all.iter().position(|i| *i == input).ok_or_else(|| {
+            ManagerError::InvalidState("a funding input is missing from the funding transaction".to_owned())
+        })
+    };
     for (input, signature) in offered.funding_inputs.iter().zip(theirs) {
-        let index = all.iter().position(|i| *i == input).ok_or_else(|| {
-            ManagerError::InvalidState(format!("no funding input with serial id {}", input.input_serial_id))
-        })?;
         let elements: Vec<&[u8]> = signature
             .witness_elements
             .iter()
             .map(|e| e.witness.as_slice())
             .collect();
-        psbt.inputs[index].final_script_witness = Some(Witness::from_slice(&elements));
+        psbt.inputs[position(input)?].final_script_witness = Some(Witness::from_slice(&elements));
     }
-    for input in &accepted.funding_inputs {
-        let index = all.iter().position(|i| *i == input).ok_or_else(|| {
-            ManagerError::InvalidState(format!("no funding input with serial id {}", input.input_serial_id))
-        })?;
+    let ours = accepted
+        .funding_inputs
+        .iter()
+        .map(position)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((psbt, ours))
+}
+
+/// The funding transaction of `contract` signed by both parties: the offer party's stored
+/// funding signatures and the accepting party's own inputs signed again by `wallet` (its
+/// spending policy approves the same transaction again without counting it twice). For the
+/// accepting party of a contract whose funding inputs are ordinary coins.
+pub async fn complete_funding<W: Deref>(wallet: &W, contract: &SignedContract) -> Result<Transaction, ManagerError>
+where
+    W::Target: Wallet,
+{
+    let accepted = &contract.accepted_contract;
+    if accepted.offered_contract.is_offer_party {
+        return Err(ManagerError::InvalidState(
+            "only the accepting party holds every funding signature".to_owned(),
+        ));
+    }
+    let (mut psbt, ours) = funding_with_offer_witnesses(accepted, &contract.funding_signatures)?;
+    for index in ours {
         wallet.sign_psbt_input(&mut psbt, index).await?;
     }
-    let mut tx = fund.clone();
+    let mut tx = accepted.dlc_transactions.fund.clone();
     for (txin, input) in tx.input.iter_mut().zip(&psbt.inputs) {
         txin.witness = input
             .final_script_witness
@@ -172,9 +196,15 @@ where
                 continue;
             }
             if !signed.accepted_contract.offered_contract.is_offer_party {
-                out.push(Pending::Broadcast {
-                    contract: id,
-                    transaction: Box::new(complete_funding(wallet, signed).await?),
+                out.push(match complete_funding(wallet, signed).await {
+                    Ok(tx) => Pending::Broadcast {
+                        contract: id,
+                        transaction: Box::new(tx),
+                    },
+                    Err(e) => Pending::Failed {
+                        contract: id,
+                        reason: e.to_string(),
+                    },
                 });
                 continue;
             }
@@ -238,6 +268,9 @@ pub struct Resumed {
     pub broadcast: Vec<bitcoin::Txid>,
     /// Messages to send again ([`Pending::Send`] each), through the caller's transport.
     pub messages: Vec<Pending>,
+    /// Contracts that could not be resumed ([`Pending::Failed`] each: a funding transaction
+    /// the node refused, …); the others were.
+    pub failed: Vec<Pending>,
 }
 
 /// Run once at start, before the manager takes any new step: releases the wallet's
@@ -262,14 +295,22 @@ where
     for item in pending(store, &wallet, chain).await? {
         match item {
             Pending::Broadcast { contract, transaction } => {
-                chain.send_transaction(&transaction).await?;
-                tracing::info!(
-                    contract = %bitcoin::hex::DisplayHex::to_lower_hex_string(&contract[..]),
-                    txid = %transaction.compute_txid(),
-                    "broadcast a funding transaction again after a restart"
-                );
-                done.broadcast.push(transaction.compute_txid());
+                let hex = bitcoin::hex::DisplayHex::to_lower_hex_string(&contract[..]);
+                match chain.send_transaction(&transaction).await {
+                    Ok(()) => {
+                        tracing::info!(contract = %hex, txid = %transaction.compute_txid(), "broadcast a funding transaction again after a restart");
+                        done.broadcast.push(transaction.compute_txid());
+                    }
+                    Err(e) => {
+                        tracing::warn!(contract = %hex, error = %e, "the node refused a resumed funding transaction");
+                        done.failed.push(Pending::Failed {
+                            contract,
+                            reason: e.to_string(),
+                        });
+                    }
+                }
             }
+            failed @ Pending::Failed { .. } => done.failed.push(failed),
             send @ Pending::Send { .. } => done.messages.push(send),
         }
     }

@@ -65,6 +65,52 @@ pub enum DlcError {
     /// the first info's outcomes or by refund.
     #[error("disjoint contracts (several contract infos) are refused: their CETs are not signed alike by both parties in ddk-manager 1.1.2")]
     Disjoint,
+    /// A message anya refuses before the manager sees it (see [`DlcService::receive`]).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The manager panicked on this input (ddk-manager 1.1.2 does on some hostile messages);
+    /// nothing was stored.
+    #[error("the contract manager failed on this input: {0}")]
+    Panicked(String),
+}
+
+fn refused(reason: impl Into<String>) -> DlcError {
+    DlcError::Refused(reason.into())
+}
+
+/// Runs a manager step, a panic in it turned into [`DlcError::Panicked`].
+async fn guarded<T>(step: impl std::future::Future<Output = Result<T, ManagerError>>) -> Result<T, DlcError> {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(step).catch_unwind().await {
+        Ok(result) => Ok(result?),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err(DlcError::Panicked(what))
+        }
+    }
+}
+
+/// The sum of the outputs `inputs` spend, each read from its previous transaction; a missing
+/// output, an undecodable transaction or a sum past the money supply is refused.
+fn funding_value(inputs: &[ddk_messages::FundingInput]) -> Result<Amount, DlcError> {
+    let mut total = Amount::ZERO;
+    for (n, input) in inputs.iter().enumerate() {
+        let prev: bitcoin::Transaction = bitcoin::consensus::deserialize(&input.prev_tx)
+            .map_err(|e| refused(format!("funding input {n}: its previous transaction: {e}")))?;
+        let out = prev
+            .output
+            .get(input.prev_tx_vout as usize)
+            .ok_or_else(|| refused(format!("funding input {n}: no output {}", input.prev_tx_vout)))?;
+        total = total
+            .checked_add(out.value)
+            .filter(|t| *t <= Amount::MAX_MONEY)
+            .ok_or_else(|| refused("the funding inputs are worth more than the money supply"))?;
+    }
+    Ok(total)
 }
 
 /// A contract as the API shows it.
@@ -271,7 +317,10 @@ impl DlcService {
             return Err(DlcError::Disjoint);
         }
         let manager = self.manager.lock().await;
-        let offer = manager.send_offer(input, counterparty).await?;
+        let offer = guarded(manager.send_offer(input, counterparty)).await;
+        drop(manager);
+        self.after(&offer).await;
+        let offer = offer?;
         Ok((offer.temporary_contract_id, encode_message(&Message::Offer(offer))))
     }
 
@@ -281,22 +330,135 @@ impl DlcService {
     /// state is an error.
     pub async fn receive(&self, bytes: &[u8], from: PublicKey) -> Result<Option<Vec<u8>>, DlcError> {
         let message = decode_message(bytes)?;
-        if let Message::Offer(offer) = &message {
-            if matches!(offer.contract_info, ddk_messages::contract_msgs::ContractInfo::DisjointContractInfo(_)) {
-                return Err(DlcError::Disjoint);
+        match &message {
+            Message::Offer(offer) => self.check_offer(offer).await?,
+            Message::Accept(accept) => {
+                funding_value(&accept.funding_inputs)?;
             }
+            Message::Sign(sign) => self.check_sign(sign, &from).await?,
+            _ => {}
         }
         let manager = self.manager.lock().await;
-        let reply = manager.on_dlc_message(&message, from).await?;
-        Ok(reply.as_ref().map(encode_message))
+        let reply = guarded(manager.on_dlc_message(&message, from)).await;
+        drop(manager);
+        self.after(&reply).await;
+        Ok(reply?.as_ref().map(encode_message))
     }
 
     /// Accepts the offer `temporary_id`: returns the contract's id and the accept's bytes for
     /// the offer party. The accepted contract is stored before it is returned.
     pub async fn accept(&self, temporary_id: &ContractId) -> Result<(ContractId, Vec<u8>), DlcError> {
         let manager = self.manager.lock().await;
-        let (id, _, accept) = manager.accept_contract_offer(temporary_id).await?;
+        let accepted = guarded(manager.accept_contract_offer(temporary_id)).await;
+        drop(manager);
+        self.after(&accepted).await;
+        let (id, _, accept) = accepted?;
         Ok((id, encode_message(&Message::Accept(accept))))
+    }
+
+    /// After a failed step: coins reserved for a contract that failed (a bad accept or sign
+    /// message leaves it failed with its coins reserved; ddk-manager never releases them) go
+    /// back to the wallet.
+    async fn after<T>(&self, step: &Result<T, DlcError>) {
+        if step.is_ok() {
+            return;
+        }
+        let released = match resume::funding_outpoints(&self.storage).await {
+            Ok(live) => self.wallet.release_unused(&live),
+            Err(e) => Err(e),
+        };
+        match released {
+            Ok(coins) if !coins.is_empty() => {
+                tracing::info!(coins = coins.len(), "released the coins of a failed contract step")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not release the coins of a failed contract step"),
+        }
+    }
+
+    /// What anya checks in an offer before the manager sees it: ddk-manager 1.1.2 panics on
+    /// some (payouts above the total collateral, funding inputs worth more than the money
+    /// supply, a multi-oracle info without announcements) and takes others (an offer
+    /// collateral above the total, a fee rate of 0, announcements of an oracle this party does
+    /// not use, a temporary id it already holds a contract under).
+    async fn check_offer(&self, offer: &ddk_messages::OfferDlc) -> Result<(), DlcError> {
+        use ddk_messages::contract_msgs::{ContractDescriptor, ContractInfo};
+        use ddk_messages::oracle_msgs::OracleInfo;
+        let ContractInfo::SingleContractInfo(info) = &offer.contract_info else {
+            return Err(DlcError::Disjoint);
+        };
+        let total = info.total_collateral;
+        if offer.offer_collateral > total {
+            return Err(refused("the offer collateral exceeds the total collateral"));
+        }
+        if offer.fee_rate_per_vb == 0 {
+            return Err(refused("a fee rate of 0 sat/vB"));
+        }
+        if let ContractDescriptor::EnumeratedContractDescriptor(e) = &info.contract_info.contract_descriptor {
+            if e.payouts.iter().any(|p| p.offer_payout > total) {
+                return Err(refused("a payout exceeds the total collateral"));
+            }
+        }
+        let announcements: Vec<_> = match &info.contract_info.oracle_info {
+            OracleInfo::Single(s) => vec![&s.oracle_announcement],
+            OracleInfo::Multi(m) => m.oracle_announcements.iter().collect(),
+        };
+        if announcements.is_empty() {
+            return Err(refused("no oracle announcement"));
+        }
+        if let Some(a) = announcements
+            .iter()
+            .find(|a| !self.oracle_keys.contains(&a.oracle_public_key))
+        {
+            return Err(refused(format!(
+                "oracle {} is not one this party uses",
+                a.oracle_public_key
+            )));
+        }
+        funding_value(&offer.funding_inputs)?;
+        let known = self.storage.get_contracts().await?;
+        if known
+            .iter()
+            .any(|c| c.get_temporary_id() == offer.temporary_contract_id || c.get_id() == offer.temporary_contract_id)
+        {
+            return Err(refused("a contract with this temporary id exists"));
+        }
+        Ok(())
+    }
+
+    /// What anya checks in a sign message before the manager sees it: ddk-manager 1.1.2 does
+    /// not check the offer party's funding signatures, so a bad one would have this party's
+    /// policy approve and its HSM sign a funding transaction the network refuses, and store
+    /// the contract as signed. Each of the offer party's inputs is verified here with Bitcoin
+    /// Core's interpreter.
+    async fn check_sign(&self, sign: &ddk_messages::SignDlc, from: &PublicKey) -> Result<(), DlcError> {
+        let Some(Contract::Accepted(accepted)) = self.storage.get_contract(&sign.contract_id).await? else {
+            // Not an accepted contract of ours: the manager refuses it with the reason.
+            return Ok(());
+        };
+        if accepted.offered_contract.counter_party != *from {
+            return Ok(());
+        }
+        let (psbt, ours) = resume::funding_with_offer_witnesses(&accepted, &sign.funding_signatures)
+            .map_err(|e| refused(format!("funding signatures: {e}")))?;
+        let spent: Vec<bitcoin::TxOut> = psbt
+            .inputs
+            .iter()
+            .map(|i| {
+                i.witness_utxo
+                    .clone()
+                    .ok_or_else(|| refused("a funding input without its output"))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut tx = psbt.unsigned_tx.clone();
+        for (txin, input) in tx.input.iter_mut().zip(&psbt.inputs) {
+            txin.witness = input.final_script_witness.clone().unwrap_or_default();
+        }
+        for index in (0..tx.input.len()).filter(|i| !ours.contains(i)) {
+            anya_bitcoin::verify_input(&tx, index, &spent, anya_bitcoin::VerifyFlags::consensus())
+                .map_err(|e| refused(format!("the offer party's funding signature for input {index}: {e}")))?;
+        }
+        Ok(())
     }
 
     /// The manager's periodic work: new blocks, funding confirmations, attestations (closing

@@ -1,12 +1,15 @@
 //! DLC messages as bytes: `ddk-messages`' serialization, which begins with the big-endian
-//! `u16` message type of dlcspecs (42778 offer, 42780 accept, 42782 sign, 42784 close).
+//! `u16` message type of dlcspecs (42778 offer, 42780 accept, 42782 sign).
 //!
 //! [`decode_message`] is the one entry point for message bytes from outside: it reads the
-//! offer, accept, sign and close messages of contracts (DLC channel messages are refused,
-//! as anya does not run channels), and refuses trailing bytes, so that a message has exactly
-//! one encoding.
+//! offer, accept and sign messages of contracts (channel and other messages are refused: anya
+//! runs no DLC channels), and accepts only the canonical encoding, the bytes
+//! [`encode_message`] gives back for what was read. `ddk-messages` alone also reads other
+//! encodings of one message (an offer without its protocol version, TLV headers of embedded
+//! announcements and events that are read but not checked), so that without this rule one
+//! message would have several byte strings and several hashes.
 
-use ddk_messages::types::{ACCEPT_TYPE, CLOSE_TYPE, OFFER_TYPE, SIGN_TYPE};
+use ddk_messages::types::{ACCEPT_TYPE, OFFER_TYPE, SIGN_TYPE};
 use ddk_messages::Message;
 use lightning::util::ser::Writeable;
 
@@ -31,6 +34,9 @@ pub enum WireError {
     /// Bytes after the message.
     #[error("{0} bytes after the message")]
     Trailing(u64),
+    /// The message reads, but these bytes are not its canonical encoding.
+    #[error("message type {0} is not in its canonical encoding")]
+    NonCanonical(u16),
 }
 
 /// The message's serialization (its type first).
@@ -38,13 +44,13 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
     message.encode()
 }
 
-/// Reads one whole contract message (offer, accept, sign or close).
+/// Reads one whole contract message (offer, accept or sign) in its canonical encoding.
 pub fn decode_message(bytes: &[u8]) -> Result<Message, WireError> {
     let ty = match bytes {
         [a, b, ..] => u16::from_be_bytes([*a, *b]),
         _ => return Err(WireError::Truncated),
     };
-    if ![OFFER_TYPE, ACCEPT_TYPE, SIGN_TYPE, CLOSE_TYPE].contains(&ty) {
+    if ![OFFER_TYPE, ACCEPT_TYPE, SIGN_TYPE].contains(&ty) {
         return Err(WireError::UnknownType(ty));
     }
     // Each message's reader reads (and checks) the type itself.
@@ -57,7 +63,8 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, WireError> {
         return Err(WireError::Trailing(bytes.len() as u64 - cursor.position()));
     }
     match read {
-        Some(ddk_messages::WireMessage::Message(message)) => Ok(message),
+        Some(ddk_messages::WireMessage::Message(message)) if message.encode() == bytes => Ok(message),
+        Some(ddk_messages::WireMessage::Message(_)) => Err(WireError::NonCanonical(ty)),
         _ => Err(WireError::UnknownType(ty)),
     }
 }
