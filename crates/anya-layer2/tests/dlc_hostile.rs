@@ -15,6 +15,11 @@
 //! before and after. Where `ddk-manager` 1.1.2 does not refuse cleanly, the test asserts what it
 //! does and the safe property that remains, marked `FINDING`.
 //!
+//! anya's contract service (`DlcService`, opened on the same party's store, keystore, wallet and
+//! node): the same messages, as bytes through `DlcService::receive`. Each is refused with a
+//! typed error and no panic; what anya refuses before the manager changes nothing, and what the
+//! manager marks failed leaves no coin reserved. The genuine messages still go through.
+//!
 //! `ANYA_WRITE_DLC_SEEDS=1` makes `a_real_contract_gives_the_seed_messages` (re)write the seed
 //! files from a real contract.
 
@@ -33,16 +38,17 @@ use std::task::Poll;
 
 use anya_layer2::dlc::contracts;
 use anya_layer2::dlc::contracts::storage::decode_contract;
-use anya_layer2::dlc::contracts::{BitcoindBlockchain, DlcWallet, KvDlcStorage};
+use anya_layer2::dlc::contracts::{BitcoindBlockchain, DlcError, DlcService, DlcWallet, KvDlcStorage, Pending};
 use anya_storage::{Namespace, Scan};
 use bitcoin::absolute::LockTime;
 use bitcoin::consensus::encode::serialize;
-use bitcoin::{Amount, Network, ScriptBuf, Transaction, TxIn, TxOut};
+use bitcoin::{Amount, Network, OutPoint, ScriptBuf, Transaction, TxIn, TxOut};
 use ddk_manager::contract::contract_input::ContractInput;
 use ddk_manager::contract::Contract;
 use ddk_manager::error::Error;
 use ddk_messages::contract_msgs::{
-    ContractDescriptor as SerDescriptor, ContractInfo, ContractInfoInner, ContractOutcome,
+    ContractDescriptor as SerDescriptor, ContractInfo, ContractInfoInner, ContractOutcome, DisjointContractInfo,
+    NumericOutcomeContractDescriptor, PayoutFunction, PayoutPoint, RoundingInterval, RoundingIntervals,
 };
 use ddk_messages::oracle_msgs::{
     DigitDecompositionEventDescriptor, MultiOracleInfo, OracleAnnouncement, OracleAttestation, OracleInfo,
@@ -239,7 +245,10 @@ fn the_tlv_headers_of_an_announcement_inside_an_offer_are_not_read() {
             assert_eq!(read, offer, "header {header:02x?}: {what}");
             assert_eq!(check(Kind::Message, &m), Outcome::Normalized);
             assert!(
-                matches!(contracts::decode_message(&m), Err(contracts::WireError::NonCanonical(_))),
+                matches!(
+                    contracts::decode_message(&m),
+                    Err(contracts::WireError::NonCanonical(_))
+                ),
                 "anya refuses it: {what}"
             );
         }
@@ -1302,4 +1311,691 @@ async fn a_real_contract_gives_the_seed_messages() {
             std::fs::write(Path::new(CORPUS).join(name), bytes).expect("seed written");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same messages through anya's contract service
+// ---------------------------------------------------------------------------------------------
+
+type Received = Result<Option<Vec<u8>>, DlcError>;
+
+/// `message`'s bytes from `from` to `party`'s service, a panic caught, and what it changed in
+/// the store.
+async fn hand(
+    service: &DlcService,
+    party: &Party,
+    message: &Message,
+    from: PublicKey,
+) -> (Result<Received, String>, Vec<Change>) {
+    hand_bytes(service, party, &contracts::encode_message(message), from).await
+}
+
+async fn hand_bytes(
+    service: &DlcService,
+    party: &Party,
+    bytes: &[u8],
+    from: PublicKey,
+) -> (Result<Received, String>, Vec<Change>) {
+    let before = mark(party);
+    let received = catch_panic(service.receive(bytes, from)).await;
+    (received, since(party, &before))
+}
+
+/// The service's error for `received`, which must not have panicked.
+fn service_error(received: Result<Received, String>, what: &str) -> DlcError {
+    match received {
+        Ok(Err(e)) => e,
+        Ok(Ok(reply)) => panic!("{what}: taken (reply {reply:?})"),
+        Err(panic) => panic!("{what}: a panic left the service: {panic}"),
+    }
+}
+
+/// Hands `bytes` to the service and requires an error and an unchanged store; returns the
+/// error.
+async fn refused_by_service(
+    service: &DlcService,
+    party: &Party,
+    bytes: &[u8],
+    from: PublicKey,
+    what: &str,
+) -> DlcError {
+    let (received, changed) = hand_bytes(service, party, bytes, from).await;
+    let err = service_error(received, what);
+    assert_eq!(changed, [], "{what}: refused ({err}) but the store changed");
+    err
+}
+
+/// The service error's variant, with the manager's error's variant inside `Manager`.
+fn service_variant(e: &DlcError) -> String {
+    match e {
+        DlcError::Wire(_) => "Wire".to_owned(),
+        DlcError::Manager(m) => format!("Manager({})", variant(m)),
+        DlcError::NotFound(_) => "NotFound".to_owned(),
+        DlcError::Store(_) => "Store".to_owned(),
+        DlcError::Chain(_) => "Chain".to_owned(),
+        DlcError::Disjoint => "Disjoint".to_owned(),
+        DlcError::Refused(_) => "Refused".to_owned(),
+        DlcError::Panicked(_) => "Panicked".to_owned(),
+        _ => format!("another variant: {e:?}"),
+    }
+}
+
+/// `changes` with the records outside the contracts and the audit chain shown as `present`
+/// (their versions depend on every write before them).
+fn unversioned(changes: &[Change]) -> Vec<Change> {
+    let present = |v: &Option<String>| v.as_ref().map(|_| "present".to_owned());
+    changes
+        .iter()
+        .map(|c| match c.ns.as_str() {
+            DLC_NAMESPACE | "anya.hsm.audit" => c.clone(),
+            _ => Change {
+                before: present(&c.before),
+                after: present(&c.after),
+                ..c.clone()
+            },
+        })
+        .collect()
+}
+
+/// The [`unversioned`] changes of `party`'s wallet releasing `coins`.
+fn released(party: &Party, coins: &[OutPoint]) -> Vec<Change> {
+    coins
+        .iter()
+        .map(|c| Change {
+            ns: format!("anya/wallet/{}/reserved", party.name),
+            key: show_key(&serialize(c)),
+            before: Some("present".to_owned()),
+            after: None,
+        })
+        .collect()
+}
+
+/// The coins `inputs` spend.
+fn coins_of(inputs: &[FundingInput]) -> Vec<OutPoint> {
+    inputs
+        .iter()
+        .map(|i| {
+            let prev: Transaction = bitcoin::consensus::deserialize(&i.prev_tx).expect("a funding input's transaction");
+            OutPoint::new(prev.compute_txid(), i.prev_tx_vout)
+        })
+        .collect()
+}
+
+fn reserved(party: &Party) -> Vec<OutPoint> {
+    party.wallet.lock().unwrap().reserved().expect("reserved")
+}
+
+fn decoded(bytes: &[u8]) -> Message {
+    contracts::decode_message(bytes).expect("the service's message decodes")
+}
+
+/// Alice's service offers `input` to Bob: the offer, decoded.
+async fn service_offer(alice: &DlcService, bob: &Party, input: &ContractInput) -> OfferDlc {
+    let (_, bytes) = alice.offer(input, bob.id).await.expect("offer");
+    match decoded(&bytes) {
+        Message::Offer(o) => o,
+        other => panic!("an offer: {other:?}"),
+    }
+}
+
+/// ... which Bob's service takes in and accepts: Bob's contract id and the accept.
+async fn service_accepted(
+    (alice, alice_service): (&Party, &DlcService),
+    (bob, bob_service): (&Party, &DlcService),
+    input: &ContractInput,
+) -> (OfferDlc, [u8; 32], AcceptDlc) {
+    let offer = service_offer(alice_service, bob, input).await;
+    let reply = bob_service
+        .receive(&contracts::encode_message(&Message::Offer(offer.clone())), alice.id)
+        .await
+        .expect("offer received");
+    assert_eq!(reply, None);
+    let (id, bytes) = bob_service
+        .accept(&offer.temporary_contract_id)
+        .await
+        .expect("accepted");
+    let Message::Accept(accept) = decoded(&bytes) else {
+        panic!("an accept")
+    };
+    (offer, id, accept)
+}
+
+/// ... and Alice's service answers the accept: the sign message.
+async fn service_signed(
+    alice: (&Party, &DlcService),
+    bob: (&Party, &DlcService),
+    input: &ContractInput,
+) -> (OfferDlc, [u8; 32], AcceptDlc, SignDlc) {
+    let (offer, id, accept) = service_accepted(alice, bob, input).await;
+    let reply = alice
+        .1
+        .receive(&contracts::encode_message(&Message::Accept(accept.clone())), bob.0.id)
+        .await
+        .expect("accept received")
+        .expect("a sign message");
+    let Message::Sign(sign) = decoded(&reply) else {
+        panic!("a sign message")
+    };
+    (offer, id, accept, sign)
+}
+
+/// Whether the node's mempool holds `txid`.
+fn in_mempool(net: &Net, txid: &bitcoin::Txid) -> bool {
+    net.chain.mempool_fee(txid).expect("rpc").is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_refuses_hostile_offers_and_changes_nothing() {
+    let Some(net) = net() else { return };
+    let (alice, bob) = funded_parties(&net, 2).await;
+    let (alice_service, _) = alice.service(&net).await.expect("Alice's service");
+    let (bob_service, resumed) = bob.service(&net).await.expect("Bob's service");
+    assert!(resumed.failed.is_empty() && resumed.messages.is_empty(), "{resumed:?}");
+    let maturity = net.now() as u32 + 600;
+    let input = coin_event(&net, "coin", maturity);
+    let offer = service_offer(&alice_service, &bob, &input).await;
+
+    // The offer is taken; the same offer again is refused before the manager, from Alice or
+    // anyone.
+    let (received, changed) = hand(&bob_service, &bob, &Message::Offer(offer.clone()), alice.id).await;
+    assert!(matches!(received, Ok(Ok(None))), "{received:?}");
+    assert_one_new_offer(&changed);
+    for (from, what) in [
+        (alice.id, "the same offer again"),
+        (stranger(), "the same offer from another peer"),
+    ] {
+        let err = refused_by_service(&bob_service, &bob, &Message::Offer(offer.clone()).encode(), from, what).await;
+        assert_eq!(service_variant(&err), "Refused", "{what}: {err:?}");
+    }
+    // Bob accepts it: his coin is reserved for a live contract, which no refusal below may
+    // release, and the offer is still refused once its record has the contract id.
+    let (contract_id, _) = bob_service
+        .accept(&offer.temporary_contract_id)
+        .await
+        .expect("accepted");
+    assert!(matches!(bob.contract(&contract_id).await, Contract::Accepted(_)));
+    assert!(!reserved(&bob).is_empty());
+    let err = refused_by_service(
+        &bob_service,
+        &bob,
+        &Message::Offer(offer.clone()).encode(),
+        alice.id,
+        "the offer again once accepted",
+    )
+    .await;
+    assert_eq!(service_variant(&err), "Refused", "{err:?}");
+
+    let fresh = |change: &dyn Fn(&mut OfferDlc)| {
+        offer_with(&offer, |o| {
+            o.temporary_contract_id = random_id();
+            change(o);
+        })
+    };
+    let other_oracle = OracleSide::new(&net.clock);
+    let foreign = other_oracle
+        .oracle
+        .create_enum_event("coin", maturity, vec!["heads".to_owned(), "tails".to_owned()])
+        .expect("event");
+    let digits = DigitDecompositionEventDescriptor {
+        base: 2,
+        is_signed: false,
+        unit: "usd".to_owned(),
+        precision: 0,
+        nb_digits: 8,
+    };
+    let numeric = net
+        .oracle_fixture
+        .oracle
+        .create_numeric_event("price", maturity, digits)
+        .expect("numeric event");
+    let total = offer.get_total_collateral();
+    let wrong_key = secp256k1::Keypair::new(&Secp256k1::new(), &mut rand::thread_rng())
+        .x_only_public_key()
+        .0;
+    let cases: Vec<(&str, &str, Message)> = vec![
+        // What ddk-manager 1.1.2 panics on or takes (`offers_the_manager_takes_or_panics_on`):
+        // refused before it.
+        (
+            "payouts above the total collateral (and an offer collateral above it)",
+            "Refused",
+            fresh(&|o| set_total(o, Amount::from_sat(1))),
+        ),
+        (
+            "a payout above the total collateral",
+            "Refused",
+            fresh(&|o| set_total(o, btc(1.5))),
+        ),
+        (
+            "funding inputs worth more than u64::MAX",
+            "Refused",
+            fresh(&|o| o.funding_inputs = overflowing_inputs(1)),
+        ),
+        (
+            "a multi-oracle info with no announcement",
+            "Refused",
+            fresh(&|o| {
+                inner(o).oracle_info = OracleInfo::Multi(MultiOracleInfo {
+                    threshold: 1,
+                    oracle_announcements: Vec::new(),
+                    oracle_params: None,
+                })
+            }),
+        ),
+        (
+            "an offer collateral above the total collateral",
+            "Refused",
+            fresh(&|o| o.offer_collateral = total + Amount::from_sat(1)),
+        ),
+        ("a fee rate of 0", "Refused", fresh(&|o| o.fee_rate_per_vb = 0)),
+        (
+            "an announcement of an oracle this party does not use",
+            "Refused",
+            fresh(&|o| *announcement(o) = foreign.clone()),
+        ),
+        (
+            "another oracle key than the one that signed the announcement",
+            "Refused",
+            fresh(&|o| announcement(o).oracle_public_key = wrong_key),
+        ),
+        (
+            "a funding input whose previous transaction has no such output",
+            "Refused",
+            fresh(&|o| o.funding_inputs[0].prev_tx_vout = 7),
+        ),
+        (
+            "a funding input whose previous transaction does not decode",
+            "Refused",
+            fresh(&|o| o.funding_inputs[0].prev_tx.truncate(10)),
+        ),
+        (
+            "two contract infos (a disjoint contract)",
+            "Disjoint",
+            fresh(&|o| {
+                let info = inner(o).clone();
+                o.contract_info = ContractInfo::DisjointContractInfo(DisjointContractInfo {
+                    total_collateral: total,
+                    contract_infos: vec![info.clone(), info],
+                })
+            }),
+        ),
+        // What the manager refuses itself.
+        (
+            "no outcomes",
+            "Manager(InvalidParameters)",
+            fresh(&|o| payouts(o).clear()),
+        ),
+        (
+            "an outcome the oracle does not announce",
+            "Manager(InvalidParameters)",
+            fresh(&|o| payouts(o)[0].outcome = "edge".to_owned()),
+        ),
+        (
+            "a refund locktime before maturity",
+            "Manager(DlcError)",
+            fresh(&|o| o.refund_locktime = maturity - 1),
+        ),
+        (
+            "a fee rate above the limit (6250 sat/vB)",
+            "Manager(InvalidParameters)",
+            fresh(&|o| o.fee_rate_per_vb = 6251),
+        ),
+        // A numeric offer on this party's oracle whose payout function has no piece panics in
+        // ddk-manager's `PayoutFunction::validate` ("to have at least one piece"); the service
+        // refuses it before the manager sees it.
+        (
+            "a numeric payout function without pieces",
+            "Refused",
+            fresh(&|o| {
+                *announcement(o) = numeric.clone();
+                inner(o).contract_descriptor =
+                    SerDescriptor::NumericOutcomeContractDescriptor(NumericOutcomeContractDescriptor {
+                        num_digits: 8,
+                        payout_function: PayoutFunction {
+                            payout_function_pieces: Vec::new(),
+                            last_endpoint: PayoutPoint {
+                                event_outcome: 255,
+                                outcome_payout: total,
+                                extra_precision: 0,
+                            },
+                        },
+                        rounding_intervals: RoundingIntervals {
+                            intervals: vec![RoundingInterval {
+                                begin_interval: 0,
+                                rounding_mod: 1,
+                            }],
+                        },
+                    });
+            }),
+        ),
+    ];
+    for (what, expected, message) in &cases {
+        let err = refused_by_service(&bob_service, &bob, &message.encode(), alice.id, what).await;
+        assert_eq!(service_variant(&err), *expected, "{what}: {err:?}");
+        if let DlcError::Panicked(panic) = &err {
+            assert!(panic.contains("at least one piece"), "{what}: {panic}");
+        }
+    }
+
+    // Bytes that are not one canonical contract message.
+    let bytes = Message::Offer(offer.clone()).encode();
+    let legacy = [&bytes[..2], &bytes[6..]].concat();
+    let mut close = bytes.clone();
+    close[..2].copy_from_slice(&types::CLOSE_TYPE.to_be_bytes());
+    let byte_cases: [(&str, Vec<u8>); 5] = [
+        ("no bytes", Vec::new()),
+        ("the offer without its protocol version", legacy),
+        ("a close message's type", close),
+        ("a truncated offer", bytes[..bytes.len() - 1].to_vec()),
+        ("a byte after the offer", [&bytes[..], &[0]].concat()),
+    ];
+    for (what, b) in &byte_cases {
+        let err = refused_by_service(&bob_service, &bob, b, alice.id, what).await;
+        assert_eq!(service_variant(&err), "Wire", "{what}: {err:?}");
+    }
+
+    // After all of them (a panic among them), a new offer is still taken and accepted.
+    let second = service_offer(&alice_service, &bob, &input).await;
+    let (received, changed) = hand(&bob_service, &bob, &Message::Offer(second.clone()), alice.id).await;
+    assert!(matches!(received, Ok(Ok(None))), "{received:?}");
+    assert_one_new_offer(&changed);
+    let (second_id, _) = bob_service
+        .accept(&second.temporary_contract_id)
+        .await
+        .expect("the second offer accepted");
+    assert!(matches!(bob.contract(&second_id).await, Contract::Accepted(_)));
+    bob.hsm.verify_audit_chain().expect("audit chain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_refuses_hostile_accepts_and_releases_their_coins() {
+    let Some(net) = net() else { return };
+    let (alice, bob) = funded_parties(&net, 3).await;
+    let (alice_service, _) = alice.service(&net).await.expect("Alice's service");
+    let (bob_service, _) = bob.service(&net).await.expect("Bob's service");
+    let maturity = net.now() as u32 + 600;
+    let input = coin_event(&net, "coin", maturity);
+    let a = (&alice, &alice_service);
+    let b = (&bob, &bob_service);
+
+    let (_, contract_id, accept) = service_accepted(a, b, &input).await;
+    // Funding inputs that overflow are refused before the manager (which panics on them).
+    let overflowing = AcceptDlc {
+        funding_inputs: overflowing_inputs(1),
+        ..accept.clone()
+    };
+    let err = refused_by_service(
+        &alice_service,
+        &alice,
+        &Message::Accept(overflowing).encode(),
+        bob.id,
+        "funding inputs worth more than u64::MAX",
+    )
+    .await;
+    assert_eq!(service_variant(&err), "Refused", "{err:?}");
+    // The manager's own refusals stay refusals, with nothing changed.
+    let unknown = AcceptDlc {
+        temporary_contract_id: random_id(),
+        ..accept.clone()
+    };
+    let err = refused_by_service(
+        &alice_service,
+        &alice,
+        &Message::Accept(unknown).encode(),
+        bob.id,
+        "an accept for an unknown contract",
+    )
+    .await;
+    assert_eq!(service_variant(&err), "Manager(InvalidParameters)", "{err:?}");
+    let err = refused_by_service(
+        &alice_service,
+        &alice,
+        &Message::Accept(accept.clone()).encode(),
+        stranger(),
+        "an accept from another peer",
+    )
+    .await;
+    assert_eq!(service_variant(&err), "Manager(InvalidParameters)", "{err:?}");
+
+    // The real accept is taken, and the sign message it gives makes Bob broadcast.
+    let (received, _) = hand(&alice_service, &alice, &Message::Accept(accept.clone()), bob.id).await;
+    let Ok(Ok(Some(sign))) = received else {
+        panic!("a sign message: {received:?}")
+    };
+    let (received, _) = hand_bytes(&bob_service, &bob, &sign, alice.id).await;
+    assert!(matches!(received, Ok(Ok(None))), "{received:?}");
+    let Contract::Signed(signed) = bob.contract(&contract_id).await else {
+        panic!("signed")
+    };
+    assert!(in_mempool(
+        &net,
+        &signed.accepted_contract.dlc_transactions.fund.compute_txid()
+    ));
+
+    // A second contract: one flipped bit in a CET adaptor signature. The manager stores it as
+    // FailedAccept; the service then releases the coin Alice's offer reserved.
+    let (offer2, _, accept2) = service_accepted(a, b, &input).await;
+    let coins = coins_of(&offer2.funding_inputs);
+    assert!(
+        coins.iter().all(|c| reserved(&alice).contains(c)),
+        "reserved for the offer"
+    );
+    let (received, changed) = hand(
+        &alice_service,
+        &alice,
+        &Message::Accept(bad_adaptor_signature(&accept2)),
+        bob.id,
+    )
+    .await;
+    let err = service_error(received, "a bad adaptor signature");
+    assert_eq!(service_variant(&err), "Manager(DlcError)", "{err:?}");
+    let mut expected = vec![Change {
+        ns: DLC_NAMESPACE.to_owned(),
+        key: contract_key(&offer2.temporary_contract_id),
+        before: Some("Offered".to_owned()),
+        after: Some("FailedAccept".to_owned()),
+    }];
+    expected.extend(released(&alice, &coins));
+    expected.push(audited_ops("PublicKey"));
+    assert_eq!(unversioned(&changed), expected, "{err}");
+    let now_reserved = reserved(&alice);
+    assert!(coins.iter().all(|c| !now_reserved.contains(c)), "{now_reserved:?}");
+    // The good accept can no longer be taken, and nothing changes.
+    let err = refused_by_service(
+        &alice_service,
+        &alice,
+        &Message::Accept(accept2).encode(),
+        bob.id,
+        "the good accept after a bad one",
+    )
+    .await;
+    assert_eq!(service_variant(&err), "Manager(InvalidState)", "{err:?}");
+    alice.hsm.verify_audit_chain().expect("audit chain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_refuses_hostile_sign_messages_before_signing() {
+    let Some(net) = net() else { return };
+    let (alice, bob) = funded_parties(&net, 3).await;
+    let (alice_service, _) = alice.service(&net).await.expect("Alice's service");
+    let (bob_service, _) = bob.service(&net).await.expect("Bob's service");
+    let maturity = net.now() as u32 + 600;
+    let input = coin_event(&net, "coin", maturity);
+    let a = (&alice, &alice_service);
+    let b = (&bob, &bob_service);
+
+    // A bad refund signature: the manager stores the contract as FailedSign; the service then
+    // releases Bob's funding coin.
+    let (_, contract1, accept1, sign1) = service_signed(a, b, &input).await;
+    let coins = coins_of(&accept1.funding_inputs);
+    assert!(
+        coins.iter().all(|c| reserved(&bob).contains(c)),
+        "reserved for the accept"
+    );
+    let bad_refund = SignDlc {
+        refund_signature: flip_ecdsa(&sign1.refund_signature),
+        ..sign1.clone()
+    };
+    let (received, changed) = hand(&bob_service, &bob, &Message::Sign(bad_refund), alice.id).await;
+    let err = service_error(received, "a bad refund signature");
+    assert_eq!(service_variant(&err), "Manager(DlcError)", "{err:?}");
+    let mut expected = vec![Change {
+        ns: DLC_NAMESPACE.to_owned(),
+        key: contract_key(&contract1),
+        before: Some("Accepted".to_owned()),
+        after: Some("FailedSign".to_owned()),
+    }];
+    expected.extend(released(&bob, &coins));
+    assert_eq!(unversioned(&changed), expected, "{err}");
+    let now_reserved = reserved(&bob);
+    assert!(coins.iter().all(|c| !now_reserved.contains(c)), "{now_reserved:?}");
+
+    // A bad funding witness for Alice's input: refused before the manager, so the policy is
+    // not asked, the HSM signs nothing, and the contract stays Accepted.
+    let (_, contract2, _, sign2) = service_signed(a, b, &input).await;
+    let mut bad_funding = sign2.clone();
+    let witness = &mut bad_funding.funding_signatures.funding_signatures[0].witness_elements[0].witness;
+    let last = witness.len() - 2; // the DER signature's last byte, before the sighash flag
+    witness[last] ^= 0x01;
+    let audit_before = mark(&bob).audit_seq;
+    let err = refused_by_service(
+        &bob_service,
+        &bob,
+        &Message::Sign(bad_funding).encode(),
+        alice.id,
+        "a bad funding witness",
+    )
+    .await;
+    assert_eq!(service_variant(&err), "Refused", "{err:?}");
+    assert!(matches!(bob.contract(&contract2).await, Contract::Accepted(_)));
+    let audited = bob.hsm.audit_records(audit_before, 1_000_000).expect("audit records");
+    assert!(
+        audited
+            .iter()
+            .all(|r| !format!("{:?}", r.operation).contains("SignEcdsa")),
+        "{audited:?}"
+    );
+    // The manager's own refusals stay refusals, with nothing changed.
+    let err = refused_by_service(
+        &bob_service,
+        &bob,
+        &Message::Sign(sign2.clone()).encode(),
+        stranger(),
+        "a sign message from another peer",
+    )
+    .await;
+    assert_eq!(service_variant(&err), "Manager(InvalidParameters)", "{err:?}");
+    let unknown = SignDlc {
+        contract_id: random_id(),
+        ..sign2.clone()
+    };
+    let err = refused_by_service(
+        &bob_service,
+        &bob,
+        &Message::Sign(unknown).encode(),
+        alice.id,
+        "a sign message for an unknown contract",
+    )
+    .await;
+    assert_eq!(service_variant(&err), "Manager(InvalidParameters)", "{err:?}");
+
+    // The genuine sign message after the bad one: signed, and the funding reaches the node.
+    let (received, changed) = hand(&bob_service, &bob, &Message::Sign(sign2.clone()), alice.id).await;
+    assert!(matches!(received, Ok(Ok(None))), "{received:?}");
+    assert!(
+        changed
+            .iter()
+            .any(|c| c.key == contract_key(&contract2) && c.after.as_deref() == Some("Signed")),
+        "{changed:?}"
+    );
+    let Contract::Signed(signed) = bob.contract(&contract2).await else {
+        panic!("signed")
+    };
+    assert!(in_mempool(
+        &net,
+        &signed.accepted_contract.dlc_transactions.fund.compute_txid()
+    ));
+    // And again: the contract has left Accepted.
+    let err = refused_by_service(
+        &bob_service,
+        &bob,
+        &Message::Sign(sign2).encode(),
+        alice.id,
+        "the sign message again",
+    )
+    .await;
+    assert_eq!(service_variant(&err), "Manager(InvalidState)", "{err:?}");
+    bob.hsm.verify_audit_chain().expect("audit chain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_opens_over_contracts_it_cannot_resume() {
+    let Some(net) = net() else { return };
+    let (alice, bob) = funded_parties(&net, 3).await;
+    let maturity = net.now() as u32 + 600;
+    let input = coin_event(&net, "coin", maturity);
+    // Through the bare manager, as `sign_messages_with_a_bad_field_are_refused` does: one
+    // contract FailedSign (its coin still reserved), one Signed on a funding transaction with
+    // a bad witness of Alice's, which the node refused.
+    let (_, accept1, sign1) = signed(&alice, &bob, &input).await;
+    let contract1 = bob_contract_id(&bob, &accept1).await;
+    let bad_refund = SignDlc {
+        refund_signature: flip_ecdsa(&sign1.refund_signature),
+        ..sign1
+    };
+    let (handled, _) = deliver(&bob, &Message::Sign(bad_refund), alice.id).await;
+    assert!(matches!(handled, Ok(Err(_))), "{handled:?}");
+    assert!(matches!(bob.contract(&contract1).await, Contract::FailedSign(_)));
+    let (_, accept2, sign2) = signed(&alice, &bob, &input).await;
+    let contract2 = bob_contract_id(&bob, &accept2).await;
+    let mut bad_funding = sign2;
+    let witness = &mut bad_funding.funding_signatures.funding_signatures[0].witness_elements[0].witness;
+    let last = witness.len() - 2;
+    witness[last] ^= 0x01;
+    let (handled, _) = deliver(&bob, &Message::Sign(bad_funding), alice.id).await;
+    assert!(
+        matches!(&handled, Ok(Err(e)) if variant(e) == "BlockchainError"),
+        "{handled:?}"
+    );
+    let Contract::Signed(stored) = bob.contract(&contract2).await else {
+        panic!("signed")
+    };
+    let fund = stored.accepted_contract.dlc_transactions.fund.compute_txid();
+    let failed_coins = coins_of(&accept1.funding_inputs);
+    assert!(failed_coins.iter().all(|c| reserved(&bob).contains(c)));
+
+    // The service opens: the failed contract's coin is released, the one it cannot resume is
+    // reported, and nothing panics.
+    let before = mark(&bob);
+    let opened = catch_panic(bob.service(&net)).await.expect("opening does not panic");
+    let (service, resumed) = opened.expect("the service opens");
+    let changed = unversioned(&since(&bob, &before));
+    assert_eq!(resumed.broadcast, []);
+    assert!(
+        matches!(resumed.failed.as_slice(), [Pending::Failed { contract, .. }] if *contract == contract2),
+        "{resumed:?}"
+    );
+    assert_eq!(resumed.released, failed_coins, "{resumed:?}");
+    assert!(matches!(bob.contract(&contract2).await, Contract::Signed(_)));
+    assert_eq!(net.chain.confirmations(&fund).expect("rpc"), None);
+    // `resume` checks Alice's witness before completing the funding transaction (as `receive`
+    // does before the manager signs): no policy approval, no HSM signature, no broadcast. The
+    // contract stays Signed and, as a live contract, keeps Bob's coin reserved; nothing else
+    // changes and no contract record is written.
+    let expected = released(&bob, &failed_coins);
+    assert_eq!(changed, expected);
+    assert!(coins_of(&accept2.funding_inputs)
+        .iter()
+        .all(|c| reserved(&bob).contains(c)));
+    // The service works: it lists both contracts in their states.
+    let states: BTreeMap<String, &str> = service
+        .contracts()
+        .await
+        .expect("contracts")
+        .into_iter()
+        .map(|c| (c.id, c.state))
+        .collect();
+    let hex = |id: &[u8; 32]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(states.get(&hex(&contract1)), Some(&"failed-sign"), "{states:?}");
+    assert_eq!(states.get(&hex(&contract2)), Some(&"signed"), "{states:?}");
+    bob.hsm.verify_audit_chain().expect("audit chain");
 }

@@ -24,8 +24,8 @@ use anya_bitcoin::wallet::{AnyaWallet, Template};
 use anya_core_types::{Clock, Label, SystemClock};
 use anya_hsm::{HsmProvider, KeyPolicy, KeySpec, Usage};
 use anya_layer2::dlc::contracts::{
-    BitcoindBlockchain, ClockTime, DlcManager, DlcWallet, HsmContractSignerProvider, KvDlcStorage, LocalOracle,
-    TracingLogger,
+    AnyOracle, BitcoindBlockchain, ClockTime, DlcError, DlcManager, DlcParts, DlcService, DlcWallet,
+    HsmContractSignerProvider, KvDlcStorage, LocalOracle, Resumed, TracingLogger,
 };
 use anya_layer2::dlc::{Oracle, OracleOptions};
 use anya_storage::{KvStore, SqliteOptions, SqliteStore};
@@ -211,6 +211,23 @@ impl Party {
             .await
             .expect("read")
             .expect("stored")
+    }
+
+    /// anya's contract service on this party's store, keystore, root (`root`) and wallet, with
+    /// the net's node, oracle and clock: what anya runs in place of the bare manager. It opens
+    /// beside [`manager`](Self::manager), on the same records.
+    pub async fn service(&self, net: &Net) -> Result<(DlcService, Resumed), DlcError> {
+        DlcService::open(DlcParts {
+            store: Arc::clone(&self.store),
+            hsm: Arc::clone(&self.hsm),
+            root: label("root"),
+            wallet: Arc::clone(&self.wallet),
+            chain: Arc::clone(&net.chain),
+            network: Network::Regtest,
+            oracles: vec![Arc::clone(&net.oracle) as Arc<AnyOracle>],
+            clock: Arc::clone(&net.clock) as Arc<dyn Clock>,
+        })
+        .await
     }
 
     /// Runs the manager's periodic work (chain monitor, then contract checks).

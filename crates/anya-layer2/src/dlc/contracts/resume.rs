@@ -145,6 +145,27 @@ pub fn funding_with_offer_witnesses(
     Ok((psbt, ours))
 }
 
+/// Checks the offer party's inputs of a funding PSBT from [`funding_with_offer_witnesses`]
+/// (`ours` are the accepting party's input indexes) with Bitcoin Core's interpreter: a funding
+/// transaction is only worth signing if the other side's signatures are valid.
+#[cfg(feature = "dlc-contracts")]
+pub fn verify_offer_witnesses(psbt: &Psbt, ours: &[usize]) -> Result<(), String> {
+    let spent: Vec<bitcoin::TxOut> = psbt
+        .inputs
+        .iter()
+        .map(|i| i.witness_utxo.clone().ok_or("a funding input without its output"))
+        .collect::<Result<_, _>>()?;
+    let mut tx = psbt.unsigned_tx.clone();
+    for (txin, input) in tx.input.iter_mut().zip(&psbt.inputs) {
+        txin.witness = input.final_script_witness.clone().unwrap_or_default();
+    }
+    for index in (0..tx.input.len()).filter(|i| !ours.contains(i)) {
+        anya_bitcoin::verify_input(&tx, index, &spent, anya_bitcoin::VerifyFlags::consensus())
+            .map_err(|e| format!("the offer party's funding signature for input {index}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// The funding transaction of `contract` signed by both parties: the offer party's stored
 /// funding signatures and the accepting party's own inputs signed again by `wallet` (its
 /// spending policy approves the same transaction again without counting it twice). For the
@@ -160,6 +181,10 @@ where
         ));
     }
     let (mut psbt, ours) = funding_with_offer_witnesses(accepted, &contract.funding_signatures)?;
+    // Never sign (nor have the policy approve) a funding transaction whose other half is bad:
+    // a store written by a bare manager can hold such a signed contract.
+    #[cfg(feature = "dlc-contracts")]
+    verify_offer_witnesses(&psbt, &ours).map_err(ManagerError::InvalidState)?;
     for index in ours {
         wallet.sign_psbt_input(&mut psbt, index).await?;
     }

@@ -378,7 +378,8 @@ impl DlcService {
 
     /// What anya checks in an offer before the manager sees it: ddk-manager 1.1.2 panics on
     /// some (payouts above the total collateral, funding inputs worth more than the money
-    /// supply, a multi-oracle info without announcements) and takes others (an offer
+    /// supply, a multi-oracle info without announcements, a numeric payout function without
+    /// pieces) and takes others (an offer
     /// collateral above the total, a fee rate of 0, announcements of an oracle this party does
     /// not use, a temporary id it already holds a contract under).
     async fn check_offer(&self, offer: &ddk_messages::OfferDlc) -> Result<(), DlcError> {
@@ -394,9 +395,19 @@ impl DlcService {
         if offer.fee_rate_per_vb == 0 {
             return Err(refused("a fee rate of 0 sat/vB"));
         }
-        if let ContractDescriptor::EnumeratedContractDescriptor(e) = &info.contract_info.contract_descriptor {
-            if e.payouts.iter().any(|p| p.offer_payout > total) {
-                return Err(refused("a payout exceeds the total collateral"));
+        match &info.contract_info.contract_descriptor {
+            ContractDescriptor::EnumeratedContractDescriptor(e) => {
+                if e.payouts.iter().any(|p| p.offer_payout > total) {
+                    return Err(refused("a payout exceeds the total collateral"));
+                }
+            }
+            ContractDescriptor::NumericOutcomeContractDescriptor(n) => {
+                if n.payout_function.payout_function_pieces.is_empty() {
+                    return Err(refused("a payout function without pieces"));
+                }
+                if n.rounding_intervals.intervals.is_empty() {
+                    return Err(refused("no rounding interval"));
+                }
             }
         }
         let announcements: Vec<_> = match &info.contract_info.oracle_info {
@@ -441,23 +452,7 @@ impl DlcService {
         }
         let (psbt, ours) = resume::funding_with_offer_witnesses(&accepted, &sign.funding_signatures)
             .map_err(|e| refused(format!("funding signatures: {e}")))?;
-        let spent: Vec<bitcoin::TxOut> = psbt
-            .inputs
-            .iter()
-            .map(|i| {
-                i.witness_utxo
-                    .clone()
-                    .ok_or_else(|| refused("a funding input without its output"))
-            })
-            .collect::<Result<_, _>>()?;
-        let mut tx = psbt.unsigned_tx.clone();
-        for (txin, input) in tx.input.iter_mut().zip(&psbt.inputs) {
-            txin.witness = input.final_script_witness.clone().unwrap_or_default();
-        }
-        for index in (0..tx.input.len()).filter(|i| !ours.contains(i)) {
-            anya_bitcoin::verify_input(&tx, index, &spent, anya_bitcoin::VerifyFlags::consensus())
-                .map_err(|e| refused(format!("the offer party's funding signature for input {index}: {e}")))?;
-        }
+        resume::verify_offer_witnesses(&psbt, &ours).map_err(refused)?;
         Ok(())
     }
 
