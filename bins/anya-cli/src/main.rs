@@ -22,6 +22,7 @@ use anya_storage::{KvStore, SqliteOptions, SqliteStore};
 use bitcoin::hex::{DisplayHex, FromHex};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod dlc;
 mod node;
 mod onchain;
 mod oracle;
@@ -53,7 +54,13 @@ Bitcoin (see `anya wallet --help` and `anya psbt --help`):
 A DLC oracle (see `anya oracle --help`; needs --anchor-dir or ANYA_ANCHOR_DIR):
   anya oracle init                                # prints the oracle's x-only public key
   anya oracle event create-enum match-42 --maturity 1767225600 --outcome home --outcome away
-  anya oracle attest match-42 --outcome home";
+  anya oracle attest match-42 --outcome home
+
+DLC contracts (see `anya dlc --help`):
+  anya key new dlc-root --type bip32 --dlc        # a root that may derive contract keys
+  anya wallet new bets --root dlc-root --kind bip84
+  anya dlc identity --wallet bets                 # what the counterparty names you by
+  anya dlc offer … --out offer.msg                # then accept, sign, receive, close, list";
 
 const SIGN_ABOUT: &str = "\
 Sign a message with a stored key; prints the signature in hex.
@@ -117,6 +124,10 @@ enum Command {
     /// outcomes. Needs --anchor-dir.
     #[command(subcommand, long_about = oracle::ORACLE_ABOUT)]
     Oracle(oracle::OracleCommand),
+    /// DLC contracts funded by a wallet of the keystore: offer, accept, sign, follow and close
+    /// them; messages travel as files.
+    #[command(subcommand, long_about = dlc::DLC_ABOUT)]
+    Dlc(dlc::DlcCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +154,11 @@ enum KeyCommand {
         /// Allow the secret to be exported later (fixed at creation).
         #[arg(long)]
         exportable: bool,
+        /// For a bip32 root: allow DLC contract keys below it (fixed at creation). Only the
+        /// per-contract keys of its DLC branch may then leave the keystore, each time recorded
+        /// in the audit chain; the wallet's keys never do (docs/adr/0006-dlc-contract-keys.md).
+        #[arg(long)]
+        dlc: bool,
     },
     /// List every key: id, type, exportable, public key.
     List,
@@ -299,6 +315,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             id,
             key_type,
             exportable,
+            dlc,
         }) => {
             let id = Label::new(id).map_err(HsmError::from)?;
             let spec = match key_type {
@@ -308,11 +325,17 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 KeyType::Bip32 => KeySpec::Bip32Root,
                 KeyType::P256 => KeySpec::P256,
             };
+            if dlc && spec != KeySpec::Bip32Root {
+                return Err(CliError::Usage("--dlc is for a bip32 root (--type bip32)".to_owned()));
+            }
             let hsm = unlocked(dir)?;
-            let policy = KeyPolicy {
+            let mut policy = KeyPolicy {
                 exportable,
                 ..KeyPolicy::default_for(spec)
             };
+            if dlc {
+                policy = policy.allowing(anya_hsm::Usage::ExportDlcChild);
+            }
             let info = hsm.generate_key(&id, spec, policy)?;
             println!("{}", key_line(&hsm, &info)?);
         }
@@ -347,6 +370,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Wallet(command) => onchain::wallet(dir, command)?,
         Command::Psbt(command) => onchain::psbt(dir, command)?,
         Command::Oracle(command) => oracle::oracle(dir, cli.anchor_dir.is_some(), command)?,
+        Command::Dlc(command) => dlc::dlc(dir, cli.anchor_dir.is_some(), command)?,
         Command::Audit(AuditCommand::Verify) => {
             let store = open_store(dir, false)?;
             let hsm = SoftwareHsm::open(store, hsm_options()?)?;

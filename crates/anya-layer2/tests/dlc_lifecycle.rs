@@ -234,3 +234,169 @@ async fn a_party_offline_after_signing_finds_its_payout_when_it_returns() {
         &[(&alice, btc(1.0), btc(1.6)), (&bob, btc(1.0), btc(0.4))],
     );
 }
+
+/// A numeric contract on three anya oracles, two of which must attest, with difference
+/// parameters, through `DlcService` (the API an application uses): offer, accept, sign, fund,
+/// confirm; two oracles attest the same value, the third never does; the contract closes by
+/// the CET of that value and pays each side what ddk-manager's payout curve gives for it, to
+/// the satoshi.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numeric_contract_on_two_of_three_oracles_pays_the_curve() {
+    use anya_core_types::Clock;
+    use anya_layer2::dlc::contracts::{AnyOracle, DlcParts, DlcService, LocalOracle};
+    use anya_layer2::dlc::messages::DigitDecompositionEventDescriptor;
+    use bitcoin::Network;
+    use ddk_manager::contract::contract_input::{ContractInput, ContractInputInfo, OracleInput};
+    use ddk_manager::contract::numerical_descriptor::{DifferenceParams, NumericalDescriptor};
+    use ddk_manager::contract::ContractDescriptor;
+    use ddk_manager::payout_curve::{
+        PayoutFunction, PayoutFunctionPiece, PayoutPoint, PolynomialPayoutCurvePiece, RoundingInterval,
+        RoundingIntervals,
+    };
+    use ddk_trie::OracleNumericInfo;
+    use dlc::label;
+    use std::sync::Arc;
+
+    let Some(net) = net() else { return };
+    let (alice, bob) = parties(&net).await;
+    let others = [dlc::OracleSide::new(&net.clock), dlc::OracleSide::new(&net.clock)];
+    let oracles = [
+        Arc::clone(&net.oracle_fixture.oracle),
+        Arc::clone(&others[0].oracle),
+        Arc::clone(&others[1].oracle),
+    ];
+    const DIGITS: u16 = 10;
+    let maturity = net.now() as u32 + 600;
+    let descriptor = DigitDecompositionEventDescriptor {
+        base: 2,
+        is_signed: false,
+        unit: "sat".to_owned(),
+        precision: 0,
+        nb_digits: DIGITS,
+    };
+    for oracle in &oracles {
+        oracle
+            .create_numeric_event("price", maturity, descriptor.clone())
+            .expect("event");
+    }
+    let total = btc(2.0);
+    let max = (1u64 << DIGITS) - 1;
+    let numerical = NumericalDescriptor {
+        payout_function: PayoutFunction::new(vec![PayoutFunctionPiece::PolynomialPayoutCurvePiece(
+            PolynomialPayoutCurvePiece::new(vec![
+                PayoutPoint {
+                    event_outcome: 0,
+                    outcome_payout: Amount::ZERO,
+                    extra_precision: 0,
+                },
+                PayoutPoint {
+                    event_outcome: max,
+                    outcome_payout: total,
+                    extra_precision: 0,
+                },
+            ])
+            .expect("piece"),
+        )])
+        .expect("payout function"),
+        rounding_intervals: RoundingIntervals {
+            intervals: vec![RoundingInterval {
+                begin_interval: 0,
+                rounding_mod: 10_000_000,
+            }],
+        },
+        difference_params: Some(DifferenceParams {
+            max_error_exp: 4,
+            min_support_exp: 2,
+            maximize_coverage: false,
+        }),
+        oracle_numeric_infos: OracleNumericInfo {
+            base: 2,
+            nb_digits: vec![usize::from(DIGITS); 3],
+        },
+    };
+    let input = ContractInput {
+        offer_collateral: btc(1.0),
+        accept_collateral: btc(1.0),
+        fee_rate: 2,
+        contract_infos: vec![ContractInputInfo {
+            contract_descriptor: ContractDescriptor::Numerical(numerical.clone()),
+            oracles: OracleInput {
+                public_keys: oracles.iter().map(|o| o.public_key()).collect(),
+                event_id: "price".to_owned(),
+                threshold: 2,
+            },
+        }],
+        contract_flags: 0,
+    };
+
+    let service = |party: &Party| {
+        DlcService::open(DlcParts {
+            store: Arc::clone(&party.store),
+            hsm: Arc::clone(&party.hsm),
+            root: label("root"),
+            wallet: Arc::clone(&party.wallet),
+            chain: Arc::clone(&net.chain),
+            network: Network::Regtest,
+            oracles: oracles
+                .iter()
+                .map(|o| Arc::new(LocalOracle::new(Arc::clone(o))) as Arc<AnyOracle>)
+                .collect(),
+            clock: Arc::clone(&net.clock) as Arc<dyn Clock>,
+        })
+    };
+    let (a, _) = service(&alice).await.expect("alice's service");
+    let (b, _) = service(&bob).await.expect("bob's service");
+    let (temp_id, offer) = a.offer(&input, bob.id).await.expect("offer");
+    assert!(b.receive(&offer, alice.id).await.expect("offer received").is_none());
+    let (id, accept) = b.accept(&temp_id).await.expect("accepted");
+    let sign = a
+        .receive(&accept, bob.id)
+        .await
+        .expect("accept received")
+        .expect("a sign message");
+    assert!(b.receive(&sign, alice.id).await.expect("sign received").is_none());
+    let fund = funding(&bob, &id).await;
+
+    net.mine(3);
+    for s in [&a, &b] {
+        let changed = s.tick().await.expect("tick");
+        assert_eq!(changed.iter().map(|c| c.state).collect::<Vec<_>>(), ["confirmed"]);
+    }
+
+    // Oracles 0 and 2 attest 700; oracle 1 stays silent.
+    net.advance_to(u64::from(maturity) + 60);
+    const VALUE: i64 = 700;
+    for oracle in [&oracles[0], &oracles[2]] {
+        oracle.attest_numeric("price", VALUE).expect("attested");
+    }
+    a.tick().await.expect("tick");
+    net.mine(3);
+    a.tick().await.expect("tick");
+    b.tick().await.expect("tick");
+    let closed = a.contract(&id).await.expect("contract");
+    let Contract::Closed(c) = &closed else {
+        panic!(
+            "alice's contract is closed: {}",
+            anya_layer2::dlc::contracts::service::state_name(&closed)
+        )
+    };
+    assert!(matches!(b.contract(&id).await.expect("contract"), Contract::Closed(_)));
+    let cet = c.signed_cet.clone().expect("closed by a CET");
+
+    // What the curve pays at 700, as ddk-manager computes it.
+    let ranges = numerical.get_range_payouts(total).expect("range payouts");
+    let range = ranges
+        .iter()
+        .find(|r| (r.start..r.start + r.count).contains(&(VALUE as usize)))
+        .expect("700 is covered");
+    assert_eq!(DlcService::payout(&closed), Some(range.payout.offer));
+    assert_settled(
+        &net,
+        &fund,
+        &cet,
+        &[
+            (&alice, btc(1.0), range.payout.offer),
+            (&bob, btc(1.0), range.payout.accept),
+        ],
+    );
+}

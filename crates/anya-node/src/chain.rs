@@ -106,7 +106,7 @@ pub enum Chain {
     /// A bitcoind on `network`.
     Bitcoind {
         /// The client.
-        client: Box<BitcoindChain>,
+        client: Arc<BitcoindChain>,
         /// The network it was checked to serve.
         network: Network,
         /// The tip last seen and when it was first seen, for the staleness check.
@@ -123,6 +123,14 @@ impl Chain {
         match self {
             Chain::Regtest(_) => Network::Regtest,
             Chain::Bitcoind { network, .. } => *network,
+        }
+    }
+
+    /// The bitcoind client, when the source is bitcoind.
+    pub fn bitcoind(&self) -> Option<&Arc<BitcoindChain>> {
+        match self {
+            Chain::Regtest(_) => None,
+            Chain::Bitcoind { client, .. } => Some(client),
         }
     }
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anya_bitcoin::policy::SpendPolicy;
+use bitcoin::secp256k1::XOnlyPublicKey;
 use bitcoin::{Address, Amount, FeeRate, Network};
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +87,72 @@ pub struct NodeConfig {
     pub policy: BTreeMap<String, PolicyBody>,
     /// The DLC oracle service.
     pub oracle: OracleConfig,
+    /// DLC contracts: this node as a party.
+    pub dlc: DlcConfig,
+}
+
+/// DLC contracts (`/v1/dlc/…`): this node offers, accepts and closes contracts funded by one of
+/// its wallets, with the oracles listed. Needs `chain = "bitcoind"`, and a wallet whose BIP32
+/// root allows DLC contract keys (`"dlc": true` when the wallet or its root is made; see
+/// `docs/adr/0006-dlc-contract-keys.md`). Every key needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct DlcConfig {
+    /// Run DLC contracts (default false).
+    pub enabled: bool,
+    /// The node wallet that funds contracts and receives their payouts (it must exist when the
+    /// node starts).
+    pub wallet: Option<String>,
+    /// The BIP32 root of the contract keys and of the node's DLC identity; default the
+    /// wallet's own root (a BIP84 or BIP86 wallet has one).
+    pub root: Option<String>,
+    /// The oracles contracts may settle on.
+    pub oracles: Vec<DlcOracleConfig>,
+    /// How often contracts are checked (confirmations, attestations, refunds), in seconds;
+    /// default 10.
+    pub tick_secs: u64,
+}
+
+impl Default for DlcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            wallet: None,
+            root: None,
+            oracles: Vec::new(),
+            tick_secs: 10,
+        }
+    }
+}
+
+/// One oracle of `[dlc]`: a remote one (`url`, `kind`) or this node's own (`local = true`,
+/// with `[oracle] enabled`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct DlcOracleConfig {
+    /// This node's own oracle.
+    pub local: bool,
+    /// The oracle's base URL (`https://oracle.example`).
+    pub url: Option<String>,
+    /// Its routes: `kormir` (default) or `p2pd` (the p2pderivatives oracle's).
+    pub kind: Option<DlcOracleKind>,
+    /// Its x-only public key (hex), checked against what it serves when the node starts; without
+    /// it, the key it serves then is trusted.
+    pub public_key: Option<String>,
+    /// How long one request to it may take, in milliseconds; default 10000.
+    pub timeout_ms: Option<u64>,
+}
+
+/// Which routes a remote oracle serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DlcOracleKind {
+    /// kormir's (`/pubkey`, `/announcement/{id}`, `/attestation/{id}`).
+    Kormir,
+    /// The p2pderivatives oracle's (`/oracle/publickey`, `/asset/{asset}/…/{time}`).
+    P2pd,
 }
 
 /// The DLC oracle service: its routes (kormir's and the p2pderivatives oracle's, beside
@@ -508,6 +575,7 @@ impl Default for NodeConfig {
             tls: TlsConfig::default(),
             policy: BTreeMap::new(),
             oracle: OracleConfig::default(),
+            dlc: DlcConfig::default(),
         }
     }
 }
@@ -553,6 +621,8 @@ const ENV_KEYS: &[(&str, &str, &str)] = &[
     ("ANYA_TLS_CERT_FILE", "tls", "cert_file"),
     ("ANYA_TLS_KEY_FILE", "tls", "key_file"),
     ("ANYA_ORACLE_ENABLED", "oracle", "enabled"),
+    ("ANYA_DLC_ENABLED", "dlc", "enabled"),
+    ("ANYA_DLC_WALLET", "dlc", "wallet"),
 ];
 
 impl NodeConfig {
@@ -691,6 +761,7 @@ impl NodeConfig {
             }
         }
         self.validate_oracle()?;
+        self.validate_dlc()?;
         let network = self.network();
         for (wallet, body) in &self.policy {
             body.to_policy(network).map_err(|message| ConfigError::Invalid {
@@ -753,6 +824,92 @@ impl NodeConfig {
             if let Err(e) = anya_layer2::dlc::digits::Digits::new(asset.base, asset.nb_digits, asset.signed) {
                 return invalid("oracle.assets", format!("[oracle.assets.{name}] {e}"));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_dlc(&self) -> Result<(), ConfigError> {
+        let d = &self.dlc;
+        let invalid = |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
+        if !(1..=3600).contains(&d.tick_secs) {
+            return invalid("dlc.tick_secs", "1 to 3600 seconds".to_owned());
+        }
+        for (key, name) in [("dlc.wallet", &d.wallet), ("dlc.root", &d.root)] {
+            if let Some(name) = name {
+                if anya_core_types::Label::new(name.clone()).is_err() {
+                    return invalid(key, format!("{name:?} is not a wallet or key name"));
+                }
+            }
+        }
+        for (i, o) in d.oracles.iter().enumerate() {
+            match (o.local, &o.url) {
+                (true, None) if o.kind.is_none() && o.public_key.is_none() && o.timeout_ms.is_none() => {
+                    if d.enabled && !self.oracle.enabled {
+                        return invalid(
+                            "dlc.oracles",
+                            format!("oracle {i}: local = true is this node's oracle, which needs [oracle] enabled"),
+                        );
+                    }
+                }
+                (true, _) => {
+                    return invalid(
+                        "dlc.oracles",
+                        format!("oracle {i}: local = true takes no url, kind, public_key or timeout_ms"),
+                    )
+                }
+                (false, None) => {
+                    return invalid(
+                        "dlc.oracles",
+                        format!("oracle {i}: give url (a remote oracle) or local = true (this node's)"),
+                    )
+                }
+                (false, Some(url)) => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return invalid("dlc.oracles", format!("oracle {i}: {url:?} is not an http(s) URL"));
+                    }
+                    if let Some(key) = &o.public_key {
+                        if key.parse::<XOnlyPublicKey>().is_err() {
+                            return invalid(
+                                "dlc.oracles",
+                                format!("oracle {i}: public_key {key:?} is not an x-only public key in hex"),
+                            );
+                        }
+                    }
+                    if o.timeout_ms.is_some_and(|t| !(100..=120_000).contains(&t)) {
+                        return invalid("dlc.oracles", format!("oracle {i}: timeout_ms is 100 to 120000"));
+                    }
+                }
+            }
+        }
+        if !d.enabled {
+            return Ok(());
+        }
+        if self.oracle.only {
+            return invalid(
+                "dlc.enabled",
+                "an oracle-only node (oracle.only, anya-oracle) runs no contracts".to_owned(),
+            );
+        }
+        if self.chain != ChainKind::Bitcoind {
+            return invalid(
+                "dlc.enabled",
+                "DLC contracts need a real node: chain = \"bitcoind\" with a [bitcoind] section".to_owned(),
+            );
+        }
+        if d.wallet.is_none() {
+            return invalid(
+                "dlc.wallet",
+                "[dlc] enabled needs the wallet that funds contracts".to_owned(),
+            );
+        }
+        if d.oracles.is_empty() {
+            return invalid(
+                "dlc.oracles",
+                "[dlc] enabled needs at least one oracle ([[dlc.oracles]] url = … or local = true)".to_owned(),
+            );
+        }
+        if d.oracles.iter().filter(|o| o.local).count() > 1 {
+            return invalid("dlc.oracles", "local = true is listed twice".to_owned());
         }
         Ok(())
     }
@@ -832,6 +989,8 @@ mod tests {
             .expect("every documented key is a key of the configuration, with a value of its type");
         assert!(all.hsm.pkcs11.is_some() && all.tls.cert_file.is_some() && all.store.is_some());
         assert_eq!(c.oracle, d.oracle);
+        assert_eq!(c.dlc, d.dlc);
+        assert_eq!(all.dlc.oracles.len(), 2, "{:?}", all.dlc);
         let btcusd = &all.oracle.assets["btcusd"];
         assert_eq!((btcusd.sources.len(), btcusd.interval_secs), (2, Some(3600)));
     }
@@ -868,5 +1027,60 @@ mod tests {
         );
         let err = NodeConfig::load(None, |v| (v == "ANYA_LISTEN").then(|| "not an address".to_owned())).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn dlc_needs_bitcoind_a_wallet_and_oracles_it_can_reach() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("anya.toml");
+        let bitcoind = "chain = \"bitcoind\"\n[bitcoind]\nurl = \"http://127.0.0.1:1\"\ncookie_file = \"/c\"\nnetwork = \"regtest\"\n";
+        let load = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            NodeConfig::load(Some(&path), no_env)
+        };
+        let key = |text: &str| match load(text) {
+            Err(ConfigError::Invalid { key, message }) => (key, message),
+            other => panic!("{text}: {other:?}"),
+        };
+        let remote = "[[dlc.oracles]]\nurl = \"http://127.0.0.1:2\"\n";
+        assert_eq!(
+            key(&format!("[dlc]\nenabled = true\nwallet = \"w\"\n{remote}")).0,
+            "dlc.enabled"
+        );
+        assert_eq!(
+            key(&format!("{bitcoind}[dlc]\nenabled = true\n{remote}")).0,
+            "dlc.wallet"
+        );
+        assert_eq!(
+            key(&format!("{bitcoind}[dlc]\nenabled = true\nwallet = \"w\"\n")).0,
+            "dlc.oracles"
+        );
+        let (k, m) = key(&format!(
+            "{bitcoind}[dlc]\nenabled = true\nwallet = \"w\"\n[[dlc.oracles]]\nlocal = true\n"
+        ));
+        assert!(k == "dlc.oracles" && m.contains("[oracle] enabled"), "{m}");
+        for oracle in [
+            "[[dlc.oracles]]\n",
+            "[[dlc.oracles]]\nlocal = true\nurl = \"http://x\"\n",
+            "[[dlc.oracles]]\nurl = \"ftp://x\"\n",
+            "[[dlc.oracles]]\nurl = \"http://x\"\npublic_key = \"zz\"\n",
+            "[[dlc.oracles]]\nurl = \"http://x\"\ntimeout_ms = 1\n",
+        ] {
+            assert_eq!(
+                key(&format!("{bitcoind}[dlc]\nenabled = true\nwallet = \"w\"\n{oracle}")).0,
+                "dlc.oracles",
+                "{oracle}"
+            );
+        }
+        assert_eq!(key(&format!("{bitcoind}[dlc]\nwallet = \"a b\"\n")).0, "dlc.wallet");
+        assert_eq!(key(&format!("{bitcoind}[dlc]\ntick_secs = 0\n")).0, "dlc.tick_secs");
+        let c = load(&format!(
+            "{bitcoind}[oracle]\nenabled = true\n[dlc]\nenabled = true\nwallet = \"w\"\n[[dlc.oracles]]\nlocal = true\n{remote}kind = \"p2pd\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.dlc.oracles.len(), 2);
+        assert_eq!(c.dlc.oracles[1].kind, Some(DlcOracleKind::P2pd));
+        // A section that is off is checked for its values, not for what running needs.
+        load("[dlc]\nwallet = \"w\"\n").expect("disabled needs nothing more");
     }
 }

@@ -224,6 +224,7 @@ impl From<anya_bitcoin::wallet::WalletError> for ApiError {
             E::AlreadyConfirmed { .. } => (StatusCode::CONFLICT, "already_confirmed"),
             E::NotInMempool { .. } => (StatusCode::CONFLICT, "not_in_mempool"),
             E::ParentFeeUnknown { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "parent_fee_unknown"),
+            E::InsufficientFunds { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"),
             E::WatchOnly { .. } => (StatusCode::CONFLICT, "watch_only"),
             E::Chain(_) => (StatusCode::CONFLICT, "chain_mismatch"),
             _ => return Self::internal(&e),

@@ -100,6 +100,27 @@ pub enum Event {
         /// Why, for people.
         detail: String,
     },
+    /// A DLC contract was made or changed state (an offer, a message received, an accept, or
+    /// the periodic check: confirmations, a close by CET, a refund).
+    DlcContract {
+        /// The wallet that funds it.
+        wallet: String,
+        /// The contract in its new state.
+        contract: crate::dlc::ContractView,
+    },
+    /// A DLC message to deliver to a counterparty again: after a restart, the last message of
+    /// each contract that still waits on the counterparty (the application's transport
+    /// delivers it; a counterparty ignores a message for a state it has left).
+    DlcResend {
+        /// The wallet that funds the contract.
+        wallet: String,
+        /// The contract (hex; its temporary id while only offered).
+        contract: String,
+        /// The counterparty's DLC identity (hex public key).
+        to: String,
+        /// The message (hex of its dlcspecs serialization).
+        message: String,
+    },
 }
 
 /// An event with its sequence number, as sent to subscribers.
@@ -156,7 +177,9 @@ impl Events {
             Event::TxSeen { wallet, .. }
             | Event::TxConfirmed { wallet, .. }
             | Event::PolicyDecision { wallet, .. }
-            | Event::WalletCreated { wallet } => (Some(wallet), None),
+            | Event::WalletCreated { wallet }
+            | Event::DlcContract { wallet, .. }
+            | Event::DlcResend { wallet, .. } => (Some(wallet), None),
             Event::AuditAppended { key_id, .. } => (None, key_id.as_deref()),
             Event::KeyCreated { id, .. } => (None, Some(id)),
             Event::OracleAnnounced { .. } | Event::OracleAttested { .. } | Event::OracleRefused { .. } => (None, None),

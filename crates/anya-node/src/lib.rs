@@ -7,6 +7,7 @@ pub mod chain;
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
+pub mod dlc;
 pub mod error;
 pub mod events;
 pub mod limits;

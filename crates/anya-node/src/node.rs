@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use crate::auth::{write_cookie, Scope, TokenError, TokenLimits, Tokens};
 use crate::chain::{Chain, ChainError, Regtest};
 use crate::config::{ChainKind, ConfigError, FailoverKind, HsmKind, NodeConfig};
+use crate::dlc::{Dlc, DlcStartError};
 use crate::events::{Event, Events};
 use crate::limits::Limits;
 use crate::metrics::{MeteredStore, Metrics};
@@ -63,6 +64,9 @@ pub enum NodeError {
     /// The oracle could not be opened.
     #[error("oracle: {0}")]
     Oracle(#[from] OracleError),
+    /// DLC contracts could not be started.
+    #[error("dlc: {0}")]
+    Dlc(Box<DlcStartError>),
     /// A configured policy could not be applied.
     #[error("policy of wallet {wallet}: {source}")]
     Policy {
@@ -71,6 +75,12 @@ pub enum NodeError {
         /// Why.
         source: WalletError,
     },
+}
+
+impl From<DlcStartError> for NodeError {
+    fn from(e: DlcStartError) -> Self {
+        Self::Dlc(Box::new(e))
+    }
 }
 
 /// Why a reload was refused; the running configuration is unchanged.
@@ -132,6 +142,8 @@ pub struct Node {
     wallets: Wallets,
     /// The DLC oracle, when `oracle.enabled`.
     oracle: Option<Arc<Oracle>>,
+    /// This node as a DLC party, when `dlc.enabled`.
+    dlc: Option<Arc<Dlc>>,
     events: Events,
     metrics: Arc<Metrics>,
     limits: Limits,
@@ -295,7 +307,7 @@ fn open_chain(config: &NodeConfig, store: &Arc<dyn KvStore>) -> Result<Chain, No
             let client = BitcoindChain::connect(RpcConfig::new(b.url.clone(), auth)).map_err(ChainError::from)?;
             client.check_network(b.network).map_err(ChainError::from)?;
             Ok(Chain::Bitcoind {
-                client: Box::new(client),
+                client: Arc::new(client),
                 network: b.network,
                 last_tip: Mutex::new(None),
                 stale_after: Duration::from_secs(b.stale_after_secs),
@@ -361,7 +373,7 @@ impl Node {
         } else {
             None
         };
-        let node = Self {
+        let mut node = Self {
             config: RwLock::new(Arc::new(config)),
             store,
             hsm,
@@ -371,6 +383,7 @@ impl Node {
             clock,
             wallets,
             oracle,
+            dlc: None,
             events,
             metrics,
             limits,
@@ -383,6 +396,19 @@ impl Node {
         };
         let config = node.config();
         node.apply_policies(&config)?;
+        // After the policies: resuming may sign a funding transaction again through the
+        // wallet's policy.
+        if config.dlc.enabled {
+            node.dlc = Some(Arc::new(crate::dlc::open(crate::dlc::Parts {
+                config: &config,
+                hsm: &node.hsm,
+                store: &node.store,
+                clock: &node.clock,
+                chain: node.wallets.chain(),
+                wallets: &node.wallets,
+                oracle: node.oracle.as_ref(),
+            })?));
+        }
         Ok((
             node,
             Started {
@@ -446,6 +472,27 @@ impl Node {
     /// Its DLC oracle, when the configuration enables it.
     pub fn oracle(&self) -> Option<&Arc<Oracle>> {
         self.oracle.as_ref()
+    }
+
+    /// This node as a DLC party, when the configuration enables it.
+    pub fn dlc(&self) -> Option<&Arc<Dlc>> {
+        self.dlc.as_ref()
+    }
+
+    /// Runs the DLC contracts' periodic work now (new blocks, funding confirmations, closes by
+    /// CET once attested, refunds after the locktime) and publishes each contract whose state
+    /// changed as a `dlc_contract` event; returns them.
+    pub async fn dlc_tick(
+        &self,
+    ) -> Result<Vec<anya_layer2::dlc::contracts::ContractSummary>, anya_layer2::dlc::contracts::DlcError> {
+        let Some(dlc) = &self.dlc else { return Ok(Vec::new()) };
+        let changed = dlc.service().tick().await?;
+        for summary in &changed {
+            tracing::info!(contract = %summary.id, state = summary.state, "DLC contract changed state");
+            self.events.publish(dlc.event(summary));
+        }
+        self.audit_changed();
+        Ok(changed)
     }
 
     /// Its chain source.
@@ -552,6 +599,7 @@ impl Node {
             ("oracle.key", old.oracle.key == new.oracle.key),
             ("oracle.allow_early", old.oracle.allow_early == new.oracle.allow_early),
             ("oracle.only", old.oracle.only == new.oracle.only),
+            ("dlc", old.dlc == new.dlc),
         ] {
             if !same {
                 return Err(ReloadError::NeedsRestart(key));
@@ -636,8 +684,18 @@ impl Node {
         let mut poll = tokio::time::interval(Duration::from_secs(poll_secs.unwrap_or(3600)));
         let mut oracle_tick = tokio::time::interval(Duration::from_secs(self.config().oracle.tick_secs));
         oracle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut dlc_tick = tokio::time::interval(Duration::from_secs(self.config().dlc.tick_secs));
+        dlc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = dlc_tick.tick(), if self.dlc.is_some() => {
+                    let node = Arc::clone(&self);
+                    match tokio::spawn(async move { node.dlc_tick().await }).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "the DLC contract check"),
+                        Err(e) => tracing::warn!(error = %e, "the DLC contract check task failed"),
+                    }
+                }
                 _ = oracle_tick.tick(), if self.oracle.is_some() => {
                     let node = Arc::clone(&self);
                     if let Err(e) = tokio::task::spawn_blocking(move || node.oracle_tick()).await {

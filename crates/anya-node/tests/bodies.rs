@@ -72,6 +72,11 @@ const FIELDS: &[&str] = &[
     "unit",
     "base",
     "value",
+    "dlc",
+    "counterparty",
+    "contract",
+    "from",
+    "message",
 ];
 
 /// Content types, and whether axum's JSON extractor takes each as JSON.
@@ -576,12 +581,12 @@ fn routes(address: &str, txid: &str, psbt: &str, signed: &str) -> Vec<Route> {
                 props.keys().cloned().collect::<Vec<_>>()
             });
         let valid = match path.as_str() {
-            "/v1/keys" => json!({"id": "k-new", "spec": "secp256k1", "exportable": false}),
+            "/v1/keys" => json!({"id": "k-new", "spec": "secp256k1", "exportable": false, "dlc": false}),
             "/v1/keys/{id}/sign" => json!({"scheme": "ecdsa", "message_hex": "11".repeat(32)}),
             "/v1/tokens" => json!({
                 "name": "t", "scopes": ["read"], "keys": ["k1"], "wallets": ["w1"], "expires_in_secs": 3600
             }),
-            "/v1/wallets" => json!({"name": "w2", "template": "bip84", "root": "root2", "account": 0}),
+            "/v1/wallets" => json!({"name": "w2", "template": "bip84", "root": "root2", "account": 0, "dlc": true}),
             "/v1/wallets/{name}/send" | "/v1/wallets/{name}/psbt" => pay.clone(),
             "/v1/wallets/{name}/bump-fee" => json!({"txid": txid, "fee_rate_sat_vb": 20}),
             "/v1/wallets/{name}/policy" => json!({
@@ -604,6 +609,25 @@ fn routes(address: &str, txid: &str, psbt: &str, signed: &str) -> Vec<Route> {
             "/sign-enum" => json!({"event_id": "ev1", "outcome": "a"}),
             "/sign-numeric" => json!({"event_id": "num1", "outcome": -12}),
             "/v1/oracle/assets/{asset}/confirm" => json!({"value": 50_000.5}),
+            // This node runs no DLC contracts (they need bitcoind; tests/dlc.rs sends hostile
+            // bodies to a node that does): the bodies are still read and checked first.
+            "/v1/dlc/offers" => json!({
+                "counterparty": format!("02{}", "11".repeat(32)),
+                "contract": {
+                    "kind": "enum",
+                    "event_id": "ev1",
+                    "oracles": ["11".repeat(32)],
+                    "threshold": 1,
+                    "outcomes": [
+                        {"outcome": "a", "offer_payout_sat": 150_000, "accept_payout_sat": 50_000},
+                        {"outcome": "b", "offer_payout_sat": 0, "accept_payout_sat": 200_000}
+                    ],
+                    "offer_collateral_sat": 100_000,
+                    "accept_collateral_sat": 100_000,
+                    "fee_rate_sat_per_vb": 2
+                }
+            }),
+            "/v1/dlc/messages" => json!({"from": format!("02{}", "11".repeat(32)), "message": "a71a00"}),
             _ => {
                 assert!(
                     fields.is_none(),
@@ -624,6 +648,8 @@ fn routes(address: &str, txid: &str, psbt: &str, signed: &str) -> Vec<Route> {
             &["btcusd"]
         } else if path.contains("{id}") && path.starts_with("/v1/oracle/") {
             &["ev1", "num1"]
+        } else if path.contains("{id}") && path.starts_with("/v1/dlc/") {
+            &["1111111111111111111111111111111111111111111111111111111111111111"]
         } else if path.contains("{id}") {
             &["k1", "e1"]
         } else if path.contains("{name}") {

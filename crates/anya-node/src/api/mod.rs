@@ -2,12 +2,13 @@
 //! to mount in another axum server.
 //!
 //! Every route but `GET /health/live` needs a bearer token with the route's scope
-//! ([`ROUTES`]); errors are RFC 9457 problem details ([`ApiError`]).
+//! ([`routes()`]); errors are RFC 9457 problem details ([`ApiError`]).
 //!
 //! Scopes: `read` sees everything and may do what cannot move money or change keys, policies
 //! or tokens (addresses, syncs, PSBT inspection); `sign` may also sign and send; `admin` may do
 //! everything. A token limited to named keys or wallets sees and uses only those.
 
+mod dlc;
 mod ops;
 mod oracle;
 mod psbt;
@@ -120,6 +121,13 @@ fn api() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(oracle::asset))
         .routes(routes!(oracle::confirm))
         .routes(routes!(oracle::attest_price))
+        .routes(routes!(dlc::identity))
+        .routes(routes!(dlc::offer))
+        .routes(routes!(dlc::message))
+        .routes(routes!(dlc::accept))
+        .routes(routes!(dlc::contracts))
+        .routes(routes!(dlc::contract))
+        .routes(routes!(dlc::tick))
 }
 
 /// The API's OpenAPI 3.1 document.
@@ -473,6 +481,9 @@ pub struct KeyView {
     pub spec: &'static str,
     /// Whether it may be exported.
     pub exportable: bool,
+    /// Whether it is a BIP32 root that DLC contract keys may be derived from and exported
+    /// (the opt-in usage `ExportDlcChild`, fixed when the key was made).
+    pub dlc: bool,
     /// Its public key in hex (compressed secp256k1, raw Ed25519, uncompressed P-256); none for
     /// AES keys.
     pub public_key: Option<String>,
@@ -505,6 +516,7 @@ fn view(node: &Node, info: &KeyInfo) -> Result<KeyView, ApiError> {
         id: info.id.as_str().to_owned(),
         spec: spec_name(info.spec),
         exportable: info.policy.exportable,
+        dlc: info.policy.allowed.contains(anya_hsm::Usage::ExportDlcChild),
         public_key,
         created: info.created.as_secs(),
     })
@@ -542,6 +554,11 @@ pub struct CreateKey {
     /// Whether it may be exported (default no).
     #[serde(default)]
     pub exportable: bool,
+    /// For a `bip32` root: allow DLC contract keys below it (the usage `ExportDlcChild`: the
+    /// per-contract keys of its DLC branch may leave the HSM, audited, and nothing else; see
+    /// docs/adr/0006-dlc-contract-keys.md). Default no; fixed at creation.
+    #[serde(default)]
+    pub dlc: bool,
 }
 
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKey, responses((status = 201, description = "success", body = KeyView), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["admin"])))]
@@ -566,11 +583,21 @@ async fn create_key(
             ))
         }
     };
+    if req.dlc && spec != KeySpec::Bip32Root {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_spec",
+            "\"dlc\": true is for a bip32 root",
+        ));
+    }
     blocking(move || {
-        let policy = KeyPolicy {
+        let mut policy = KeyPolicy {
             exportable: req.exportable,
             ..KeyPolicy::default_for(spec)
         };
+        if req.dlc {
+            policy = policy.allowing(anya_hsm::Usage::ExportDlcChild);
+        }
         let info = node
             .metrics()
             .hsm("generate_key", || node.hsm().generate_key(&id, spec, policy))?;

@@ -126,6 +126,13 @@ pub async fn events(Auth(token): ReadAuth, State(node): State<Arc<Node>>, ws: We
     // Audit records appended while nobody listened are not replayed; from now on they are.
     let _ = tokio::task::spawn_blocking(move || catch_up.audit_catch_up()).await;
     let hello = serde_json::json!({ "type": "hello", "seq": node.events().last_seq() }).to_string();
+    // What the DLC party's start left to deliver again goes to the first subscriber that may
+    // see it (after its hello: it is published once this one listens).
+    if let Some(dlc) = node.dlc().filter(|d| token.may_use_wallet(d.wallet().as_str())) {
+        for event in dlc.take_resend() {
+            node.events().publish(event);
+        }
+    }
     // Subscribers only listen: small buffers keep 10,000 of them cheap (tungstenite's default
     // read buffer is 128 KiB per connection, zeroed before each read).
     ws.read_buffer_size(4 * 1024)

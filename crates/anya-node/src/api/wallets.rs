@@ -190,6 +190,12 @@ pub struct CreateWallet {
     /// The account number (default 0).
     #[serde(default)]
     pub account: u32,
+    /// The wallet funds DLC contracts (`[dlc] wallet`): its root must allow DLC contract keys.
+    /// A root made now is made so (the usage `ExportDlcChild`, see
+    /// docs/adr/0006-dlc-contract-keys.md); an existing root without it is refused (409
+    /// `root_not_dlc`: a key's usages are fixed when it is made). Default no.
+    #[serde(default)]
+    pub dlc: bool,
 }
 
 /// `POST /v1/wallets`.
@@ -234,8 +240,23 @@ pub async fn create(
         if node.wallets().list()?.contains(&name) {
             return Err(WalletError::AlreadyExists { name }.into());
         }
+        match node.hsm().key_info(&root) {
+            Ok(info) if req.dlc && !info.policy.allowed.contains(anya_hsm::Usage::ExportDlcChild) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "root_not_dlc",
+                    format!(
+                        "the root key {root} was made without DLC contract keys (a key's usages are fixed when it is made): name a new root"
+                    ),
+                ));
+            }
+            _ => {}
+        }
         if let Err(anya_hsm::HsmError::KeyNotFound { .. }) = node.hsm().key_info(&root) {
-            let policy = anya_hsm::KeyPolicy::default_for(KeySpec::Bip32Root);
+            let mut policy = anya_hsm::KeyPolicy::default_for(KeySpec::Bip32Root);
+            if req.dlc {
+                policy = policy.allowing(anya_hsm::Usage::ExportDlcChild);
+            }
             node.metrics().hsm("generate_key", || {
                 node.hsm().generate_key(&root, KeySpec::Bip32Root, policy)
             })?;

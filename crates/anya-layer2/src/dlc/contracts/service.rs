@@ -34,6 +34,10 @@ use super::{
 /// Any oracle the manager reads, remote or local.
 pub type AnyOracle = dyn ddk_manager::Oracle + Send + Sync;
 
+/// The most values a numeric contract received from a peer may range over (2^20): the
+/// manager evaluates the payout curve at each.
+pub const MAX_NUMERIC_VALUES: u64 = 1 << 20;
+
 /// The store namespace of the contracts.
 pub const CONTRACTS_NS: &str = "anya/dlc/contracts";
 
@@ -384,7 +388,7 @@ impl DlcService {
     /// not use, a temporary id it already holds a contract under).
     async fn check_offer(&self, offer: &ddk_messages::OfferDlc) -> Result<(), DlcError> {
         use ddk_messages::contract_msgs::{ContractDescriptor, ContractInfo};
-        use ddk_messages::oracle_msgs::OracleInfo;
+        use ddk_messages::oracle_msgs::{EventDescriptor, OracleInfo};
         let ContractInfo::SingleContractInfo(info) = &offer.contract_info else {
             return Err(DlcError::Disjoint);
         };
@@ -414,6 +418,32 @@ impl DlcService {
             OracleInfo::Single(s) => vec![&s.oracle_announcement],
             OracleInfo::Multi(m) => m.oracle_announcements.iter().collect(),
         };
+        if let ContractDescriptor::NumericOutcomeContractDescriptor(n) = &info.contract_info.contract_descriptor {
+            // ddk-manager evaluates the payout curve at every value when it takes an offer in,
+            // and checks the curve only against the offer's own digit count: a curve over
+            // 2^64 values would hold the manager for ever, and one on other digits than the
+            // oracles attest could never close by CET.
+            for a in &announcements {
+                let EventDescriptor::DigitDecompositionEvent(d) = &a.oracle_event.event_descriptor else {
+                    return Err(refused("a numeric contract on an enum event"));
+                };
+                if d.nb_digits != n.num_digits {
+                    return Err(refused(format!(
+                        "the contract has {} digits, the oracle's event {}",
+                        n.num_digits, d.nb_digits
+                    )));
+                }
+                let values = u64::from(d.base)
+                    .checked_pow(u32::from(d.nb_digits))
+                    .filter(|v| *v <= MAX_NUMERIC_VALUES);
+                if d.base < 2 || values.is_none() {
+                    return Err(refused(format!(
+                        "a numeric event of base {} with {} digits (at most {MAX_NUMERIC_VALUES} values)",
+                        d.base, d.nb_digits
+                    )));
+                }
+            }
+        }
         if announcements.is_empty() {
             return Err(refused("no oracle announcement"));
         }
