@@ -268,12 +268,21 @@ fn build_case() -> Case {
     let txs = transactions(&info);
     let fund_value = txs.get_fund_output().value;
     let (adaptor_info, ddk_sigs) = info
-        .get_adaptor_info(&secp, TOTAL, &accept_sk(), &txs.funding_script_pubkey, fund_value, &txs.cets, 0)
+        .get_adaptor_info(
+            &secp,
+            TOTAL,
+            &accept_sk(),
+            &txs.funding_script_pubkey,
+            fund_value,
+            &txs.cets,
+            0,
+        )
         .expect("ddk-manager signs");
     let paths = trie_paths(&adaptor_info);
     assert_eq!(paths.len(), ddk_sigs.len(), "every adaptor index has a path");
     assert!(paths.len() >= 2_000, "thousands of signatures: {}", paths.len());
-    let batch = CetBatch::with_threads(&txs.cets, &txs.funding_script_pubkey, fund_value, threads(2)).expect("sighashes");
+    let batch =
+        CetBatch::with_threads(&txs.cets, &txs.funding_script_pubkey, fund_value, threads(2)).expect("sighashes");
     let table = OutcomePoints::from_announcements(&secp, &info.oracle_announcements).expect("table");
     let points = table.adaptor_points(&paths, threads(2)).expect("points");
     let sigs = batch.sign(&secp, &points, &accept_sk()).expect("signed");
@@ -399,8 +408,12 @@ fn hostile_inputs_are_typed_errors_and_a_bad_signature_is_found_by_index() {
     ));
     // Another funding key: the first signature fails.
     assert!(matches!(
-        c.batch
-            .verify(&secp, &c.points, &c.sigs, &PublicKey::from_secret_key(&secp, &offer_sk())),
+        c.batch.verify(
+            &secp,
+            &c.points,
+            &c.sigs,
+            &PublicKey::from_secret_key(&secp, &offer_sk())
+        ),
         Err(CetError::InvalidSignature { index: 0, .. })
     ));
 
@@ -439,10 +452,17 @@ fn hostile_inputs_are_typed_errors_and_a_bad_signature_is_found_by_index() {
         edit(&mut paths[77]);
         table.adaptor_points(&paths, threads(2)).expect_err("refused")
     };
-    assert!(matches!(hostile(&|p| p.oracles.clear()), CetError::EmptyPath { index: 77 }));
+    assert!(matches!(
+        hostile(&|p| p.oracles.clear()),
+        CetError::EmptyPath { index: 77 }
+    ));
     assert!(matches!(
         hostile(&|p| p.oracles[0].0 = 3),
-        CetError::OracleIndexOutOfRange { index: 77, oracle: 3, oracles: 3 }
+        CetError::OracleIndexOutOfRange {
+            index: 77,
+            oracle: 3,
+            oracles: 3
+        }
     ));
     assert!(matches!(
         hostile(&|p| p.oracles[0].1 = vec![0; usize::from(NB_DIGITS) + 1]),
@@ -472,7 +492,11 @@ fn hostile_inputs_are_typed_errors_and_a_bad_signature_is_found_by_index() {
     }
     assert!(matches!(
         OutcomePoints::from_announcements(&secp, &anns),
-        Err(CetError::MixedBases { oracle: 2, expected: 2, found: 10 })
+        Err(CetError::MixedBases {
+            oracle: 2,
+            expected: 2,
+            found: 10
+        })
     ));
     let mut anns = c.info.oracle_announcements.clone();
     anns[0].oracle_event.oracle_nonces.pop();

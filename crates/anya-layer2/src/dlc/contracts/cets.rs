@@ -191,7 +191,11 @@ impl CetBatch {
     /// The sighashes of `cets`, each spending the funding output (`fund_output_value`, locked
     /// by the 2-of-2 `funding_script_pubkey` as its P2WSH witness script) at input 0 with
     /// `SIGHASH_ALL`, as ddk-dlc computes them; on every available core.
-    pub fn new(cets: &[Transaction], funding_script_pubkey: &Script, fund_output_value: Amount) -> Result<Self, CetError> {
+    pub fn new(
+        cets: &[Transaction],
+        funding_script_pubkey: &Script,
+        fund_output_value: Amount,
+    ) -> Result<Self, CetError> {
         Self::with_threads(cets, funding_script_pubkey, fund_output_value, available_threads())
     }
 
@@ -461,7 +465,11 @@ where
 {
     let workers = threads.get().min(items.len().div_ceil(CHUNK));
     if workers <= 1 {
-        return items.iter().enumerate().map(|(i, t)| f(i, t).map_err(|(_, e)| e)).collect();
+        return items
+            .iter()
+            .enumerate()
+            .map(|(i, t)| f(i, t).map_err(|(_, e)| e))
+            .collect();
     }
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -502,7 +510,10 @@ where
         }
         work();
     });
-    if let Some((_, e)) = first_error.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+    if let Some((_, e)) = first_error
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
         return Err(e);
     }
     let mut done = done.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -533,7 +544,10 @@ mod tests {
                 }
             })
             .expect_err("fails");
-            assert!(matches!(err, CetError::EmptyPath { index } if index == bad), "{err:?} for {bad}");
+            assert!(
+                matches!(err, CetError::EmptyPath { index } if index == bad),
+                "{err:?} for {bad}"
+            );
         }
         assert!(par_map(&[] as &[usize], four, |_, x| Ok(*x)).expect("empty").is_empty());
     }

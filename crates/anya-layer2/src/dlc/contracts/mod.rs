@@ -32,9 +32,9 @@ pub mod storage;
 pub mod wallet;
 pub mod wire;
 
-pub use resume::{outgoing_message, Pending};
 #[cfg(feature = "dlc-contracts")]
 pub use regtest::RegtestBlockchain;
+pub use resume::{outgoing_message, Pending};
 #[cfg(feature = "dlc-contracts")]
 pub use resume::{resume, Resumed};
 #[cfg(feature = "dlc-contracts")]

@@ -70,7 +70,11 @@ impl RegtestBlockchain {
         let mut state = self.lock();
         let mut blocks = Vec::new();
         for i in 0..n {
-            let txs = if i == 0 { std::mem::take(&mut state.mempool) } else { Vec::new() };
+            let txs = if i == 0 {
+                std::mem::take(&mut state.mempool)
+            } else {
+                Vec::new()
+            };
             let block = state.chain.mine(coinbase_to, txs)?.clone();
             let height = state.chain.height();
             for tx in &block.txdata {
@@ -146,10 +150,7 @@ impl ddk_manager::Blockchain for RegtestBlockchain {
 
     async fn get_transaction_confirmations(&self, tx_id: &Txid) -> Result<u32, ManagerError> {
         let state = self.lock();
-        Ok(state
-            .confirmed
-            .get(tx_id)
-            .map_or(0, |h| state.chain.height() - h + 1))
+        Ok(state.confirmed.get(tx_id).map_or(0, |h| state.chain.height() - h + 1))
     }
 }
 
