@@ -207,9 +207,34 @@ impl Bitcoind {
         self.rpc("getblockcount", &[])
     }
 
-    /// Mines `blocks` blocks paying their coinbase to `to`; returns their hashes.
+    /// Mines `blocks` blocks paying their coinbase to `to`; returns their hashes once the
+    /// transaction index has caught up with them (it is built in the background, so without
+    /// the wait `getrawtransaction` could still miss, or under-count the confirmations of,
+    /// what the blocks hold).
     pub fn mine(&self, blocks: u32, to: &Address) -> Vec<BlockHash> {
-        self.rpc("generatetoaddress", &[blocks.into(), to.to_string().into()])
+        let hashes: Vec<BlockHash> = self.rpc("generatetoaddress", &[blocks.into(), to.to_string().into()]);
+        self.wait_for_txindex();
+        hashes
+    }
+
+    /// Waits until `-txindex` covers the best chain (`getindexinfo`); at most 30 seconds.
+    pub fn wait_for_txindex(&self) {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            synced: bool,
+            best_block_height: u32,
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let tip = self.height();
+            let info: std::collections::HashMap<String, Index> = self.rpc("getindexinfo", &[]);
+            match info.get("txindex") {
+                None => return,
+                Some(i) if i.synced && i.best_block_height >= tip => return,
+                Some(_) if Instant::now() > deadline => panic!("the transaction index did not catch up in 30 s"),
+                Some(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
     }
 
     /// Mines a block holding exactly `txs` (raw hex or txids of mempool transactions), paying
@@ -220,6 +245,7 @@ impl Bitcoind {
             hash: BlockHash,
         }
         let generated: Generated = self.rpc("generateblock", &[to.to_string().into(), serde_json::json!(txs)]);
+        self.wait_for_txindex();
         generated.hash
     }
 
