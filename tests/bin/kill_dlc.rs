@@ -36,13 +36,14 @@ use anya_bitcoin::wallet::{AnyaWallet, Template, WalletError};
 use anya_core_types::{Clock, Label, SystemClock};
 use anya_hsm::anchor::FileAnchor;
 use anya_hsm::{HsmProvider, KdfParams, KeyPolicy, KeySpec, SecretString, SoftwareHsm, SoftwareOptions, Usage};
+use anya_layer2::dlc::contracts::service::state_name;
 use anya_layer2::dlc::contracts::{
     decode_message, encode_message, resume, BitcoindBlockchain, ClockTime, DlcWallet, HsmContractSigner,
     HsmContractSignerProvider, KvDlcStorage, LocalOracle, Pending, TracingLogger,
 };
 use anya_layer2::dlc::{Oracle, OracleOptions};
 use anya_storage::{KvStore, SqliteOptions, SqliteStore};
-use anya_tests::dlc::{coin_contract, state_name, FixedClock};
+use anya_tests::dlc::{coin_contract, FixedClock};
 use async_trait::async_trait;
 use bitcoin::hex::{DisplayHex, FromHex};
 use bitcoin::Network;

@@ -5,7 +5,7 @@ use bitcoin::Amount;
 use ddk_dlc::{EnumerationPayout, Payout};
 use ddk_manager::contract::contract_input::{ContractInput, ContractInputInfo, OracleInput};
 use ddk_manager::contract::enum_descriptor::EnumDescriptor;
-use ddk_manager::contract::{Contract, ContractDescriptor};
+use ddk_manager::contract::ContractDescriptor;
 use secp256k1::XOnlyPublicKey;
 
 /// Each side's collateral.
@@ -54,21 +54,5 @@ pub fn coin_contract(oracle: XOnlyPublicKey, event: &str) -> ContractInput {
             },
         }],
         contract_flags: 0,
-    }
-}
-
-/// The state's name.
-pub fn state_name(contract: &Contract) -> &'static str {
-    match contract {
-        Contract::Offered(_) => "offered",
-        Contract::Accepted(_) => "accepted",
-        Contract::Signed(_) => "signed",
-        Contract::Confirmed(_) => "confirmed",
-        Contract::PreClosed(_) => "preclosed",
-        Contract::Closed(_) => "closed",
-        Contract::Refunded(_) => "refunded",
-        Contract::FailedAccept(_) => "failed-accept",
-        Contract::FailedSign(_) => "failed-sign",
-        Contract::Rejected(_) => "rejected",
     }
 }
