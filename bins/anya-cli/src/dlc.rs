@@ -773,12 +773,7 @@ pub(crate) fn dlc(dir: &Path, anchored: bool, command: DlcCommand) -> Result<(),
                 .runtime
                 .block_on(opened.service.offer(&input, counterparty))
                 .map_err(manager_error)?;
-            write_hex(&message, out.as_deref())?;
-            if out.is_some() {
-                println!("{}", id.to_lower_hex_string());
-            } else {
-                eprintln!("temporary contract id {}", id.to_lower_hex_string());
-            }
+            write_message_and_id(&message, out.as_deref(), &id, "temporary contract id")?;
         }
         DlcCommand::Accept {
             file,
@@ -802,12 +797,7 @@ pub(crate) fn dlc(dir: &Path, anchored: bool, command: DlcCommand) -> Result<(),
                 .runtime
                 .block_on(opened.service.accept(&temporary_id))
                 .map_err(manager_error)?;
-            write_hex(&message, out.as_deref())?;
-            if out.is_some() {
-                println!("{}", id.to_lower_hex_string());
-            } else {
-                eprintln!("contract id {}", id.to_lower_hex_string());
-            }
+            write_message_and_id(&message, out.as_deref(), &id, "contract id")?;
         }
         DlcCommand::Sign {
             file,
@@ -894,6 +884,18 @@ pub(crate) fn dlc(dir: &Path, anchored: bool, command: DlcCommand) -> Result<(),
             }
             println!("{}", summary_lines(&ContractSummary::of(&contract)));
         }
+    }
+    Ok(())
+}
+
+/// Writes `message` (to `out`, or stdout) and the contract id: on stdout when the message went
+/// to a file, else on stderr after `label`, so that stdout holds one thing.
+fn write_message_and_id(message: &[u8], out: Option<&Path>, id: &[u8; 32], label: &str) -> Result<(), CliError> {
+    write_hex(message, out)?;
+    if out.is_some() {
+        println!("{}", id.to_lower_hex_string());
+    } else {
+        eprintln!("{label} {}", id.to_lower_hex_string());
     }
     Ok(())
 }
