@@ -92,10 +92,13 @@ pub enum Operation {
     /// [`HsmProvider::export_scoped_child`](crate::HsmProvider::export_scoped_child): the key is
     /// the root, the input hash names the child (see the method).
     ExportScopedChild,
+    /// [`HsmProvider::derive_node_seed`](crate::HsmProvider::derive_node_seed): the key is the
+    /// root, the input hash names the BIP85 path (see the method).
+    DeriveNodeSeed,
 }
 
 impl Operation {
-    const ALL: [Operation; 24] = [
+    const ALL: [Operation; 25] = [
         Operation::Create,
         Operation::Unlock,
         Operation::Lock,
@@ -120,6 +123,7 @@ impl Operation {
         Operation::SignP256,
         Operation::AcceptRollback,
         Operation::ExportScopedChild,
+        Operation::DeriveNodeSeed,
     ];
 
     fn code(self) -> u8 {
@@ -1333,7 +1337,8 @@ mod tests {
         assert_eq!(Operation::SignP256.code(), 22);
         assert_eq!(Operation::AcceptRollback.code(), 23);
         assert_eq!(Operation::ExportScopedChild.code(), 24);
-        assert_eq!(Operation::from_code(25), None);
+        assert_eq!(Operation::DeriveNodeSeed.code(), 25);
+        assert_eq!(Operation::from_code(26), None);
     }
 
     #[test]

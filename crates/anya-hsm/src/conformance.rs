@@ -127,7 +127,9 @@ macro_rules! hsm_conformance_suite {
             nonce_race_8_threads, audit_records_every_call, decisions_join_the_chain,
             p256_verifies, p256_policy_and_key_type, p256_import_export_round_trip,
             scoped_export_is_the_independently_derived_child, scoped_export_needs_the_usage,
-            scoped_export_refuses_bad_paths_and_non_roots, scoped_export_is_audited);
+            scoped_export_refuses_bad_paths_and_non_roots, scoped_export_is_audited,
+            node_seed_is_bip85_of_the_independent_child, node_seed_needs_the_usage,
+            node_seed_refuses_bad_index_and_non_roots, node_seed_is_audited);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(
@@ -1054,4 +1056,168 @@ pub fn scoped_export_is_audited(p: &dyn HsmProvider) {
         }
     }
     assert_ne!(dlc_input_hash(&hardened(&[3, 4])), dlc_input_hash(&hardened(&[3])));
+}
+
+/// A root policy that opts in to node seed derivation.
+fn node_seed_policy() -> KeyPolicy {
+    KeyPolicy::default_for(KeySpec::Bip32Root).allowing(Usage::DeriveNodeSeed)
+}
+
+/// A root imported from [`SCOPED_SEED`] with `policy`, if the provider derives node seeds and
+/// imports roots; otherwise checks that it refuses them and gives `None`.
+fn node_seed_root(p: &dyn HsmProvider, name: &str, policy: KeyPolicy) -> Option<Label> {
+    let id = label(name);
+    needs(p, Capability::Bip32, || p.derive_node_seed(&id, 0))?;
+    needs(p, Capability::Export, || p.derive_node_seed(&id, 0))?;
+    let seed = || KeyMaterial::Bip32Seed(SecretBytes::from_slice(&SCOPED_SEED));
+    needs(p, Capability::Import, || p.import_key(&id, seed(), policy))?;
+    p.import_key(&id, seed(), policy).expect("import the root");
+    Some(id)
+}
+
+/// BIP85's HEX application computed here with rust-bitcoin's BIP32 and HMAC (not the
+/// provider's code): HMAC-SHA512("bip-entropy-from-k", k) of the child at
+/// `83696968' / 128169' / 64' / index'`.
+fn bip85_hex64(master: &Xpriv, index: u32) -> [u8; 64] {
+    use bitcoin::hashes::{hmac, sha512};
+    let secp = Secp256k1::new();
+    let path = hardened(&[83_696_968, 128_169, 64, index]);
+    let k = master.derive_priv(&secp, &path).expect("derive").private_key;
+    let mut engine = hmac::HmacEngine::<sha512::Hash>::new(b"bip-entropy-from-k");
+    engine.input(&k.secret_bytes());
+    hmac::Hmac::<sha512::Hash>::from_engine(engine).to_byte_array()
+}
+
+/// A root that allows [`Usage::DeriveNodeSeed`] gives, for each index, the 64 bytes BIP85's HEX
+/// application derives independently; the same index gives the same seed, other indices
+/// other seeds; the root itself still does not export, and DLC children stay refused.
+pub fn node_seed_is_bip85_of_the_independent_child(p: &dyn HsmProvider) {
+    let Some(root) = node_seed_root(p, "ln-root", node_seed_policy()) else {
+        return;
+    };
+    let master = Xpriv::new_master(NetworkKind::Main, &SCOPED_SEED).expect("valid seed");
+    let mut seeds = Vec::new();
+    for index in [0, 1, 2, 0x7fff_ffff] {
+        let seed = p.derive_node_seed(&root, index).expect("derive");
+        assert_eq!(seed.len(), crate::node_seed::NODE_SEED_LEN);
+        assert_eq!(seed.expose(), &bip85_hex64(&master, index)[..], "index {index}");
+        let again = p.derive_node_seed(&root, index).expect("derive again");
+        assert_eq!(again.expose(), seed.expose());
+        seeds.push(seed.expose().to_vec());
+    }
+    seeds.sort_unstable();
+    seeds.dedup();
+    assert_eq!(seeds.len(), 4, "each index is its own seed");
+    let whole = p.export_key(&root);
+    assert!(matches!(whole, Err(HsmError::NotExportable { .. })), "{whole:?}");
+    let dlc = p.export_scoped_child(&root, ExportScope::Dlc, &hardened(&[0]));
+    assert!(
+        matches!(
+            dlc,
+            Err(HsmError::UsageNotAllowed {
+                usage: Usage::ExportDlcChild,
+                ..
+            })
+        ),
+        "{dlc:?}"
+    );
+}
+
+/// A root whose policy does not allow [`Usage::DeriveNodeSeed`] (the default, exportable, or
+/// opted in to DLC children only) refuses with `UsageNotAllowed`: one audit record, the key as
+/// it was.
+pub fn node_seed_needs_the_usage(p: &dyn HsmProvider) {
+    let default = KeyPolicy::default_for(KeySpec::Bip32Root);
+    assert!(
+        !default.allowed.contains(Usage::DeriveNodeSeed),
+        "node seeds are opt-in"
+    );
+    assert!(KeySpec::Bip32Root.possible_usages().contains(Usage::DeriveNodeSeed));
+    let policies = [
+        ("ln-default", default),
+        ("ln-exportable", default.exportable()),
+        ("ln-dlc-only", dlc_export_policy()),
+    ];
+    for (name, policy) in policies {
+        let Some(root) = node_seed_root(p, name, policy) else {
+            return;
+        };
+        let info = p.key_info(&root).expect("info");
+        let refuse = || p.derive_node_seed(&root, 0);
+        let r = if p.capabilities().contains(Capability::AuditLog) {
+            let (r, record) = one_record(p, refuse);
+            assert_eq!(record.operation, Operation::DeriveNodeSeed);
+            assert_ne!(record.outcome, 0);
+            r
+        } else {
+            refuse()
+        };
+        assert!(
+            matches!(
+                r,
+                Err(HsmError::UsageNotAllowed {
+                    usage: Usage::DeriveNodeSeed,
+                    ..
+                })
+            ),
+            "{name}: {r:?}"
+        );
+        assert_eq!(p.key_info(&root).expect("info"), info);
+    }
+}
+
+/// An index at or above 2^31 is `InvalidNodeSeedIndex`; a key that is not a BIP32 root is
+/// `WrongKeyType`; a missing root is `KeyNotFound`. None of them derives anything.
+pub fn node_seed_refuses_bad_index_and_non_roots(p: &dyn HsmProvider) {
+    let Some(root) = node_seed_root(p, "ln-index", node_seed_policy()) else {
+        return;
+    };
+    for index in [1 << 31, u32::MAX] {
+        let r = p.derive_node_seed(&root, index);
+        assert!(
+            matches!(r, Err(HsmError::InvalidNodeSeedIndex { index: i }) if i == index),
+            "{index}: {r:?}"
+        );
+    }
+    if let Some(plain) = secp_key(p, "ln-not-a-root") {
+        let r = p.derive_node_seed(&plain, 0);
+        assert!(
+            matches!(
+                r,
+                Err(HsmError::WrongKeyType {
+                    spec: KeySpec::Secp256k1,
+                    usage: Usage::DeriveNodeSeed,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    let r = p.derive_node_seed(&label("ln-missing"), 0);
+    assert!(matches!(r, Err(HsmError::KeyNotFound { .. })), "{r:?}");
+}
+
+/// Every call, refused or not (`Unsupported` included), appends one `DeriveNodeSeed` record
+/// with the root as its key and, as its input hash, SHA-256 of the BIP85 path's indices.
+pub fn node_seed_is_audited(p: &dyn HsmProvider) {
+    if needs(p, Capability::AuditLog, || p.verify_audit_chain()).is_none() {
+        return;
+    }
+    let opted_in = node_seed_root(p, "ln-audited", node_seed_policy());
+    let root = opted_in.clone().unwrap_or_else(|| label("ln-audited"));
+    for index in [0, 5, 1 << 31] {
+        let (r, record) = one_record(p, || p.derive_node_seed(&root, index));
+        assert_eq!(record.operation, Operation::DeriveNodeSeed);
+        assert_eq!(record.key_id.as_ref(), Some(&root));
+        let mut engine = sha256::Hash::engine();
+        for step in [83_696_968u32, 128_169, 64, index] {
+            engine.input(&(0x8000_0000 | step).to_be_bytes());
+        }
+        let expected = sha256::Hash::from_engine(engine).to_byte_array();
+        assert_eq!(record.input_hash, Some(expected), "{index}");
+        assert_eq!(record.outcome, r.as_ref().map_or_else(HsmError::audit_code, |_| 0));
+        if opted_in.is_some() {
+            assert_eq!(r.is_ok(), index < 1 << 31, "{index}: {r:?}");
+        }
+    }
 }

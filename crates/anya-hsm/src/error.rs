@@ -209,6 +209,13 @@ pub enum HsmError {
         /// What is wrong with it.
         defect: crate::key::ScopedPathDefect,
     },
+    /// The node index given to [`derive_node_seed`](crate::HsmProvider::derive_node_seed) is not
+    /// below 2^31, so it cannot be a hardened step; nothing was derived.
+    #[error("node seed index {index} is not below 2^31")]
+    InvalidNodeSeedIndex {
+        /// The index given.
+        index: u32,
+    },
     /// An extended key decodes but breaks a BIP32 rule.
     #[error("invalid extended key: {defect:?}")]
     InvalidExtendedKey {
@@ -422,6 +429,7 @@ impl HsmError {
             HsmError::AnchorNonceConflict => 39,
             HsmError::StaleEntry { .. } => 40,
             HsmError::InvalidScopedPath { .. } => 41,
+            HsmError::InvalidNodeSeedIndex { .. } => 42,
         }
     }
 

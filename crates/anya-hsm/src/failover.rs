@@ -217,6 +217,10 @@ impl HsmProvider for FailoverHsm {
         self.call(|p| p.export_scoped_child(root, scope, path))
     }
 
+    fn derive_node_seed(&self, root: &KeyId, index: u32) -> Result<SecretBytes, HsmError> {
+        self.call(|p| p.derive_node_seed(root, index))
+    }
+
     /// Nonces are committed on the active provider only: a nonce committed on one provider
     /// cannot be used on the other, which is what keeps it single-use.
     fn commit_nonce(&self, key: &KeyId, nonce: &Label) -> Result<XOnlyPublicKey, HsmError> {

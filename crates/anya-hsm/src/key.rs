@@ -74,6 +74,7 @@ impl KeySpec {
                 Usage::SignTaprootKeySpend,
                 Usage::DeriveXpub,
                 Usage::ExportDlcChild,
+                Usage::DeriveNodeSeed,
             ]),
             KeySpec::P256 => UsageSet::of(&[Usage::SignP256]),
         }
@@ -107,10 +108,14 @@ pub enum Usage {
     /// [`HsmProvider::export_scoped_child`](crate::HsmProvider::export_scoped_child) with
     /// [`ExportScope::Dlc`]. Opt-in: [`KeyPolicy::default_for`] leaves it out.
     ExportDlcChild,
+    /// Deriving the 64-byte seed of a Lightning node from a BIP32 root through
+    /// [`HsmProvider::derive_node_seed`](crate::HsmProvider::derive_node_seed). Opt-in:
+    /// [`KeyPolicy::default_for`] leaves it out.
+    DeriveNodeSeed,
 }
 
 impl Usage {
-    const ALL: [Usage; 10] = [
+    const ALL: [Usage; 11] = [
         Usage::SignEcdsa,
         Usage::SignSchnorr,
         Usage::SignTaprootKeySpend,
@@ -121,11 +126,12 @@ impl Usage {
         Usage::OracleNonce,
         Usage::SignP256,
         Usage::ExportDlcChild,
+        Usage::DeriveNodeSeed,
     ];
 
     /// Uses that let a secret leave the provider: a policy has them only when asked for by
     /// name, never through [`KeyPolicy::default_for`].
-    const OPT_IN: [Usage; 1] = [Usage::ExportDlcChild];
+    const OPT_IN: [Usage; 2] = [Usage::ExportDlcChild, Usage::DeriveNodeSeed];
 
     fn bit(self) -> u16 {
         1 << (self as u16)
@@ -198,8 +204,8 @@ pub struct KeyPolicy {
 
 impl KeyPolicy {
     /// Every use the spec supports except those that let a secret leave the provider
-    /// ([`Usage::ExportDlcChild`], which a root has only when asked for with
-    /// [`allowing`](Self::allowing)); not exportable.
+    /// ([`Usage::ExportDlcChild`] and [`Usage::DeriveNodeSeed`], which a root has only when
+    /// asked for with [`allowing`](Self::allowing)); not exportable.
     pub fn default_for(spec: KeySpec) -> Self {
         Self {
             allowed: Usage::OPT_IN
@@ -469,8 +475,9 @@ mod tests {
         assert_eq!(UsageSet::of(&[Usage::OracleNonce]).bits(), 1 << 7);
         assert_eq!(UsageSet::of(&[Usage::SignP256]).bits(), 1 << 8);
         assert_eq!(UsageSet::of(&[Usage::ExportDlcChild]).bits(), 1 << 9);
-        assert_eq!(UsageSet::from_bits(0x3ff), Some(UsageSet(0x3ff)));
-        assert_eq!(UsageSet::from_bits(0x400), None);
+        assert_eq!(UsageSet::of(&[Usage::DeriveNodeSeed]).bits(), 1 << 10);
+        assert_eq!(UsageSet::from_bits(0x7ff), Some(UsageSet(0x7ff)));
+        assert_eq!(UsageSet::from_bits(0x800), None);
         assert_eq!(KeySpec::P256.code(), 5);
         for code in 1..=5 {
             assert_eq!(KeySpec::from_code(code).map(KeySpec::code), Some(code));
@@ -491,13 +498,19 @@ mod tests {
             let default = KeyPolicy::default_for(spec);
             assert_eq!(
                 default.allowed,
-                spec.possible_usages().without(Usage::ExportDlcChild),
+                spec.possible_usages()
+                    .without(Usage::ExportDlcChild)
+                    .without(Usage::DeriveNodeSeed),
                 "{spec:?}"
             );
             assert!(!default.exportable);
         }
-        assert!(KeySpec::Bip32Root.possible_usages().contains(Usage::ExportDlcChild));
-        let opted_in = KeyPolicy::default_for(KeySpec::Bip32Root).allowing(Usage::ExportDlcChild);
+        for usage in [Usage::ExportDlcChild, Usage::DeriveNodeSeed] {
+            assert!(KeySpec::Bip32Root.possible_usages().contains(usage));
+        }
+        let opted_in = KeyPolicy::default_for(KeySpec::Bip32Root)
+            .allowing(Usage::ExportDlcChild)
+            .allowing(Usage::DeriveNodeSeed);
         assert_eq!(opted_in.allowed, KeySpec::Bip32Root.possible_usages());
         assert!(!opted_in.exportable);
     }

@@ -7,6 +7,7 @@ pub mod bip32;
 mod capability;
 mod error;
 mod key;
+pub mod node_seed;
 mod p256;
 pub mod passphrase;
 mod provider;

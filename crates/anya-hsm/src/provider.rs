@@ -205,6 +205,24 @@ pub trait HsmProvider: Send + Sync {
         path: &[ChildNumber],
     ) -> Result<SecretBytes, HsmError>;
 
+    /// Derives the 64-byte seed of Lightning node `index` from the BIP32 root `root` with BIP85
+    /// ([`node_seed`](crate::node_seed): the HEX application at
+    /// `83696968' / 128169' / 64' / index'`), for a node implementation that derives its keys
+    /// from a seed it must hold (ldk-node's `set_entropy_seed_bytes`).
+    ///
+    /// Only from a root whose policy allows [`Usage::DeriveNodeSeed`](crate::Usage::DeriveNodeSeed)
+    /// (opt-in: not in [`KeyPolicy::default_for`]) is anything derived; the root's `exportable`
+    /// flag is not consulted. `index` at or above 2^31 is [`HsmError::InvalidNodeSeedIndex`]; a
+    /// key that is not a root is [`HsmError::WrongKeyType`].
+    ///
+    /// Every call, refused or not, is audited as [`Operation::DeriveNodeSeed`] with `root` as its
+    /// key and, as its input hash, SHA-256 of the four BIP32 indices of the path (hardened bit
+    /// set), 4 big-endian bytes each: the chain shows which node's seed left. Needs `Bip32` and
+    /// `Export` (a provider missing both names `Bip32`).
+    ///
+    /// [`Operation::DeriveNodeSeed`]: crate::Operation::DeriveNodeSeed
+    fn derive_node_seed(&self, root: &KeyId, index: u32) -> Result<SecretBytes, HsmError>;
+
     /// Commits a one-time BIP340 nonce for `key` under `nonce`; returns its public point R
     /// (x-only, even y), to be announced. Needs `OracleNonces`.
     fn commit_nonce(&self, key: &KeyId, nonce: &Label) -> Result<XOnlyPublicKey, HsmError>;

@@ -175,6 +175,10 @@ impl HsmProvider for Pullable {
         self.check()?;
         self.inner.export_scoped_child(root, scope, path)
     }
+    fn derive_node_seed(&self, root: &KeyId, index: u32) -> Result<SecretBytes, HsmError> {
+        self.check()?;
+        self.inner.derive_node_seed(root, index)
+    }
     fn commit_nonce(&self, key: &KeyId, nonce: &Label) -> Result<XOnlyPublicKey, HsmError> {
         self.check()?;
         self.inner.commit_nonce(key, nonce)

@@ -652,6 +652,16 @@ impl HsmProvider for Pkcs11Hsm {
         )
     }
 
+    fn derive_node_seed(&self, root: &KeyId, index: u32) -> Result<SecretBytes, HsmError> {
+        // No token derives BIP32 children, so there is no root to derive a node seed from.
+        self.audited(
+            Operation::DeriveNodeSeed,
+            Some(root),
+            Some(crate::node_seed::audit_input_hash(index)),
+            || unsupported(Capability::Bip32),
+        )
+    }
+
     fn commit_nonce(&self, key: &KeyId, _nonce: &Label) -> Result<XOnlyPublicKey, HsmError> {
         self.audited(Operation::CommitNonce, Some(key), None, || {
             unsupported(Capability::OracleNonces)

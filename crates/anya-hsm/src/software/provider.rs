@@ -643,6 +643,32 @@ impl HsmProvider for SoftwareHsm {
         )
     }
 
+    fn derive_node_seed(&self, root: &KeyId, index: u32) -> Result<SecretBytes, HsmError> {
+        self.audited(
+            Operation::DeriveNodeSeed,
+            Some(root),
+            Some(crate::node_seed::audit_input_hash(index)),
+            || {
+                // The index is checked before the key is touched: a refused index derives nothing.
+                let path = crate::node_seed::node_seed_path(index)?;
+                let key = self.key(root)?;
+                Self::check_usage(&key, Usage::DeriveNodeSeed)?;
+                let Material::Bip32(hd) = &key.material else {
+                    return Err(HsmError::WrongKeyType {
+                        id: root.clone(),
+                        spec: key.header.spec,
+                        usage: Usage::DeriveNodeSeed,
+                    });
+                };
+                // Derived for this call only (not through the account cache): the child is
+                // wiped when this returns, and only the seed leaves.
+                let child = SecretXpriv(hd.root.0.derive_priv(&self.inner.secp, &path)?);
+                let k = Zeroizing::new(child.0.private_key.secret_bytes());
+                Ok(crate::node_seed::entropy_from_k(&k))
+            },
+        )
+    }
+
     fn commit_nonce(&self, key_id: &KeyId, nonce_id: &Label) -> Result<XOnlyPublicKey, HsmError> {
         self.audited_subject(Operation::CommitNonce, Some(key_id), None, || {
             let inner = &self.inner;
