@@ -29,6 +29,7 @@ use anya_core_types::Clock;
 use anya_hsm::{HsmError, HsmProvider, KeyId};
 use anya_storage::{KvStore, Namespace, Scan, StoreError, WriteBatch};
 use bitcoin::hashes::Hash;
+use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Txid};
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +72,10 @@ pub struct SpendPolicy {
     /// Every output that claims to be change (carries this wallet's key origins) must pay a
     /// script of the wallet.
     pub change_to_wallet: bool,
+    /// The only Lightning nodes a payment may be made to (its payee's node id); `None` allows
+    /// any. On-chain spends are judged by `allowlist` instead.
+    #[serde(default)]
+    pub node_allowlist: Option<Vec<PublicKey>>,
 }
 
 impl Default for SpendPolicy {
@@ -83,6 +88,7 @@ impl Default for SpendPolicy {
             max_fee_rate: None,
             max_fee: None,
             change_to_wallet: true,
+            node_allowlist: None,
         }
     }
 }
@@ -145,6 +151,52 @@ impl SpendSummary {
     }
 }
 
+/// The facts about an outgoing Lightning payment that the rules judge. A payment counts in the
+/// same history as the wallet's on-chain spends: the per-transaction limit is its per-payment
+/// maximum, and the 24-hour velocity limit covers both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentSummary {
+    /// The payment's hash: its key in the history and the audit record's subject.
+    pub payment_hash: [u8; 32],
+    /// What the payee receives, in millisatoshis.
+    pub amount_msat: u64,
+    /// The most routing fee the payment may pay, in millisatoshis (the router is held to it).
+    pub max_fee_msat: u64,
+    /// The payee's node id.
+    pub destination: PublicKey,
+}
+
+impl PaymentSummary {
+    /// The most the payment can take out: amount plus the fee limit, rounded up to whole
+    /// satoshis. This is what the per-payment and velocity limits count.
+    pub fn spent(&self) -> Amount {
+        Amount::from_sat(msat_to_sat_ceil(self.amount_msat.saturating_add(self.max_fee_msat)))
+    }
+
+    /// The fee limit, rounded up to whole satoshis, which `max_fee` caps.
+    pub fn max_fee(&self) -> Amount {
+        Amount::from_sat(msat_to_sat_ceil(self.max_fee_msat))
+    }
+
+    /// The payment as the rules see it: a spend keyed by the payment hash, with no inputs (it
+    /// replaces nothing) and no outputs (its destination is a node, not a script; the amount
+    /// it counts is [`spent`](Self::spent), given beside it).
+    fn as_spend(&self) -> SpendSummary {
+        SpendSummary {
+            txid: Txid::from_byte_array(self.payment_hash),
+            input_value: self.spent(),
+            outputs: Vec::new(),
+            fee: self.max_fee(),
+            fee_rate: FeeRate::ZERO,
+            inputs: Vec::new(),
+        }
+    }
+}
+
+fn msat_to_sat_ceil(msat: u64) -> u64 {
+    msat.div_ceil(1000)
+}
+
 /// One broken rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -191,6 +243,11 @@ pub enum Violation {
         /// The output's index.
         index: usize,
     },
+    /// A Lightning payment's payee is not on `node_allowlist`.
+    NodeNotAllowed {
+        /// The payee's node id.
+        node_id: PublicKey,
+    },
 }
 
 impl Violation {
@@ -204,6 +261,7 @@ impl Violation {
             Violation::FeeRateOverCap { .. } => 1 << 3,
             Violation::FeeOverCap { .. } => 1 << 4,
             Violation::ChangeNotToWallet { .. } => 1 << 5,
+            Violation::NodeNotAllowed { .. } => 1 << 6,
         }
     }
 }
@@ -234,6 +292,12 @@ impl fmt::Display for Violation {
             Violation::FeeOverCap { fee, cap } => write!(f, "fee {fee} is over the cap of {cap}"),
             Violation::ChangeNotToWallet { index } => {
                 write!(f, "output {index} claims to be change but does not pay the wallet")
+            }
+            Violation::NodeNotAllowed { node_id } => {
+                write!(
+                    f,
+                    "the payment goes to node {node_id}, which is not on the node allowlist"
+                )
             }
         }
     }
@@ -384,7 +448,7 @@ impl PolicyEngine {
         let history = self.history()?;
         let mut except: Vec<Txid> = conflicts(&history, now, summary).map(|s| s.txid).collect();
         except.push(summary.txid);
-        Ok(check(&self.rules()?, &history, now, summary, &except))
+        Ok(check(&self.rules()?, &history, now, summary, summary.spent(), &except))
     }
 
     /// Checks `summary` against every rule, records the decision in `hsm`'s audit chain under
@@ -400,6 +464,49 @@ impl PolicyEngine {
     /// fails, or the transaction is never broadcast, it still counts for 24 hours unless it is
     /// [released](Self::release). The limit can be under-used that way, never exceeded.
     pub fn approve(&self, summary: &SpendSummary, hsm: &dyn HsmProvider, key: &KeyId) -> Result<(), PolicyError> {
+        self.approve_with(summary, summary.spent(), |_| Vec::new(), hsm, key)
+    }
+
+    /// Checks an outgoing Lightning payment against every rule, records the decision in
+    /// `hsm`'s audit chain under `key` (the payment hash as its subject), and on approval adds
+    /// [`PaymentSummary::spent`] to the history that on-chain spends count in (once per payment
+    /// hash). The rules: `max_per_tx` (per payment), `max_per_24h` (shared with on-chain
+    /// spends), `max_fee` (the routing fee limit) and `node_allowlist`; the script allowlist,
+    /// fee rate and change rules are for transactions.
+    ///
+    /// A payment that fails is [released](Self::release_payment); one whose outcome is not
+    /// known (the process stopped first) keeps counting for 24 hours.
+    pub fn approve_payment(
+        &self,
+        payment: &PaymentSummary,
+        hsm: &dyn HsmProvider,
+        key: &KeyId,
+    ) -> Result<(), PolicyError> {
+        let node_rule = |rules: &SpendPolicy| match &rules.node_allowlist {
+            Some(allowed) if !allowed.contains(&payment.destination) => vec![Violation::NodeNotAllowed {
+                node_id: payment.destination,
+            }],
+            _ => Vec::new(),
+        };
+        self.approve_with(&payment.as_spend(), payment.spent(), node_rule, hsm, key)
+    }
+
+    /// Removes the reservation of a payment that failed (no part of it reached the payee), as
+    /// [`release`](Self::release) does for a transaction.
+    pub fn release_payment(&self, payment_hash: [u8; 32]) -> Result<Option<Amount>, PolicyError> {
+        self.release(Txid::from_byte_array(payment_hash))
+    }
+
+    /// [`approve`](Self::approve) of a spend taking `amount` out of the wallet, with the
+    /// violations `extra` finds under the rules added.
+    fn approve_with(
+        &self,
+        summary: &SpendSummary,
+        amount: Amount,
+        extra: impl Fn(&SpendPolicy) -> Vec<Violation>,
+        hsm: &dyn HsmProvider,
+        key: &KeyId,
+    ) -> Result<(), PolicyError> {
         let rules = self.rules()?;
         let subject = summary.txid.to_byte_array();
         for _ in 0..MAX_RETRIES {
@@ -415,7 +522,8 @@ impl PolicyEngine {
             let replaced: Vec<&Spend> = conflicts(&history, now, summary).collect();
             let mut excluded: Vec<Txid> = replaced.iter().map(|s| s.txid).collect();
             excluded.push(summary.txid);
-            let violations = check(&rules, &history, now, summary, &excluded);
+            let mut violations = check(&rules, &history, now, summary, amount, &excluded);
+            violations.extend(extra(&rules));
             if !violations.is_empty() {
                 let refusal = PolicyViolation {
                     txid: summary.txid,
@@ -456,7 +564,7 @@ impl PolicyEngine {
                     let mut k = SPEND_PREFIX.to_vec();
                     k.extend_from_slice(&time.to_be_bytes());
                     k.extend_from_slice(&subject);
-                    batch.put(&self.ns, k, summary.spent().to_sat().to_be_bytes())?;
+                    batch.put(&self.ns, k, amount.to_sat().to_be_bytes())?;
                     batch.put(
                         &self.ns,
                         txid_key(&summary.txid),
@@ -649,11 +757,17 @@ fn window_sum(history: &History, now: u64, except: &[Txid]) -> Amount {
         .fold(Amount::ZERO, |a, b| a.checked_add(b).unwrap_or(Amount::MAX_MONEY))
 }
 
-/// Every rule `summary` breaks; `except` are the spends it would take the place of (itself and
-/// what it replaces), which the velocity rule leaves out.
-fn check(rules: &SpendPolicy, history: &History, now: u64, summary: &SpendSummary, except: &[Txid]) -> Vec<Violation> {
+/// Every rule `summary`, taking `amount` out of the wallet, breaks; `except` are the spends it
+/// would take the place of (itself and what it replaces), which the velocity rule leaves out.
+fn check(
+    rules: &SpendPolicy,
+    history: &History,
+    now: u64,
+    summary: &SpendSummary,
+    amount: Amount,
+    except: &[Txid],
+) -> Vec<Violation> {
     let mut out = Vec::new();
-    let amount = summary.spent();
     if let Some(limit) = rules.max_per_tx {
         if amount > limit {
             out.push(Violation::AmountOverLimit { amount, limit });

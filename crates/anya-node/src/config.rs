@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anya_bitcoin::policy::SpendPolicy;
-use bitcoin::secp256k1::XOnlyPublicKey;
+use bitcoin::secp256k1::{PublicKey, XOnlyPublicKey};
 use bitcoin::{Address, Amount, FeeRate, Network};
 use serde::{Deserialize, Serialize};
 
@@ -392,6 +392,9 @@ pub struct PolicyBody {
     /// Every output that claims to be change must pay the wallet (default true).
     #[serde(default = "yes")]
     pub change_to_wallet: bool,
+    /// The only Lightning nodes (hex node ids) a payment under this policy may go to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_allowlist: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -431,6 +434,15 @@ impl PolicyBody {
             .max_fee_rate_sat_vb
             .map(|r| FeeRate::from_sat_per_vb(r).ok_or_else(|| format!("max_fee_rate_sat_vb: {r} is too large")))
             .transpose()?;
+        let node_allowlist = self
+            .node_allowlist
+            .as_ref()
+            .map(|list| {
+                list.iter()
+                    .map(|n| n.parse::<PublicKey>().map_err(|e| format!("node_allowlist {n}: {e}")))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
         Ok(SpendPolicy {
             max_per_tx: amount(self.max_per_tx_sat, "max_per_tx_sat")?,
             max_per_24h: amount(self.max_per_24h_sat, "max_per_24h_sat")?,
@@ -438,6 +450,7 @@ impl PolicyBody {
             max_fee_rate,
             max_fee: amount(self.max_fee_sat, "max_fee_sat")?,
             change_to_wallet: self.change_to_wallet,
+            node_allowlist,
         })
     }
 
@@ -458,6 +471,10 @@ impl PolicyBody {
             max_fee_rate_sat_vb: policy.max_fee_rate.map(FeeRate::to_sat_per_vb_ceil),
             max_fee_sat: policy.max_fee.map(Amount::to_sat),
             change_to_wallet: policy.change_to_wallet,
+            node_allowlist: policy
+                .node_allowlist
+                .as_ref()
+                .map(|list| list.iter().map(ToString::to_string).collect()),
         }
     }
 }

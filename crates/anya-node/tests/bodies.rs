@@ -62,6 +62,7 @@ const FIELDS: &[&str] = &[
     "max_fee_rate_sat_vb",
     "max_fee_sat",
     "change_to_wallet",
+    "node_allowlist",
     "event_id",
     "outcomes",
     "event_maturity_epoch",
@@ -595,7 +596,8 @@ fn routes(address: &str, txid: &str, psbt: &str, signed: &str) -> Vec<Route> {
                 "allowlist": [address],
                 "max_fee_rate_sat_vb": 1000,
                 "max_fee_sat": 10_000_000,
-                "change_to_wallet": true
+                "change_to_wallet": true,
+                "node_allowlist": ["02eec7245d6b7d2ccb30380bfbe2a3648cd7a942653f5aa340edcea1f283686619"]
             }),
             "/v1/wallets/{name}/psbt/sign" | "/v1/psbt/inspect" => json!({ "psbt": psbt }),
             "/v1/psbt/finalize" => json!({ "psbt": signed }),
