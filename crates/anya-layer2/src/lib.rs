@@ -9,3 +9,6 @@
 
 #[cfg(feature = "dlc")]
 pub mod dlc;
+
+#[cfg(feature = "lightning")]
+pub mod lightning;

@@ -1732,6 +1732,30 @@ async fn the_service_refuses_hostile_accepts_and_releases_their_coins() {
     )
     .await;
     assert_eq!(service_variant(&err), "Refused", "{err:?}");
+    // One CET adaptor signature short (ddk-manager indexes past the end of the list) or one
+    // too many: refused before the manager, nothing changed.
+    for (what, change) in [
+        ("one adaptor signature short", false),
+        ("one adaptor signature extra", true),
+    ] {
+        let mut miscounted = accept.clone();
+        let sigs = &mut miscounted.cet_adaptor_signatures.ecdsa_adaptor_signatures;
+        if change {
+            sigs.push(sigs[0].clone());
+        } else {
+            sigs.pop();
+        }
+        let err = refused_by_service(
+            &alice_service,
+            &alice,
+            &Message::Accept(miscounted).encode(),
+            bob.id,
+            what,
+        )
+        .await;
+        assert_eq!(service_variant(&err), "Refused", "{what}: {err:?}");
+        assert!(err.to_string().contains("adaptor points"), "{what}: {err}");
+    }
     // The manager's own refusals stay refusals, with nothing changed.
     let unknown = AcceptDlc {
         temporary_contract_id: random_id(),
@@ -1826,6 +1850,12 @@ async fn the_service_refuses_hostile_sign_messages_before_signing() {
     // A bad refund signature: the manager stores the contract as FailedSign; the service then
     // releases Bob's funding coin.
     let (_, contract1, accept1, sign1) = service_signed(a, b, &input).await;
+    // First: a sign message one CET adaptor signature short, refused before the manager.
+    let mut short = sign1.clone();
+    short.cet_adaptor_signatures.ecdsa_adaptor_signatures.pop();
+    let what = "a sign message one adaptor signature short";
+    let err = refused_by_service(&bob_service, &bob, &Message::Sign(short).encode(), alice.id, what).await;
+    assert_eq!(service_variant(&err), "Refused", "{err:?}");
     let coins = coins_of(&accept1.funding_inputs);
     assert!(
         coins.iter().all(|c| reserved(&bob).contains(c)),

@@ -7,9 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use anya_layer2::dlc::contracts::KvDlcStorage;
-use anya_storage::{
-    KvStore, Namespace, PostgresOptions, PostgresStore, RocksDbOptions, RocksDbStore, SqliteOptions, SqliteStore,
-};
+use anya_storage::{KvStore, Namespace};
 use ddk_manager::chain_monitor::ChainMonitor;
 use ddk_manager::channel::offered_channel::OfferedChannel;
 use ddk_manager::channel::party_points::PartyBasePoints;
@@ -21,31 +19,6 @@ use ddk_messages::OfferDlc;
 use secp256k1::PublicKey;
 
 const NS: &str = "dlc.contracts";
-
-/// Every backend this run reaches, each in a place of its own.
-fn backends() -> Vec<(&'static str, Arc<dyn KvStore>, tempfile::TempDir)> {
-    let mut out: Vec<(&'static str, Arc<dyn KvStore>, tempfile::TempDir)> = Vec::new();
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteStore::open(dir.path().join("dlc.db"), SqliteOptions::default()).unwrap();
-    out.push(("sqlite", Arc::new(sqlite), dir));
-    let dir = tempfile::tempdir().unwrap();
-    let rocks = RocksDbStore::open(dir.path().join("dlc"), RocksDbOptions::default()).unwrap();
-    out.push(("rocksdb", Arc::new(rocks), dir));
-    if let Some(url) = anya_testkit::require_env("ANYA_TEST_POSTGRES_URL", ".ci/run starts PostgreSQL") {
-        let mut options = PostgresOptions::default();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        options.schema = format!("dlc_storage_{}_{nanos}", std::process::id());
-        out.push((
-            "postgres",
-            Arc::new(PostgresStore::open(&url, options).unwrap()),
-            tempfile::tempdir().unwrap(),
-        ));
-    }
-    out
-}
 
 /// The offered contract of every dlcspecs test vector, as the accepting party receives it.
 fn vector_offers() -> Vec<OfferedContract> {
@@ -88,17 +61,17 @@ fn same(a: &Contract, b: &Contract) -> bool {
 #[test]
 fn contracts_channels_and_the_chain_monitor_on_every_backend() {
     // Opened outside the runtime: the PostgreSQL client runs one of its own.
-    let backends = backends();
+    let backends = common::backends("dlc_storage");
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(cases(&backends));
     // Dropped here, outside the runtime, for the same reason.
     drop(backends);
 }
 
-async fn cases(backends: &[(&'static str, Arc<dyn KvStore>, tempfile::TempDir)]) {
+async fn cases(backends: &[common::Backend]) {
     let offers = vector_offers();
     assert_eq!(offers.len(), 14);
-    for (name, store, _dir) in backends {
+    for common::Backend { name, store, .. } in backends {
         let name = *name;
         let s = KvDlcStorage::new(Arc::clone(store), NS).unwrap();
         for o in &offers {

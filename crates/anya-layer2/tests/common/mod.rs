@@ -95,3 +95,86 @@ impl Fixture {
         )
     }
 }
+
+/// One store backend of [`backends`], in a place of its own.
+pub struct Backend {
+    /// `sqlite`, `rocksdb` or `postgres`.
+    pub name: &'static str,
+    /// The open store.
+    pub store: Arc<dyn KvStore>,
+    /// Where the embedded backends keep their files.
+    pub dir: tempfile::TempDir,
+    /// The PostgreSQL schema, for reopening.
+    schema: Option<(String, anya_storage::PostgresOptions)>,
+}
+
+impl Backend {
+    /// Closes the store and opens the same database again. Every other handle on the store
+    /// must be dropped first (RocksDB locks its directory).
+    pub fn reopen(self) -> Self {
+        let Backend {
+            name,
+            store,
+            dir,
+            schema,
+        } = self;
+        drop(store);
+        let store = open_backend(name, dir.path(), schema.as_ref());
+        Backend {
+            name,
+            store,
+            dir,
+            schema,
+        }
+    }
+}
+
+fn open_backend(
+    name: &str,
+    dir: &std::path::Path,
+    schema: Option<&(String, anya_storage::PostgresOptions)>,
+) -> Arc<dyn KvStore> {
+    match (name, schema) {
+        ("sqlite", _) => Arc::new(SqliteStore::open(dir.join("store.db"), SqliteOptions::default()).unwrap()),
+        ("rocksdb", _) => Arc::new(
+            anya_storage::RocksDbStore::open(dir.join("store"), anya_storage::RocksDbOptions::default()).unwrap(),
+        ),
+        (_, Some((url, options))) => Arc::new(anya_storage::PostgresStore::open(url, options.clone()).unwrap()),
+        _ => unreachable!("a backend of this module"),
+    }
+}
+
+/// SQLite, RocksDB and, when `ANYA_TEST_POSTGRES_URL` is set (required in CI), PostgreSQL in
+/// a fresh schema named after `tag`: each a new, empty store. Open (and drop) them outside any
+/// tokio runtime: the PostgreSQL client runs one of its own.
+pub fn backends(tag: &str) -> Vec<Backend> {
+    let mut out = Vec::new();
+    for name in ["sqlite", "rocksdb"] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_backend(name, dir.path(), None);
+        out.push(Backend {
+            name,
+            store,
+            dir,
+            schema: None,
+        });
+    }
+    if let Some(url) = anya_testkit::require_env("ANYA_TEST_POSTGRES_URL", ".ci/run starts PostgreSQL") {
+        let mut options = anya_storage::PostgresOptions::default();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        options.schema = format!("{tag}_{}_{nanos}", std::process::id());
+        let schema = (url, options);
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_backend("postgres", dir.path(), Some(&schema));
+        out.push(Backend {
+            name: "postgres",
+            store,
+            dir,
+            schema: Some(schema),
+        });
+    }
+    out
+}

@@ -82,6 +82,59 @@ fn refused(reason: impl Into<String>) -> DlcError {
     DlcError::Refused(reason.into())
 }
 
+/// How many CET adaptor signatures each party makes for `offered`: one per adaptor point of
+/// each contract info, in the order ddk-manager makes them.
+fn adaptor_signature_count(
+    offered: &ddk_manager::contract::offered_contract::OfferedContract,
+) -> Result<usize, DlcError> {
+    use ddk_manager::contract::ContractDescriptor;
+    use ddk_trie::combination_iterator::CombinationIterator;
+    use ddk_trie::multi_oracle_trie::MultiOracleTrie;
+    use ddk_trie::multi_oracle_trie_with_diff::MultiOracleTrieWithDiff;
+    use ddk_trie::DlcTrie as _;
+    let mut total = 0usize;
+    for info in &offered.contract_info {
+        let oracles = info.oracle_announcements.len();
+        if info.threshold == 0 || info.threshold > oracles {
+            return Err(refused(format!(
+                "a threshold of {} of {oracles} oracles",
+                info.threshold
+            )));
+        }
+        let count = match &info.contract_descriptor {
+            ContractDescriptor::Enum(e) => {
+                let combinations = CombinationIterator::new(oracles, info.threshold).count();
+                e.outcome_payouts.len().saturating_mul(combinations)
+            }
+            ContractDescriptor::Numerical(n) => {
+                let trie_error = |e: ddk_dlc::Error| refused(format!("the contract's adaptor trie: {e:?}"));
+                let outcomes = n
+                    .get_range_payouts(offered.total_collateral)
+                    .map_err(|e| refused(format!("the contract's payouts: {e}")))?;
+                match &n.difference_params {
+                    Some(p) => MultiOracleTrieWithDiff::new(
+                        &n.oracle_numeric_infos,
+                        info.threshold,
+                        p.min_support_exp,
+                        p.max_error_exp,
+                    )
+                    .map_err(trie_error)?
+                    .generate(total, &outcomes)
+                    .map_err(trie_error)?
+                    .len(),
+                    None => MultiOracleTrie::new(&n.oracle_numeric_infos, info.threshold)
+                        .map_err(trie_error)?
+                        .generate(total, &outcomes)
+                        .map_err(trie_error)?
+                        .len(),
+                }
+            }
+        };
+        total = total.saturating_add(count);
+    }
+    Ok(total)
+}
+
 /// Runs a manager step, a panic in it turned into [`DlcError::Panicked`].
 async fn guarded<T>(step: impl std::future::Future<Output = Result<T, ManagerError>>) -> Result<T, DlcError> {
     use futures_util::FutureExt as _;
@@ -338,8 +391,15 @@ impl DlcService {
             Message::Offer(offer) => self.check_offer(offer).await?,
             Message::Accept(accept) => {
                 funding_value(&accept.funding_inputs)?;
+                let count = accept.cet_adaptor_signatures.ecdsa_adaptor_signatures.len();
+                self.check_adaptor_count(&accept.temporary_contract_id, count, "accept")
+                    .await?;
             }
-            Message::Sign(sign) => self.check_sign(sign, &from).await?,
+            Message::Sign(sign) => {
+                let count = sign.cet_adaptor_signatures.ecdsa_adaptor_signatures.len();
+                self.check_adaptor_count(&sign.contract_id, count, "sign").await?;
+                self.check_sign(sign, &from).await?;
+            }
             _ => {}
         }
         let manager = self.manager.lock().await;
@@ -463,6 +523,28 @@ impl DlcService {
             .any(|c| c.get_temporary_id() == offer.temporary_contract_id || c.get_id() == offer.temporary_contract_id)
         {
             return Err(refused("a contract with this temporary id exists"));
+        }
+        Ok(())
+    }
+
+    /// An accept or sign message must carry one CET adaptor signature per adaptor point of
+    /// the contract: ddk-manager 1.1.2 indexes past the end of a short list (a panic, which
+    /// a build with `panic = "abort"` could not catch) and ignores extra ones. The count is
+    /// the contract's, computed without any curve operation: for an enum contract, outcomes
+    /// times oracle combinations; for a numeric one, the entries of the same ddk-trie trie the
+    /// manager builds.
+    async fn check_adaptor_count(&self, id: &ContractId, got: usize, what: &str) -> Result<(), DlcError> {
+        let offered = match self.storage.get_contract(id).await? {
+            Some(Contract::Offered(o)) => o,
+            Some(Contract::Accepted(a)) => a.offered_contract,
+            // Not a contract at the step this message is for: the manager refuses it.
+            _ => return Ok(()),
+        };
+        let expected = adaptor_signature_count(&offered)?;
+        if got != expected {
+            return Err(refused(format!(
+                "the {what} message carries {got} CET adaptor signatures; the contract has {expected} adaptor points"
+            )));
         }
         Ok(())
     }
