@@ -143,6 +143,15 @@ fn main() -> Result<(), Error> {
         .node()
         .open_channel(bob.node.node_id(), bob.listen.into(), 1_000_000, None, None)?;
     alice.wait("ChannelPending", |e| matches!(e, Event::ChannelPending { .. }))?;
+    // ldk-node broadcasts the funding transaction from a background task: mine once it is in
+    // bitcoind's mempool.
+    let deadline = Instant::now() + WAIT;
+    while chain.rpc::<serde_json::Value>("getmempoolinfo", &[])["size"].as_u64() == Some(0) {
+        if Instant::now() > deadline {
+            return Err("the funding transaction never reached the mempool".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     mine(&chain, 6, &[&alice, &bob])?;
     alice.wait("ChannelReady", |e| matches!(e, Event::ChannelReady { .. }))?;
     bob.wait("ChannelReady", |e| matches!(e, Event::ChannelReady { .. }))?;

@@ -37,17 +37,17 @@ fn open_channels(chain: &Bitcoind, a: &LnParty, peers: &[&LnParty]) {
     a.wait_until("funded", |n| {
         n.node().list_balances().spendable_onchain_balance_sats > CHANNEL_SATS * peers.len() as u64
     });
+    // One at a time: ldk-node may fund concurrent opens from the same coin, and all but one
+    // of those funding transactions would never confirm.
     for b in peers {
         a.node
             .node()
             .open_channel(b.node.node_id(), b.address().into(), CHANNEL_SATS, None, None)
             .expect("open");
-    }
-    for _ in peers {
         a.wait_event("ChannelPending", |e| matches!(e, Event::ChannelPending { .. }));
-    }
-    for b in peers {
         b.wait_event("ChannelPending", |e| matches!(e, Event::ChannelPending { .. }));
+        a.wait_funding_broadcast(chain);
+        a.node.node().sync_wallets().expect("sync");
     }
     LnParty::mine_and_sync(chain, 6, &all);
     for _ in peers {

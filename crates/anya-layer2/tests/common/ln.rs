@@ -104,7 +104,7 @@ impl LnParty {
     }
 
     /// Waits for the first event `want` accepts (marking every event seen as handled);
-    /// panics after [`WAIT`].
+    /// panics after [`WAIT`]. With `LN_TEST_EVENTS` set, every event is printed.
     pub fn wait_event(&self, what: &str, want: impl Fn(&Event) -> bool) -> Event {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -113,6 +113,12 @@ impl LnParty {
                 panic!("{}: no {what} within {WAIT:?}", self.name);
             };
             self.node.event_handled().expect("event handled");
+            if std::env::var_os("LN_TEST_EVENTS").is_some() {
+                #[allow(clippy::print_stderr, reason = "events shown on request, to debug a test")]
+                {
+                    eprintln!("{}: {event:?}", self.name);
+                }
+            }
             if want(&event) {
                 return event;
             }
@@ -125,6 +131,34 @@ impl LnParty {
         while !cond(&self.node) {
             assert!(Instant::now() < deadline, "{}: not {what} within {WAIT:?}", self.name);
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until bitcoind's mempool holds the funding transaction of every channel of the
+    /// node that is not ready yet: ldk-node broadcasts from a background task, so a block mined
+    /// right after `ChannelPending` may miss it.
+    pub fn wait_funding_broadcast(&self, chain: &Bitcoind) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mempool: Vec<String> = chain.rpc("getrawmempool", &[]);
+            let missing: Vec<String> = self
+                .node
+                .channels()
+                .iter()
+                .filter(|c| !c.is_channel_ready)
+                .filter_map(|c| c.funding_txo)
+                .map(|o| o.txid.to_string())
+                .filter(|txid| !mempool.contains(txid))
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: funding {missing:?} not broadcast",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
