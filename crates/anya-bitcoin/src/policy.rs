@@ -322,15 +322,48 @@ impl PolicyViolation {
 impl fmt::Display for PolicyViolation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "spending policy refused {}: ", self.txid)?;
-        for (i, v) in self.violations.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{v}")?;
-        }
-        Ok(())
+        write_violations(f, &self.violations)
     }
 }
+
+fn write_violations(f: &mut fmt::Formatter<'_>, violations: &[Violation]) -> fmt::Result {
+    for (i, v) in violations.iter().enumerate() {
+        if i > 0 {
+            f.write_str("; ")?;
+        }
+        write!(f, "{v}")?;
+    }
+    Ok(())
+}
+
+/// A refused Lightning payment and every rule it broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentViolation {
+    /// The refused payment's hash.
+    pub payment_hash: [u8; 32],
+    /// Every broken rule (never empty).
+    pub violations: Vec<Violation>,
+}
+
+impl PaymentViolation {
+    /// The audit outcome: the OR of the rules' codes.
+    pub fn code(&self) -> u16 {
+        self.violations.iter().fold(0, |acc, v| acc | v.code())
+    }
+}
+
+impl fmt::Display for PaymentViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "spending policy refused payment {}: ",
+            bitcoin::hex::DisplayHex::to_lower_hex_string(&self.payment_hash[..])
+        )?;
+        write_violations(f, &self.violations)
+    }
+}
+
+impl std::error::Error for PaymentViolation {}
 
 impl std::error::Error for PolicyViolation {}
 
@@ -341,6 +374,9 @@ pub enum PolicyError {
     /// The spend broke rules.
     #[error(transparent)]
     Refused(#[from] PolicyViolation),
+    /// The Lightning payment broke rules.
+    #[error(transparent)]
+    PaymentRefused(#[from] PaymentViolation),
     /// The store failed.
     #[error("policy store: {0}")]
     Store(#[from] StoreError),
@@ -474,8 +510,9 @@ impl PolicyEngine {
     /// spends), `max_fee` (the routing fee limit) and `node_allowlist`; the script allowlist,
     /// fee rate and change rules are for transactions.
     ///
-    /// A payment that fails is [released](Self::release_payment); one whose outcome is not
-    /// known (the process stopped first) keeps counting for 24 hours.
+    /// A refusal is [`PolicyError::PaymentRefused`]. A payment that fails is
+    /// [released](Self::release_payment); one whose outcome is not known (the process stopped
+    /// first) keeps counting for 24 hours.
     pub fn approve_payment(
         &self,
         payment: &PaymentSummary,
@@ -488,7 +525,14 @@ impl PolicyEngine {
             }],
             _ => Vec::new(),
         };
-        self.approve_with(&payment.as_spend(), payment.spent(), node_rule, hsm, key)
+        match self.approve_with(&payment.as_spend(), payment.spent(), node_rule, hsm, key) {
+            Err(PolicyError::Refused(refusal)) => Err(PaymentViolation {
+                payment_hash: payment.payment_hash,
+                violations: refusal.violations,
+            }
+            .into()),
+            other => other,
+        }
     }
 
     /// Removes the reservation of a payment that failed (no part of it reached the payee), as

@@ -25,7 +25,12 @@ fn payment(hash: u8, amount_msat: u64, max_fee_msat: u64, to: PublicKey) -> Paym
 
 fn refused(r: Result<(), PolicyError>) -> Vec<Violation> {
     match r {
-        Err(PolicyError::Refused(v)) => v.violations,
+        Err(PolicyError::PaymentRefused(v)) => {
+            assert!(v
+                .to_string()
+                .contains(&bitcoin::hex::DisplayHex::to_lower_hex_string(&v.payment_hash[..])));
+            v.violations
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
 }

@@ -37,8 +37,9 @@ fn open_channels(chain: &Bitcoind, a: &LnParty, peers: &[&LnParty]) {
     a.wait_until("funded", |n| {
         n.node().list_balances().spendable_onchain_balance_sats > CHANNEL_SATS * peers.len() as u64
     });
-    // One at a time: ldk-node may fund concurrent opens from the same coin, and all but one
-    // of those funding transactions would never confirm.
+    // One at a time, each funding confirmed before the next open: ldk-node's wallet may
+    // otherwise fund an open from a coin an unconfirmed funding already spends, and that
+    // transaction never reaches the mempool.
     for b in peers {
         a.node
             .node()
@@ -47,7 +48,7 @@ fn open_channels(chain: &Bitcoind, a: &LnParty, peers: &[&LnParty]) {
         a.wait_event("ChannelPending", |e| matches!(e, Event::ChannelPending { .. }));
         b.wait_event("ChannelPending", |e| matches!(e, Event::ChannelPending { .. }));
         a.wait_funding_broadcast(chain);
-        a.node.node().sync_wallets().expect("sync");
+        LnParty::mine_and_sync(chain, 1, &all);
     }
     LnParty::mine_and_sync(chain, 6, &all);
     for _ in peers {
@@ -139,7 +140,7 @@ fn refused_by_policy(name: &str, payer: &LnParty, payee: &LnParty) {
         policy.set_rules(rule).expect("rules");
         let r = payer.node.pay_invoice(&invoice, None, None);
         assert!(
-            matches!(r, Err(LightningError::Policy(PolicyError::Refused(_)))),
+            matches!(r, Err(LightningError::Policy(PolicyError::PaymentRefused(_)))),
             "{name}: rule {i}: {r:?}"
         );
         assert_eq!(audited(true), i + 1, "{name}: every refusal is in the audit chain");
@@ -206,6 +207,11 @@ fn two_nodes_open_pay_and_restart_on_every_backend() {
     }
     for b in &bobs {
         let (name, b_id) = (b.name, b.node.node_id());
+        // Alice would reconnect by herself within a minute; a user who knows asks at once.
+        a.node
+            .node()
+            .connect(b_id, b.address().into(), true)
+            .expect("reconnect");
         b.wait_until("usable after the restart", |n| n.channels().iter().any(|c| c.is_usable));
         a.wait_until("reconnected", |n| {
             n.channels()

@@ -135,7 +135,7 @@ impl LnParty {
     }
 
     /// Waits until bitcoind's mempool holds the funding transaction of every channel of the
-    /// node that is not ready yet: ldk-node broadcasts from a background task, so a block mined
+    /// node that has no confirmation yet: ldk-node broadcasts from a background task, so a block mined
     /// right after `ChannelPending` may miss it.
     pub fn wait_funding_broadcast(&self, chain: &Bitcoind) {
         let deadline = Instant::now() + WAIT;
@@ -145,7 +145,7 @@ impl LnParty {
                 .node
                 .channels()
                 .iter()
-                .filter(|c| !c.is_channel_ready)
+                .filter(|c| !c.is_channel_ready && c.confirmations.unwrap_or(0) == 0)
                 .filter_map(|c| c.funding_txo)
                 .map(|o| o.txid.to_string())
                 .filter(|txid| !mempool.contains(txid))
