@@ -909,6 +909,32 @@ fn one_record<T>(p: &dyn HsmProvider, op: impl FnOnce() -> T) -> (T, AuditRecord
     (value, records.remove(0))
 }
 
+/// `refuse` (a use of `root` needing `usage`, which its policy lacks) is `UsageNotAllowed`
+/// for that usage and nothing else: one `operation` audit record with a refusal outcome, the
+/// key as it was.
+fn refused_for_usage(
+    p: &dyn HsmProvider,
+    root: &Label,
+    usage: Usage,
+    operation: Operation,
+    refuse: impl FnOnce() -> Result<(), HsmError>,
+) {
+    let info = p.key_info(root).expect("info");
+    let r = if p.capabilities().contains(Capability::AuditLog) {
+        let (r, record) = one_record(p, refuse);
+        assert_eq!(record.operation, operation);
+        assert_ne!(record.outcome, 0);
+        r
+    } else {
+        refuse()
+    };
+    assert!(
+        matches!(r, Err(HsmError::UsageNotAllowed { usage: u, .. }) if u == usage),
+        "{root}: {r:?}"
+    );
+    assert_eq!(p.key_info(root).expect("info"), info);
+}
+
 /// A child exported from a root that allows [`Usage::ExportDlcChild`] is the child rust-bitcoin
 /// derives at `root / 0x444C43' / path` (not at `root / path`), and its public key is
 /// `public_key` of the same derived reference; the root itself still does not export.
@@ -967,27 +993,10 @@ pub fn scoped_export_needs_the_usage(p: &dyn HsmProvider) {
         let Some(root) = scoped_root(p, name, policy) else {
             return;
         };
-        let info = p.key_info(&root).expect("info");
-        let refuse = || p.export_scoped_child(&root, ExportScope::Dlc, &hardened(&[0]));
-        let r = if p.capabilities().contains(Capability::AuditLog) {
-            let (r, record) = one_record(p, refuse);
-            assert_eq!(record.operation, Operation::ExportScopedChild);
-            assert_ne!(record.outcome, 0);
-            r
-        } else {
-            refuse()
-        };
-        assert!(
-            matches!(
-                r,
-                Err(HsmError::UsageNotAllowed {
-                    usage: Usage::ExportDlcChild,
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
-        assert_eq!(p.key_info(&root).expect("info"), info);
+        refused_for_usage(p, &root, Usage::ExportDlcChild, Operation::ExportScopedChild, || {
+            p.export_scoped_child(&root, ExportScope::Dlc, &hardened(&[0]))
+                .map(drop)
+        });
     }
 }
 
@@ -1142,27 +1151,9 @@ pub fn node_seed_needs_the_usage(p: &dyn HsmProvider) {
         let Some(root) = node_seed_root(p, name, policy) else {
             return;
         };
-        let info = p.key_info(&root).expect("info");
-        let refuse = || p.derive_node_seed(&root, 0);
-        let r = if p.capabilities().contains(Capability::AuditLog) {
-            let (r, record) = one_record(p, refuse);
-            assert_eq!(record.operation, Operation::DeriveNodeSeed);
-            assert_ne!(record.outcome, 0);
-            r
-        } else {
-            refuse()
-        };
-        assert!(
-            matches!(
-                r,
-                Err(HsmError::UsageNotAllowed {
-                    usage: Usage::DeriveNodeSeed,
-                    ..
-                })
-            ),
-            "{name}: {r:?}"
-        );
-        assert_eq!(p.key_info(&root).expect("info"), info);
+        refused_for_usage(p, &root, Usage::DeriveNodeSeed, Operation::DeriveNodeSeed, || {
+            p.derive_node_seed(&root, 0).map(drop)
+        });
     }
 }
 

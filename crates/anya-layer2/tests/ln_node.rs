@@ -72,6 +72,11 @@ fn pay(payer: &LnParty, payee: &LnParty, msat: u64) {
         .receive(msat, &description, 3600)
         .expect("invoice");
     let id = payer.node.pay_invoice(&invoice, None, None).expect("send");
+    completed(payer, payee, id, msat);
+}
+
+/// Waits until payment `id` of `msat` succeeded for `payer` and arrived at `payee`.
+fn completed(payer: &LnParty, payee: &LnParty, id: PaymentId, msat: u64) {
     payer.wait_event(
         "PaymentSuccessful",
         |e| matches!(e, Event::PaymentSuccessful { payment_id: Some(p), .. } if *p == id),
@@ -88,14 +93,7 @@ fn keysend(payer: &LnParty, payee: &LnParty, msat: u64) {
         .node
         .pay_keysend(payee.node.node_id(), msat, None)
         .expect("keysend");
-    payer.wait_event(
-        "PaymentSuccessful",
-        |e| matches!(e, Event::PaymentSuccessful { payment_id: Some(p), .. } if *p == id),
-    );
-    payee.wait_event(
-        "PaymentReceived",
-        |e| matches!(e, Event::PaymentReceived { amount_msat, .. } if *amount_msat == msat),
-    );
+    completed(payer, payee, id, msat);
 }
 
 /// Payments the policy refuses send nothing and are audited; the velocity window counts the
