@@ -160,9 +160,21 @@ fn check_names(primary: &str, secondary: &str, key: Option<&str>) -> Result<(), 
     Ok(())
 }
 
-/// The anya key of an LDK record.
-fn record_key(primary: &str, secondary: &str, key: &str) -> Vec<u8> {
-    format!("{primary}/{secondary}/{key}").into_bytes()
+/// The anya key of an LDK record, once its names pass LDK's rules.
+fn record_key(primary: &str, secondary: &str, key: &str) -> Result<Vec<u8>, io::Error> {
+    check_names(primary, secondary, Some(key))?;
+    Ok(format!("{primary}/{secondary}/{key}").into_bytes())
+}
+
+/// The prefix of every anya key of an LDK namespace pair, once its names pass LDK's rules.
+fn namespace_prefix(primary: &str, secondary: &str) -> Result<Vec<u8>, io::Error> {
+    check_names(primary, secondary, None)?;
+    Ok(format!("{primary}/{secondary}/").into_bytes())
+}
+
+/// A future that fails at once.
+fn failed<T: Send + 'static>(e: io::Error) -> StoreFuture<T> {
+    Box::pin(std::future::ready(Err(e)))
 }
 
 fn store_error(err: StoreError) -> io::Error {
@@ -238,8 +250,7 @@ impl Inner {
 
 impl KVStoreSync for LdkStore {
     fn read(&self, primary_namespace: &str, secondary_namespace: &str, key: &str) -> Result<Vec<u8>, io::Error> {
-        check_names(primary_namespace, secondary_namespace, Some(key))?;
-        let key = record_key(primary_namespace, secondary_namespace, key);
+        let key = record_key(primary_namespace, secondary_namespace, key)?;
         blocking(|| self.inner.read(&key))
     }
 
@@ -250,8 +261,7 @@ impl KVStoreSync for LdkStore {
         key: &str,
         buf: Vec<u8>,
     ) -> Result<(), io::Error> {
-        check_names(primary_namespace, secondary_namespace, Some(key))?;
-        let key = record_key(primary_namespace, secondary_namespace, key);
+        let key = record_key(primary_namespace, secondary_namespace, key)?;
         let (slot, version) = self.inner.begin(&key);
         blocking(|| self.inner.apply(slot, version, &key, Some(buf)))
     }
@@ -263,51 +273,49 @@ impl KVStoreSync for LdkStore {
         key: &str,
         _lazy: bool,
     ) -> Result<(), io::Error> {
-        check_names(primary_namespace, secondary_namespace, Some(key))?;
-        let key = record_key(primary_namespace, secondary_namespace, key);
+        let key = record_key(primary_namespace, secondary_namespace, key)?;
         let (slot, version) = self.inner.begin(&key);
         blocking(|| self.inner.apply(slot, version, &key, None))
     }
 
     fn list(&self, primary_namespace: &str, secondary_namespace: &str) -> Result<Vec<String>, io::Error> {
-        check_names(primary_namespace, secondary_namespace, None)?;
-        let prefix = format!("{primary_namespace}/{secondary_namespace}/").into_bytes();
+        let prefix = namespace_prefix(primary_namespace, secondary_namespace)?;
         blocking(|| self.inner.list(&prefix))
     }
 }
 
 impl KVStore for LdkStore {
     fn read(&self, primary_namespace: &str, secondary_namespace: &str, key: &str) -> StoreFuture<Vec<u8>> {
-        if let Err(e) = check_names(primary_namespace, secondary_namespace, Some(key)) {
-            return Box::pin(std::future::ready(Err(e)));
-        }
-        let key = record_key(primary_namespace, secondary_namespace, key);
+        let key = match record_key(primary_namespace, secondary_namespace, key) {
+            Ok(key) => key,
+            Err(e) => return failed(e),
+        };
         self.run(move |inner| inner.read(&key))
     }
 
     fn write(&self, primary_namespace: &str, secondary_namespace: &str, key: &str, buf: Vec<u8>) -> StoreFuture<()> {
-        if let Err(e) = check_names(primary_namespace, secondary_namespace, Some(key)) {
-            return Box::pin(std::future::ready(Err(e)));
-        }
-        let key = record_key(primary_namespace, secondary_namespace, key);
+        let key = match record_key(primary_namespace, secondary_namespace, key) {
+            Ok(key) => key,
+            Err(e) => return failed(e),
+        };
         let (slot, version) = self.inner.begin(&key);
         self.run(move |inner| inner.apply(slot, version, &key, Some(buf)))
     }
 
     fn remove(&self, primary_namespace: &str, secondary_namespace: &str, key: &str, _lazy: bool) -> StoreFuture<()> {
-        if let Err(e) = check_names(primary_namespace, secondary_namespace, Some(key)) {
-            return Box::pin(std::future::ready(Err(e)));
-        }
-        let key = record_key(primary_namespace, secondary_namespace, key);
+        let key = match record_key(primary_namespace, secondary_namespace, key) {
+            Ok(key) => key,
+            Err(e) => return failed(e),
+        };
         let (slot, version) = self.inner.begin(&key);
         self.run(move |inner| inner.apply(slot, version, &key, None))
     }
 
     fn list(&self, primary_namespace: &str, secondary_namespace: &str) -> StoreFuture<Vec<String>> {
-        if let Err(e) = check_names(primary_namespace, secondary_namespace, None) {
-            return Box::pin(std::future::ready(Err(e)));
-        }
-        let prefix = format!("{primary_namespace}/{secondary_namespace}/").into_bytes();
+        let prefix = match namespace_prefix(primary_namespace, secondary_namespace) {
+            Ok(prefix) => prefix,
+            Err(e) => return failed(e),
+        };
         self.run(move |inner| inner.list(&prefix))
     }
 }
