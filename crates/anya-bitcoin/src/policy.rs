@@ -541,6 +541,45 @@ impl PolicyEngine {
         self.release(Txid::from_byte_array(payment_hash))
     }
 
+    /// Moves the reservation of a payment approved under `from` to the key `to`, keeping its
+    /// amount and time, in one write: for a payment whose lasting id is only known once it is
+    /// under way (a BOLT12 payment's id, chosen by the Lightning node), approved first under a
+    /// key of the caller's. Returns whether it moved: `false`, with nothing changed, when
+    /// nothing is reserved under `from` or something already is under `to`.
+    pub fn rekey_payment(&self, from: [u8; 32], to: [u8; 32]) -> Result<bool, PolicyError> {
+        let (from, to) = (Txid::from_byte_array(from), Txid::from_byte_array(to));
+        for _ in 0..MAX_RETRIES {
+            let head = self.store.get(&self.ns, HEAD_KEY)?.map(|v| v.version);
+            let history = self.history()?;
+            let Some(target) = history.spends.iter().find(|s| s.txid == from) else {
+                return Ok(false);
+            };
+            if from == to || history.spends.iter().any(|s| s.txid == to) {
+                return Ok(false);
+            }
+            let mut batch = WriteBatch::new();
+            batch.check(&self.ns, HEAD_KEY, head)?;
+            batch.put(&self.ns, HEAD_KEY, self.clock.now().as_secs().to_be_bytes())?;
+            batch.delete(&self.ns, target.key.clone())?;
+            batch.delete(&self.ns, txid_key(&from))?;
+            let mut k = SPEND_PREFIX.to_vec();
+            k.extend_from_slice(&target.time.to_be_bytes());
+            k.extend_from_slice(&to.to_byte_array());
+            batch.put(&self.ns, k, target.amount.to_sat().to_be_bytes())?;
+            batch.put(
+                &self.ns,
+                txid_key(&to),
+                encode_txid_record(target.time, target.replaced_by, &target.inputs),
+            )?;
+            match self.store.write(batch) {
+                Ok(_) => return Ok(true),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PolicyError::Contended)
+    }
+
     /// [`approve`](Self::approve) of a spend taking `amount` out of the wallet, with the
     /// violations `extra` finds under the rules added.
     fn approve_with(

@@ -112,6 +112,25 @@ fn payments_share_the_wallets_limits_and_are_audited() {
     assert_eq!(policy.release_payment([5; 32]).expect("release"), Some(fits));
     assert_eq!(policy.release_payment([5; 32]).expect("release"), None);
     assert_eq!(policy.spent_last_24h().expect("window"), window);
+    // A payment approved under a key of the caller's and moved to the id the node chose (a
+    // BOLT12 payment) counts once, under its new key only; moving it onto a key in use, or
+    // moving what is not there, changes nothing.
+    policy
+        .approve_payment(&payment(6, 1_000_000, 0, bob), hsm, &root)
+        .expect("fits");
+    let before = policy.spent_last_24h().expect("window");
+    assert!(policy.rekey_payment([6; 32], [7; 32]).expect("rekey"));
+    assert!(!policy
+        .rekey_payment([6; 32], [8; 32])
+        .expect("nothing under the old key"));
+    assert!(!policy.rekey_payment([7; 32], [1; 32]).expect("the new key is taken"));
+    assert_eq!(policy.spent_last_24h().expect("window"), before);
+    assert_eq!(policy.release_payment([6; 32]).expect("release"), None);
+    assert_eq!(
+        policy.release_payment([7; 32]).expect("release"),
+        Some(Amount::from_sat(1_000))
+    );
+    assert_eq!(policy.spent_last_24h().expect("window"), window);
     // After 24 hours the payments no longer count.
     f.clock.advance(24 * 60 * 60);
     assert_eq!(policy.spent_last_24h().expect("window"), Amount::ZERO);
@@ -137,6 +156,7 @@ fn payments_share_the_wallets_limits_and_are_audited() {
     assert_eq!(outcome_of(3), vec![(1 << 4) | (1 << 6)]);
     assert_eq!(outcome_of(4), vec![1 << 1]);
     assert_eq!(outcome_of(5), vec![0]);
+    assert_eq!(outcome_of(6), vec![0]);
 }
 
 #[test]

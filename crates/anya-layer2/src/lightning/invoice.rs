@@ -1,10 +1,13 @@
-//! BOLT11 invoices from users: decoded with lightning-invoice (signature, checksum and every
-//! BOLT11 rule checked; unknown required features refused), then summarized for display, an
-//! API or a policy decision.
+//! Invoices, offers and peer addresses from users. BOLT11 invoices are decoded with
+//! lightning-invoice (signature, checksum and every BOLT11 rule checked; unknown required
+//! features refused), then summarized for display, an API or a policy decision; BOLT12 offers
+//! with LDK's offer parser; peer addresses with LDK's `SocketAddress`.
 
 use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::Network;
+use ldk_node::lightning::ln::msgs::SocketAddress;
+use ldk_node::lightning::offers::offer::Offer;
 use ldk_node::lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescriptionRef};
 
 use super::LightningError;
@@ -111,10 +114,37 @@ impl InvoiceSummary {
 /// allowed): anything that is not a valid invoice, including one that requires features
 /// nobody knows, is [`LightningError::InvalidInvoice`].
 pub fn parse_invoice(text: &str) -> Result<Bolt11Invoice, LightningError> {
+    Ok(strip_scheme(text).parse::<Bolt11Invoice>()?)
+}
+
+/// Decodes a BOLT12 offer (`lno1…`) from a user (surrounding whitespace and a `lightning:`
+/// prefix allowed): anything that is not a valid offer is [`LightningError::InvalidOffer`].
+pub fn parse_offer(text: &str) -> Result<Offer, LightningError> {
+    let text = strip_scheme(text);
+    text.parse::<Offer>()
+        .map_err(|e| LightningError::InvalidOffer(format!("{e:?}")))
+}
+
+/// Decodes a peer's address, `<node id hex>@<host>:<port>` (a host name, an IPv4 or
+/// bracketed IPv6 address, or an onion address): anything else is
+/// [`LightningError::InvalidPeer`].
+pub fn parse_peer(text: &str) -> Result<(PublicKey, SocketAddress), LightningError> {
     let text = text.trim();
-    let text = text
-        .strip_prefix("lightning:")
+    let (id, address) = text
+        .split_once('@')
+        .ok_or_else(|| LightningError::InvalidPeer(format!("{text:?} is not <node id>@<host>:<port>")))?;
+    let id: PublicKey = id
+        .parse()
+        .map_err(|e| LightningError::InvalidPeer(format!("node id {id:?}: {e}")))?;
+    let address: SocketAddress = address
+        .parse()
+        .map_err(|e| LightningError::InvalidPeer(format!("address {address:?}: {e:?}")))?;
+    Ok((id, address))
+}
+
+fn strip_scheme(text: &str) -> &str {
+    let text = text.trim();
+    text.strip_prefix("lightning:")
         .or_else(|| text.strip_prefix("LIGHTNING:"))
-        .unwrap_or(text);
-    Ok(text.parse::<Bolt11Invoice>()?)
+        .unwrap_or(text)
 }

@@ -12,7 +12,7 @@ mod invoice;
 mod node;
 mod store;
 
-pub use invoice::{parse_invoice, HintHop, InvoiceSummary};
+pub use invoice::{parse_invoice, parse_offer, parse_peer, HintHop, InvoiceSummary};
 pub use node::{default_max_fee_msat, BitcoindRpc, LightningError, LightningNode, NodeOptions};
 pub use store::LdkStore;
 

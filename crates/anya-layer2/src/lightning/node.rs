@@ -21,8 +21,10 @@ use anya_storage::{KvStore, Namespace};
 use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::Network;
+use ldk_node::lightning::blinded_path::IntroductionNode;
 use ldk_node::lightning::ln::channelmanager::PaymentId;
 use ldk_node::lightning::ln::msgs::SocketAddress;
+use ldk_node::lightning::offers::offer::{Amount as OfferAmount, Offer};
 use ldk_node::lightning::routing::router::RouteParametersConfig;
 use ldk_node::lightning_invoice::{Bolt11Invoice, ParseOrSemanticError};
 use ldk_node::lightning_types::payment::PaymentPreimage;
@@ -142,7 +144,13 @@ pub enum LightningError {
     /// A BOLT11 invoice does not parse or breaks BOLT11's rules.
     #[error("invalid invoice: {0}")]
     InvalidInvoice(#[from] ParseOrSemanticError),
-    /// A well-formed invoice this node will not pay; nothing was sent.
+    /// A BOLT12 offer does not parse or breaks BOLT12's rules.
+    #[error("invalid offer: {0}")]
+    InvalidOffer(String),
+    /// A peer address is not `<node id>@<host>:<port>`.
+    #[error("invalid peer address: {0}")]
+    InvalidPeer(String),
+    /// A well-formed invoice or offer this node will not pay; nothing was sent.
     #[error("invoice not payable: {0}")]
     Unpayable(String),
 }
@@ -365,6 +373,107 @@ impl LightningNode {
         })
     }
 
+    /// Pays a BOLT12 offer: `amount_msat` for an offer without an amount (at least the
+    /// offer's amount times `quantity` otherwise), `quantity` items where the offer sells
+    /// several, the routing fee at most `max_fee_msat` (by default [`default_max_fee_msat`]).
+    /// The node asks the offer's issuer for an invoice over onion messages and pays it; LDK
+    /// checks that the invoice is signed for the offer and asks no more than requested.
+    ///
+    /// Refused before anything is sent when the offer is for another chain, expired, priced
+    /// in a currency, or the quantity is not one it sells, or when the spending policy says
+    /// no. For the node allowlist an offer's payee is its issuer signing key (an offer made
+    /// behind blinded paths signs with a key of its own, not the node id: allowlist that
+    /// key), or, for an offer without one, the introduction node of its first blinded path.
+    /// Returns the payment's id, the key of its policy reservation.
+    pub fn pay_offer(
+        &self,
+        offer: &Offer,
+        amount_msat: Option<u64>,
+        quantity: Option<u64>,
+        payer_note: Option<String>,
+        max_fee_msat: Option<u64>,
+    ) -> Result<PaymentId, LightningError> {
+        if !offer.supports_chain(self.network.chain_hash()) {
+            return Err(LightningError::Unpayable(format!(
+                "the offer is not for {}",
+                self.network
+            )));
+        }
+        if offer.is_expired() {
+            return Err(LightningError::Unpayable("the offer has expired".into()));
+        }
+        if let Some(q) = quantity {
+            if !offer.is_valid_quantity(q) {
+                return Err(LightningError::Unpayable(format!("the offer does not sell {q} items")));
+            }
+        } else if offer.expects_quantity() {
+            return Err(LightningError::Unpayable("the offer needs a quantity".into()));
+        }
+        let asked = match offer.amount() {
+            None => None,
+            Some(OfferAmount::Bitcoin { amount_msats }) => {
+                Some(amount_msats.checked_mul(quantity.unwrap_or(1)).ok_or_else(|| {
+                    LightningError::Unpayable("the offer's amount times the quantity overflows".into())
+                })?)
+            }
+            Some(OfferAmount::Currency { .. }) => {
+                return Err(LightningError::Unpayable(
+                    "the offer is priced in a currency, not in bitcoin".into(),
+                ))
+            }
+        };
+        let amount_msat = match (asked, amount_msat) {
+            (None, None) => {
+                return Err(LightningError::Unpayable(
+                    "the offer has no amount and none was given".into(),
+                ))
+            }
+            (Some(asked), Some(given)) if given < asked => {
+                return Err(LightningError::Unpayable(format!(
+                    "{given} msat is less than the {asked} msat the offer asks"
+                )))
+            }
+            (_, Some(given)) => given,
+            (Some(asked), None) => asked,
+        };
+        if amount_msat == 0 {
+            return Err(LightningError::Unpayable("an amount of 0".into()));
+        }
+        let destination = offer
+            .issuer_signing_pubkey()
+            .or_else(|| {
+                offer.paths().first().and_then(|p| match p.introduction_node() {
+                    IntroductionNode::NodeId(id) => Some(*id),
+                    IntroductionNode::DirectedShortChannelId(..) => None,
+                })
+            })
+            .ok_or_else(|| LightningError::Unpayable("the offer names no key to pay".into()))?;
+        // ldk-node picks the payment's id when it sends: the reservation is made under a key
+        // of ours, then moved to that id.
+        let reservation: [u8; 32] = rand::random();
+        let summary = PaymentSummary {
+            payment_hash: reservation,
+            amount_msat,
+            max_fee_msat: max_fee_msat.unwrap_or_else(|| default_max_fee_msat(amount_msat)),
+            destination,
+        };
+        let exact = asked == Some(amount_msat);
+        let id = self.guarded_send(&summary, |route| {
+            let payments = self.node.bolt12_payment();
+            if exact {
+                payments.send(offer, quantity, payer_note, Some(route))
+            } else {
+                payments.send_using_amount(offer, amount_msat, quantity, payer_note, Some(route))
+            }
+        })?;
+        if let Err(e) = self.policy.rekey_payment(reservation, id.0) {
+            // The reservation stays under our key: it counts until its window ends, and a
+            // failure of the payment cannot give it back early.
+            tracing::warn!(error = %e, "could not move a BOLT12 payment's policy reservation to its id");
+        }
+        Ok(id)
+    }
+
     /// Asks the policy, then sends with the fee limit it approved; a send that fails at once
     /// gives the reservation back.
     fn guarded_send(
@@ -412,8 +521,12 @@ impl LightningNode {
             ..
         } = &event
         {
-            if let Some(hash) = payment_hash.map(|h| h.0).or(payment_id.map(|p| p.0)) {
-                self.release(hash);
+            // A BOLT11 or keysend payment is reserved under its hash (its id too); a BOLT12
+            // payment under its id.
+            let id = payment_id.map(|p| p.0);
+            let hash = payment_hash.map(|h| h.0);
+            for key in [id, hash.filter(|h| Some(*h) != id)].into_iter().flatten() {
+                self.release(key);
             }
         }
         Some(event)
