@@ -1,7 +1,8 @@
 //! Two Lightning nodes on a real regtest bitcoind (`BITCOIND_EXE`, required in CI), each on its
 //! own software HSM and anya store: the node seed comes from the HSM (audited), a channel is
-//! funded from the opener's on-chain wallet, a BOLT11 payment goes through, and a node rebuilt
-//! on the same HSM root and store, on every backend, carries on with the channel.
+//! funded from the opener's on-chain wallet, a BOLT11 payment goes through, and a node moved
+//! to a fresh working directory on the same database and keystore, on every backend, carries
+//! on with the channel.
 
 mod common;
 #[path = "common/ln.rs"]
@@ -197,10 +198,12 @@ fn two_nodes_open_pay_and_restart_on_every_backend() {
         );
     }
 
-    // Rebuilt from the HSM and the store: the same node, the same channel, still paying.
-    for b in &mut bobs {
+    // Moved to a fresh working directory, its keystore opened again from the store (and on
+    // PostgreSQL a new connection to the same database): the same node, the same channel,
+    // still paying.
+    for (b, backend) in bobs.iter_mut().zip(&backends) {
         let (name, id) = (b.name, b.node.node_id());
-        b.restart();
+        b.restart(backend.connect_again());
         assert_eq!(b.node.node_id(), id, "{name}");
     }
     for b in &bobs {

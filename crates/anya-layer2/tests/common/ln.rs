@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses part of this module")]
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,17 +26,24 @@ pub const WAIT: Duration = Duration::from_secs(60);
 pub const LN_NS: &str = "anya/ln/node";
 /// The namespace of every test node's spending policy.
 pub const POLICY_NS: &str = "anya/ln/policy";
+/// The key id of every test node's HSM root.
+const ROOT: &str = "ln-root";
 
 /// A party: its HSM and store (which outlive its node, so that a node can be rebuilt on them)
 /// and its running node.
 pub struct LnParty {
     pub name: &'static str,
-    pub dir: tempfile::TempDir,
+    /// Where its HSM anchor and working directories are.
+    pub dir: PathBuf,
+    /// Removes `dir` when the party is dropped, when the party owns it.
+    _tmp: Option<tempfile::TempDir>,
     pub store: Arc<dyn KvStore>,
     pub hsm: Arc<dyn HsmProvider>,
     pub root: KeyId,
     pub options: NodeOptions,
     pub node: LightningNode,
+    /// How many times the node was moved to a fresh working directory.
+    moves: u32,
 }
 
 fn free_loopback() -> SocketAddr {
@@ -44,36 +52,114 @@ fn free_loopback() -> SocketAddr {
         .expect("a free loopback port")
 }
 
-/// The node options of a party on `chain`, listening on a free loopback port.
-pub fn options(chain: &Bitcoind, work_dir: std::path::PathBuf) -> NodeOptions {
-    let rpc = BitcoindRpc::from_cookie("127.0.0.1", chain.rpc_port(), &chain.cookie_file()).expect("cookie");
+/// Where a node reaches a regtest bitcoind on this machine: what another process needs.
+#[derive(Debug, Clone)]
+pub struct ChainRpc {
+    pub port: u16,
+    pub cookie: PathBuf,
+}
+
+impl ChainRpc {
+    pub fn of(chain: &Bitcoind) -> Self {
+        Self {
+            port: chain.rpc_port(),
+            cookie: chain.cookie_file(),
+        }
+    }
+}
+
+/// The node options of party `name` on `chain`, working in `work_dir`, listening on `listen`
+/// with its name as alias: an alias and a listening address let a node announce channels,
+/// which it must do to forward payments (ldk-node leaves LDK's
+/// `accept_forwards_to_priv_channels` off).
+pub fn options(name: &str, chain: &ChainRpc, work_dir: PathBuf, listen: SocketAddr) -> NodeOptions {
+    let rpc = BitcoindRpc::from_cookie("127.0.0.1", chain.port, &chain.cookie).expect("cookie");
     let mut options = NodeOptions::new(Network::Regtest, work_dir, rpc);
-    options.listen = vec![free_loopback()];
+    options.listen = vec![listen];
+    options.alias = Some(name.to_owned());
     options
 }
 
+/// With `LN_TEST_LOG` set (an env-filter such as `anya::ldk=debug`), ldk-node's log lines go
+/// to stderr, to debug a test.
+pub fn log_on_request() {
+    if let Ok(filter) = std::env::var("LN_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 impl LnParty {
-    /// A new party with a fresh keystore on `store` (kept in `dir`), its node built and started.
+    /// A new party with a fresh keystore on `store` (its anchor in `dir`, which the party
+    /// removes when dropped), its node built and started.
     pub fn new(name: &'static str, chain: &Bitcoind, dir: tempfile::TempDir, store: Arc<dyn KvStore>) -> Self {
+        let mut party = Self::new_at(name, chain, dir.path().to_owned(), store);
+        party._tmp = Some(dir);
+        party
+    }
+
+    /// [`new`](Self::new) in `dir`, which outlives the party (another process may open the
+    /// party again there: [`reopen`](Self::reopen)).
+    pub fn new_at(name: &'static str, chain: &Bitcoind, dir: PathBuf, store: Arc<dyn KvStore>) -> Self {
+        log_on_request();
         let hsm: Arc<dyn HsmProvider> = Arc::new(
-            SoftwareHsm::create(Arc::clone(&store), &SecretString::from(PASS), hsm_options(dir.path()))
-                .expect("keystore"),
+            SoftwareHsm::create(Arc::clone(&store), &SecretString::from(PASS), hsm_options(&dir)).expect("keystore"),
         );
-        let root = KeyId::new("ln-root").expect("label");
+        let root = KeyId::new(ROOT).expect("label");
         let policy = KeyPolicy::default_for(KeySpec::Bip32Root).allowing(Usage::DeriveNodeSeed);
         hsm.generate_key(&root, KeySpec::Bip32Root, policy).expect("root");
-        let options = options(chain, dir.path().join("work"));
+        let options = options(name, &ChainRpc::of(chain), dir.join("work"), free_loopback());
+        Self::started(name, dir, hsm, root, store, options)
+    }
+
+    /// The party made in `dir` on `store` before (by this process or another), its keystore
+    /// opened and unlocked, its node built in a fresh working directory and started,
+    /// listening on `listen`.
+    pub fn reopen(
+        name: &'static str,
+        chain: &ChainRpc,
+        dir: PathBuf,
+        store: Arc<dyn KvStore>,
+        listen: SocketAddr,
+    ) -> Self {
+        log_on_request();
+        let hsm = SoftwareHsm::open(Arc::clone(&store), hsm_options(&dir)).expect("keystore");
+        hsm.unlock(&SecretString::from(PASS)).expect("unlock");
+        let work = tempfile::TempDir::new_in(&dir).expect("work dir").keep();
+        let options = options(name, chain, work, listen);
+        let root = KeyId::new(ROOT).expect("label");
+        Self::started(name, dir, Arc::new(hsm), root, store, options)
+    }
+
+    fn started(
+        name: &'static str,
+        dir: PathBuf,
+        hsm: Arc<dyn HsmProvider>,
+        root: KeyId,
+        store: Arc<dyn KvStore>,
+        options: NodeOptions,
+    ) -> Self {
         let node = Self::build(&hsm, &root, &store, &options);
         node.start().expect("start");
         Self {
             name,
             dir,
+            _tmp: None,
             store,
             hsm,
             root,
             options,
             node,
+            moves: 0,
         }
+    }
+
+    /// Stops the node and lets go of the store and keystore (left in [`dir`](Self::dir) and
+    /// the store for [`reopen`](Self::reopen)).
+    pub fn close(self) {
+        self.node.stop().expect("stop");
     }
 
     fn build(
@@ -91,9 +177,20 @@ impl LnParty {
         LightningNode::build(Arc::clone(hsm), root, Arc::clone(store), ns, policy, options).expect("build the node")
     }
 
-    /// Stops the node and builds and starts it again on the same HSM root and store.
-    pub fn restart(&mut self) {
+    /// Stops the node and builds and starts it again on the same HSM root and store, as a
+    /// node moved to a new machine would be: a fresh, empty working directory, the keystore
+    /// opened again from the store (a new HSM instance, unlocked with the passphrase), and,
+    /// when given, `store` (a new connection to the same database) in place of the old one.
+    pub fn restart(&mut self, store: Option<Arc<dyn KvStore>>) {
         self.node.stop().expect("stop");
+        if let Some(store) = store {
+            self.store = store;
+        }
+        let hsm = SoftwareHsm::open(Arc::clone(&self.store), hsm_options(&self.dir)).expect("keystore");
+        hsm.unlock(&SecretString::from(PASS)).expect("unlock");
+        self.hsm = Arc::new(hsm);
+        self.moves += 1;
+        self.options.work_dir = self.dir.join(format!("work-{}", self.moves));
         self.node = Self::build(&self.hsm, &self.root, &self.store, &self.options);
         self.node.start().expect("start again");
     }

@@ -127,6 +127,15 @@ impl Backend {
             schema,
         }
     }
+
+    /// For PostgreSQL, a second, independent connection to the same database (what a node
+    /// moved to another machine opens); `None` for the embedded backends, whose files only
+    /// one handle opens at a time.
+    pub fn connect_again(&self) -> Option<Arc<dyn KvStore>> {
+        self.schema
+            .as_ref()
+            .map(|schema| open_backend(self.name, self.dir.path(), Some(schema)))
+    }
 }
 
 fn open_backend(
