@@ -30,7 +30,7 @@ use ldk_node::lightning_invoice::{Bolt11Invoice, ParseOrSemanticError};
 use ldk_node::lightning_types::payment::PaymentPreimage;
 use ldk_node::logger::{LogLevel, LogRecord, LogWriter};
 use ldk_node::payment::PaymentStatus;
-use ldk_node::{Builder, ChannelDetails, DynStore, Event, Node, NodeError};
+use ldk_node::{Builder, ChannelDetails, DynStore, Event, Node, NodeError, UserChannelId};
 use zeroize::Zeroizing;
 
 use super::store::LdkStore;
@@ -285,6 +285,47 @@ impl LightningNode {
     /// The spending policy the node's payments pass.
     pub fn policy(&self) -> &PolicyEngine {
         &self.policy
+    }
+
+    /// Opens a channel of `amount_sat` to `peer` at `address`, funded from the node's
+    /// on-chain wallet, announced for forwarding when `announce` (the node then needs an
+    /// alias and a listening address). A `push_msat` given to the peer at opening is a
+    /// payment: it passes the spending policy first (refused: nothing opened) and its
+    /// reservation is given back if the open fails at once. Funding moves the node's own
+    /// coins into the channel and is not counted. Returns the channel's user id; the rest
+    /// arrives as events.
+    pub fn open_channel(
+        &self,
+        peer: PublicKey,
+        address: SocketAddress,
+        amount_sat: u64,
+        push_msat: Option<u64>,
+        announce: bool,
+    ) -> Result<UserChannelId, LightningError> {
+        let push = push_msat.filter(|p| *p > 0);
+        let reservation = match push {
+            Some(amount_msat) => {
+                let key: [u8; 32] = rand::random();
+                let summary = PaymentSummary {
+                    payment_hash: key,
+                    amount_msat,
+                    max_fee_msat: 0,
+                    destination: peer,
+                };
+                self.policy.approve_payment(&summary, &*self.hsm, &self.root)?;
+                Some(key)
+            }
+            None => None,
+        };
+        let opened = if announce {
+            self.node.open_announced_channel(peer, address, amount_sat, push, None)
+        } else {
+            self.node.open_channel(peer, address, amount_sat, push, None)
+        };
+        if let (Err(_), Some(key)) = (&opened, reservation) {
+            self.release(key);
+        }
+        Ok(opened?)
     }
 
     /// Pays a BOLT11 invoice: `amount_msat` for an invoice without an amount, or at least
