@@ -23,6 +23,7 @@ use bitcoin::hex::{DisplayHex, FromHex};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod dlc;
+mod ln;
 mod node;
 mod onchain;
 mod oracle;
@@ -60,7 +61,12 @@ DLC contracts (see `anya dlc --help`):
   anya key new dlc-root --type bip32 --dlc        # a root that may derive contract keys
   anya wallet new bets --root dlc-root --kind bip84
   anya dlc identity --wallet bets                 # what the counterparty names you by
-  anya dlc offer … --out offer.msg                # then accept, sign, receive, close, list";
+  anya dlc offer … --out offer.msg                # then accept, sign, receive, close, list
+
+Lightning, through a running anya-node with [ln] enabled (see `anya ln --help`):
+  anya ln info
+  anya ln open NODE_ID@HOST:PORT --amount 1000000
+  anya ln pay lnbcrt…                             # then invoice, offer, channels, payments, close";
 
 const SIGN_ABOUT: &str = "\
 Sign a message with a stored key; prints the signature in hex.
@@ -128,6 +134,10 @@ enum Command {
     /// them; messages travel as files.
     #[command(subcommand, long_about = dlc::DLC_ABOUT)]
     Dlc(dlc::DlcCommand),
+    /// The Lightning node of a running anya-node: channels, invoices, offers, payments
+    /// (through its API).
+    #[command(subcommand, long_about = ln::LN_ABOUT)]
+    Ln(ln::LnCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -371,6 +381,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Psbt(command) => onchain::psbt(dir, command)?,
         Command::Oracle(command) => oracle::oracle(dir, cli.anchor_dir.is_some(), command)?,
         Command::Dlc(command) => dlc::dlc(dir, cli.anchor_dir.is_some(), command)?,
+        Command::Ln(command) => ln::ln(dir, command)?,
         Command::Audit(AuditCommand::Verify) => {
             let store = open_store(dir, false)?;
             let hsm = SoftwareHsm::open(store, hsm_options()?)?;

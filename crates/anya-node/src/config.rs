@@ -89,6 +89,40 @@ pub struct NodeConfig {
     pub oracle: OracleConfig,
     /// DLC contracts: this node as a party.
     pub dlc: DlcConfig,
+    /// A Lightning node.
+    pub ln: LnConfig,
+}
+
+/// A Lightning node (`/v1/ln/…`): ldk-node on this node's HSM and store, chained to the
+/// `[bitcoind]` node. Its 64-byte seed is derived inside the HSM from a BIP32 root that allows
+/// Lightning node seeds (`"ln": true` when the root or its wallet is made: the usage
+/// `DeriveNodeSeed`, audited at each start); its channel state lives in the store (namespace
+/// `anya/ln/node`). Its payments pass a spending policy: the one of `wallet` when given
+/// (sharing its per-payment and 24-hour limits), else one of its own (`anya/ln/policy`, set
+/// with `PUT /v1/ln/policy`). Needs `chain = "bitcoind"`. Every key needs a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct LnConfig {
+    /// Run the Lightning node (default false).
+    pub enabled: bool,
+    /// The BIP32 root the node seed is derived from (it must exist, with the Lightning
+    /// opt-in, when the node starts); required when enabled.
+    pub root: Option<String>,
+    /// Which node of the root this is (the last step of the seed's BIP85 path); default 0.
+    pub index: u32,
+    /// Addresses to accept peer connections on (`"0.0.0.0:9735"`); default none (the node
+    /// only connects out).
+    pub listen: Vec<SocketAddr>,
+    /// The alias the node announces (at most 32 bytes).
+    pub alias: Option<String>,
+    /// The node wallet whose spending policy the payments pass (and whose 24-hour limit they
+    /// share); it must exist when the node starts. Without it, the payments have a policy of
+    /// their own.
+    pub wallet: Option<String>,
+    /// ldk-node's working directory (no keys and no channel state: those are in the HSM and
+    /// the store); default `<data_dir>/ln`.
+    pub work_dir: Option<PathBuf>,
 }
 
 /// DLC contracts (`/v1/dlc/…`): this node offers, accepts and closes contracts funded by one of
@@ -593,6 +627,7 @@ impl Default for NodeConfig {
             policy: BTreeMap::new(),
             oracle: OracleConfig::default(),
             dlc: DlcConfig::default(),
+            ln: LnConfig::default(),
         }
     }
 }
@@ -640,6 +675,9 @@ const ENV_KEYS: &[(&str, &str, &str)] = &[
     ("ANYA_ORACLE_ENABLED", "oracle", "enabled"),
     ("ANYA_DLC_ENABLED", "dlc", "enabled"),
     ("ANYA_DLC_WALLET", "dlc", "wallet"),
+    ("ANYA_LN_ENABLED", "ln", "enabled"),
+    ("ANYA_LN_ROOT", "ln", "root"),
+    ("ANYA_LN_WALLET", "ln", "wallet"),
 ];
 
 impl NodeConfig {
@@ -779,6 +817,7 @@ impl NodeConfig {
         }
         self.validate_oracle()?;
         self.validate_dlc()?;
+        self.validate_ln()?;
         let network = self.network();
         for (wallet, body) in &self.policy {
             body.to_policy(network).map_err(|message| ConfigError::Invalid {
@@ -931,6 +970,54 @@ impl NodeConfig {
         Ok(())
     }
 
+    fn validate_ln(&self) -> Result<(), ConfigError> {
+        let l = &self.ln;
+        let invalid = |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
+        for (key, name) in [("ln.root", &l.root), ("ln.wallet", &l.wallet)] {
+            if let Some(name) = name {
+                if anya_core_types::Label::new(name.clone()).is_err() {
+                    return invalid(key, format!("{name:?} is not a key or wallet name"));
+                }
+            }
+        }
+        if l.index >= 1 << 31 {
+            return invalid("ln.index", "below 2^31 (a hardened BIP85 index)".to_owned());
+        }
+        if l.alias.as_ref().is_some_and(|a| a.is_empty() || a.len() > 32) {
+            return invalid("ln.alias", "1 to 32 bytes".to_owned());
+        }
+        if let Some(a) = l.listen.iter().find(|a| **a == self.listen) {
+            return invalid("ln.listen", format!("{a} is the API's own address (listen)"));
+        }
+        if !l.enabled {
+            return Ok(());
+        }
+        if self.oracle.only {
+            return invalid(
+                "ln.enabled",
+                "an oracle-only node (oracle.only, anya-oracle) runs no Lightning node".to_owned(),
+            );
+        }
+        if self.chain != ChainKind::Bitcoind {
+            return invalid(
+                "ln.enabled",
+                "a Lightning node needs a real node: chain = \"bitcoind\" with a [bitcoind] section".to_owned(),
+            );
+        }
+        if l.root.is_none() {
+            return invalid(
+                "ln.root",
+                "[ln] enabled needs the BIP32 root its node seed is derived from".to_owned(),
+            );
+        }
+        Ok(())
+    }
+
+    /// ldk-node's working directory: `ln.work_dir`, or `<data_dir>/ln`.
+    pub fn ln_work_dir(&self) -> PathBuf {
+        self.ln.work_dir.clone().unwrap_or_else(|| self.data_dir.join("ln"))
+    }
+
     /// The network the node serves.
     pub fn network(&self) -> Network {
         match (&self.chain, &self.bitcoind) {
@@ -1007,6 +1094,12 @@ mod tests {
         assert!(all.hsm.pkcs11.is_some() && all.tls.cert_file.is_some() && all.store.is_some());
         assert_eq!(c.oracle, d.oracle);
         assert_eq!(c.dlc, d.dlc);
+        assert_eq!(c.ln, d.ln);
+        assert!(
+            all.ln.root.is_some() && all.ln.wallet.is_some() && !all.ln.listen.is_empty(),
+            "{:?}",
+            all.ln
+        );
         assert_eq!(all.dlc.oracles.len(), 2, "{:?}", all.dlc);
         let btcusd = &all.oracle.assets["btcusd"];
         assert_eq!((btcusd.sources.len(), btcusd.interval_secs), (2, Some(3600)));
@@ -1099,5 +1192,41 @@ mod tests {
         assert_eq!(c.dlc.oracles[1].kind, Some(DlcOracleKind::P2pd));
         // A section that is off is checked for its values, not for what running needs.
         load("[dlc]\nwallet = \"w\"\n").expect("disabled needs nothing more");
+    }
+
+    #[test]
+    fn ln_needs_bitcoind_and_a_root() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("anya.toml");
+        let bitcoind = "chain = \"bitcoind\"\n[bitcoind]\nurl = \"http://127.0.0.1:1\"\ncookie_file = \"/c\"\nnetwork = \"regtest\"\n";
+        let load = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            NodeConfig::load(Some(&path), no_env)
+        };
+        let key = |text: &str| match load(text) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(key("[ln]\nenabled = true\nroot = \"r\"\n"), "ln.enabled");
+        assert_eq!(key(&format!("{bitcoind}[ln]\nenabled = true\n")), "ln.root");
+        assert_eq!(key(&format!("{bitcoind}[ln]\nroot = \"a b\"\n")), "ln.root");
+        assert_eq!(key(&format!("{bitcoind}[ln]\nwallet = \"\"\n")), "ln.wallet");
+        assert_eq!(key(&format!("{bitcoind}[ln]\nindex = 2147483648\n")), "ln.index");
+        assert_eq!(
+            key(&format!("{bitcoind}[ln]\nalias = \"{}\"\n", "a".repeat(33))),
+            "ln.alias"
+        );
+        assert_eq!(
+            key(&format!("{bitcoind}[ln]\nlisten = [\"127.0.0.1:8470\"]\n")),
+            "ln.listen"
+        );
+        let c = load(&format!(
+            "{bitcoind}[ln]\nenabled = true\nroot = \"r\"\nlisten = [\"127.0.0.1:9735\"]\nalias = \"anya\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.ln_work_dir(), c.data_dir.join("ln"));
+        assert_eq!(c.ln.listen.len(), 1);
+        let err = load(&format!("{bitcoind}[ln]\nlsten = []\n")).expect_err("unknown key");
+        assert!(err.to_string().contains("lsten"), "{err}");
     }
 }

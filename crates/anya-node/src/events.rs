@@ -121,6 +121,94 @@ pub enum Event {
         /// The message (hex of its dlcspecs serialization).
         message: String,
     },
+    /// A Lightning channel's funding transaction was made (opened by either side); it is
+    /// usable once confirmed (`ln_channel_ready`).
+    LnChannelPending {
+        /// The BIP32 root of the Lightning node (a token must be allowed to use it to see the
+        /// event).
+        root: String,
+        /// The channel id (hex).
+        channel_id: String,
+        /// The node's own id of the channel (a decimal `u128`, as `/v1/ln/channels` shows it).
+        user_channel_id: String,
+        /// The peer (hex node id).
+        counterparty_node_id: String,
+        /// The funding output, `txid:vout`.
+        funding_txo: String,
+    },
+    /// A Lightning channel can carry payments.
+    LnChannelReady {
+        /// The BIP32 root of the Lightning node.
+        root: String,
+        /// The channel id (hex).
+        channel_id: String,
+        /// The node's own id of the channel (decimal).
+        user_channel_id: String,
+        /// The peer (hex node id), when known.
+        counterparty_node_id: Option<String>,
+    },
+    /// A Lightning channel was closed (or failed to open).
+    LnChannelClosed {
+        /// The BIP32 root of the Lightning node.
+        root: String,
+        /// The channel id (hex).
+        channel_id: String,
+        /// The node's own id of the channel (decimal).
+        user_channel_id: String,
+        /// The peer (hex node id), when known.
+        counterparty_node_id: Option<String>,
+        /// Why, for people.
+        reason: Option<String>,
+    },
+    /// A Lightning payment to this node arrived and was claimed.
+    LnPaymentReceived {
+        /// The BIP32 root of the Lightning node.
+        root: String,
+        /// The payment's id (hex), when it has one.
+        payment_id: Option<String>,
+        /// The payment hash (hex).
+        payment_hash: String,
+        /// What arrived, in millisatoshis.
+        amount_msat: u64,
+    },
+    /// An outgoing Lightning payment reached its payee.
+    LnPaymentSuccessful {
+        /// The BIP32 root of the Lightning node.
+        root: String,
+        /// The payment's id (hex), when it has one.
+        payment_id: Option<String>,
+        /// The payment hash (hex).
+        payment_hash: String,
+        /// What the payee got, in millisatoshis, when known.
+        amount_msat: Option<u64>,
+        /// The routing fee paid, in millisatoshis, when known.
+        fee_paid_msat: Option<u64>,
+    },
+    /// An outgoing Lightning payment failed: nothing reached the payee, and its policy
+    /// reservation was released.
+    LnPaymentFailed {
+        /// The BIP32 root of the Lightning node.
+        root: String,
+        /// The payment's id (hex), when it has one.
+        payment_id: Option<String>,
+        /// The payment hash (hex), when known.
+        payment_hash: Option<String>,
+        /// Why, when known (LDK's `PaymentFailureReason`).
+        reason: Option<String>,
+    },
+    /// This node forwarded a payment between two of its channels.
+    LnPaymentForwarded {
+        /// The BIP32 root of the Lightning node.
+        root: String,
+        /// The incoming channel (hex).
+        prev_channel_id: String,
+        /// The outgoing channel (hex).
+        next_channel_id: String,
+        /// What went out, in millisatoshis, when known.
+        outbound_amount_forwarded_msat: Option<u64>,
+        /// The fee earned, in millisatoshis, when known.
+        total_fee_earned_msat: Option<u64>,
+    },
 }
 
 /// An event with its sequence number, as sent to subscribers.
@@ -182,6 +270,13 @@ impl Events {
             | Event::DlcResend { wallet, .. } => (Some(wallet), None),
             Event::AuditAppended { key_id, .. } => (None, key_id.as_deref()),
             Event::KeyCreated { id, .. } => (None, Some(id)),
+            Event::LnChannelPending { root, .. }
+            | Event::LnChannelReady { root, .. }
+            | Event::LnChannelClosed { root, .. }
+            | Event::LnPaymentReceived { root, .. }
+            | Event::LnPaymentSuccessful { root, .. }
+            | Event::LnPaymentFailed { root, .. }
+            | Event::LnPaymentForwarded { root, .. } => (None, Some(root)),
             Event::OracleAnnounced { .. } | Event::OracleAttested { .. } | Event::OracleRefused { .. } => (None, None),
             Event::BlocksMined { .. } | Event::ConfigReloaded => (None, None),
         }

@@ -11,6 +11,7 @@ pub mod dlc;
 pub mod error;
 pub mod events;
 pub mod limits;
+pub mod ln;
 pub mod metrics;
 pub mod node;
 pub mod server;

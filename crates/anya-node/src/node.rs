@@ -23,6 +23,7 @@ use crate::config::{ChainKind, ConfigError, FailoverKind, HsmKind, NodeConfig};
 use crate::dlc::{Dlc, DlcStartError};
 use crate::events::{Event, Events};
 use crate::limits::Limits;
+use crate::ln::{Ln, LnStartError};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::tls;
 use crate::wallets::{lock, Wallets};
@@ -67,6 +68,9 @@ pub enum NodeError {
     /// DLC contracts could not be started.
     #[error("dlc: {0}")]
     Dlc(Box<DlcStartError>),
+    /// The Lightning node could not be started.
+    #[error("ln: {0}")]
+    Ln(Box<LnStartError>),
     /// A configured policy could not be applied.
     #[error("policy of wallet {wallet}: {source}")]
     Policy {
@@ -80,6 +84,12 @@ pub enum NodeError {
 impl From<DlcStartError> for NodeError {
     fn from(e: DlcStartError) -> Self {
         Self::Dlc(Box::new(e))
+    }
+}
+
+impl From<LnStartError> for NodeError {
+    fn from(e: LnStartError) -> Self {
+        Self::Ln(Box::new(e))
     }
 }
 
@@ -144,6 +154,8 @@ pub struct Node {
     oracle: Option<Arc<Oracle>>,
     /// This node as a DLC party, when `dlc.enabled`.
     dlc: Option<Arc<Dlc>>,
+    /// The Lightning node, when `ln.enabled`.
+    ln: Option<Arc<Ln>>,
     events: Events,
     metrics: Arc<Metrics>,
     limits: Limits,
@@ -321,8 +333,9 @@ impl Node {
     /// Opens the node: its store (`config.store`, by default SQLite in `config.data_dir`) and
     /// its HSM (`config.hsm.provider`; `passphrase` unlocks a software keystore and is not used
     /// by the token-backed providers), the keystore created on the first start and unlocked with `passphrase`, with the configured
-    /// rollback anchor; the chain source; the configured wallet policies. Writes a fresh cookie
-    /// (revoking the last run's).
+    /// rollback anchor; the chain source; the configured wallet policies; DLC contracts and the
+    /// Lightning node when enabled (the Lightning node runs on the tokio runtime this is called
+    /// in, if any). Writes a fresh cookie (revoking the last run's).
     pub fn open(config: NodeConfig, passphrase: &SecretString) -> Result<(Self, Started), NodeError> {
         let io = |what: String| move |source| NodeError::Io { what, source };
         let dir = &config.data_dir;
@@ -384,6 +397,7 @@ impl Node {
             wallets,
             oracle,
             dlc: None,
+            ln: None,
             events,
             metrics,
             limits,
@@ -408,6 +422,18 @@ impl Node {
                 wallets: &node.wallets,
                 oracle: node.oracle.as_ref(),
             })?));
+        }
+        // After the policies too: the payments may share a wallet's.
+        if config.ln.enabled {
+            node.ln = Some(crate::ln::open(crate::ln::Parts {
+                config: &config,
+                hsm: &node.hsm,
+                store: &node.store,
+                clock: &node.clock,
+                chain: node.wallets.chain(),
+                wallets: &node.wallets,
+                events: &node.events,
+            })?);
         }
         Ok((
             node,
@@ -477,6 +503,11 @@ impl Node {
     /// This node as a DLC party, when the configuration enables it.
     pub fn dlc(&self) -> Option<&Arc<Dlc>> {
         self.dlc.as_ref()
+    }
+
+    /// Its Lightning node, when the configuration enables it.
+    pub fn ln(&self) -> Option<&Arc<Ln>> {
+        self.ln.as_ref()
     }
 
     /// Runs the DLC contracts' periodic work now (new blocks, funding confirmations, closes by
@@ -600,6 +631,7 @@ impl Node {
             ("oracle.allow_early", old.oracle.allow_early == new.oracle.allow_early),
             ("oracle.only", old.oracle.only == new.oracle.only),
             ("dlc", old.dlc == new.dlc),
+            ("ln", old.ln == new.ln),
         ] {
             if !same {
                 return Err(ReloadError::NeedsRestart(key));
@@ -793,8 +825,11 @@ impl Node {
         }
     }
 
-    /// Makes every audit record durable (at shutdown).
+    /// Stops the Lightning node, if any, and makes every audit record durable (at shutdown).
     pub fn close(&self) -> Result<(), HsmError> {
+        if let Some(ln) = &self.ln {
+            ln.stop();
+        }
         self.hsm.flush_audit()
     }
 }

@@ -78,6 +78,22 @@ const FIELDS: &[&str] = &[
     "contract",
     "from",
     "message",
+    "ln",
+    "peer",
+    "persist",
+    "push_msat",
+    "announce",
+    "force",
+    "amount_msat",
+    "description",
+    "expiry_secs",
+    "invoice",
+    "offer",
+    "keysend",
+    "max_fee_msat",
+    "quantity",
+    "payer_note",
+    "request",
 ];
 
 /// Content types, and whether axum's JSON extractor takes each as JSON.
@@ -91,6 +107,20 @@ const CONTENT_TYPES: &[(Option<&str>, bool)] = &[
     (Some(""), false),
     (None, false),
 ];
+
+/// A node id (secp256k1's generator).
+const PEER: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+
+/// The first valid invoice of BOLT11's examples (`../shared/vectors`).
+fn bolt11_vector() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/vectors/lightning/bolt11_test_vectors.json"
+    );
+    let vectors: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the BOLT11 vectors")).expect("JSON");
+    vectors["valid"][0]["invoice"].as_str().expect("an invoice").to_owned()
+}
 
 fn label(s: &str) -> Label {
     Label::new(s).expect("a fixed label is valid")
@@ -587,10 +617,12 @@ fn routes(address: &str, txid: &str, psbt: &str, signed: &str) -> Vec<Route> {
             "/v1/tokens" => json!({
                 "name": "t", "scopes": ["read"], "keys": ["k1"], "wallets": ["w1"], "expires_in_secs": 3600
             }),
-            "/v1/wallets" => json!({"name": "w2", "template": "bip84", "root": "root2", "account": 0, "dlc": true}),
+            "/v1/wallets" => json!({
+                "name": "w2", "template": "bip84", "root": "root2", "account": 0, "dlc": true, "ln": true
+            }),
             "/v1/wallets/{name}/send" | "/v1/wallets/{name}/psbt" => pay.clone(),
             "/v1/wallets/{name}/bump-fee" => json!({"txid": txid, "fee_rate_sat_vb": 20}),
-            "/v1/wallets/{name}/policy" => json!({
+            "/v1/wallets/{name}/policy" | "/v1/ln/policy" => json!({
                 "max_per_tx_sat": 1_000_000_000u64,
                 "max_per_24h_sat": 5_000_000_000u64,
                 "allowlist": [address],
@@ -630,6 +662,18 @@ fn routes(address: &str, txid: &str, psbt: &str, signed: &str) -> Vec<Route> {
                 }
             }),
             "/v1/dlc/messages" => json!({"from": format!("02{}", "11".repeat(32)), "message": "a71a00"}),
+            // This node runs no Lightning node either (tests/ln.rs runs one on bitcoind): the
+            // bodies are read and checked before it answers 404 ln_disabled.
+            "/v1/ln/peers" => json!({"peer": format!("{PEER}@127.0.0.1:9735"), "persist": true}),
+            "/v1/ln/channels" => json!({
+                "peer": format!("{PEER}@127.0.0.1:9735"), "amount_sat": 100_000, "push_msat": 1000, "announce": false
+            }),
+            "/v1/ln/channels/{id}/close" => json!({"force": false}),
+            "/v1/ln/invoices" | "/v1/ln/offers" => {
+                json!({"amount_msat": 10_000, "description": "coffee", "expiry_secs": 3600})
+            }
+            "/v1/ln/payments" => json!({"keysend": PEER, "amount_msat": 10_000, "max_fee_msat": 1000}),
+            "/v1/ln/decode" => json!({"request": bolt11_vector()}),
             _ => {
                 assert!(
                     fields.is_none(),
@@ -652,6 +696,8 @@ fn routes(address: &str, txid: &str, psbt: &str, signed: &str) -> Vec<Route> {
             &["ev1", "num1"]
         } else if path.contains("{id}") && path.starts_with("/v1/dlc/") {
             &["1111111111111111111111111111111111111111111111111111111111111111"]
+        } else if path.contains("{id}") && path.starts_with("/v1/ln/") {
+            &["42"]
         } else if path.contains("{id}") {
             &["k1", "e1"]
         } else if path.contains("{name}") {

@@ -9,6 +9,7 @@
 //! everything. A token limited to named keys or wallets sees and uses only those.
 
 mod dlc;
+mod ln;
 mod ops;
 mod oracle;
 mod psbt;
@@ -128,6 +129,17 @@ fn api() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(dlc::contracts))
         .routes(routes!(dlc::contract))
         .routes(routes!(dlc::tick))
+        .routes(routes!(ln::info))
+        .routes(routes!(ln::address))
+        .routes(routes!(ln::connect))
+        .routes(routes!(ln::channels, ln::open_channel))
+        .routes(routes!(ln::close_channel))
+        .routes(routes!(ln::invoice))
+        .routes(routes!(ln::offer))
+        .routes(routes!(ln::payments, ln::pay))
+        .routes(routes!(ln::payment))
+        .routes(routes!(ln::decode))
+        .routes(routes!(ln::get_policy, ln::set_policy))
 }
 
 /// The API's OpenAPI 3.1 document.
@@ -484,6 +496,9 @@ pub struct KeyView {
     /// Whether it is a BIP32 root that DLC contract keys may be derived from and exported
     /// (the opt-in usage `ExportDlcChild`, fixed when the key was made).
     pub dlc: bool,
+    /// Whether it is a BIP32 root that Lightning node seeds may be derived from (the opt-in
+    /// usage `DeriveNodeSeed`, fixed when the key was made).
+    pub ln: bool,
     /// Its public key in hex (compressed secp256k1, raw Ed25519, uncompressed P-256); none for
     /// AES keys.
     pub public_key: Option<String>,
@@ -517,9 +532,23 @@ fn view(node: &Node, info: &KeyInfo) -> Result<KeyView, ApiError> {
         spec: spec_name(info.spec),
         exportable: info.policy.exportable,
         dlc: info.policy.allowed.contains(anya_hsm::Usage::ExportDlcChild),
+        ln: info.policy.allowed.contains(anya_hsm::Usage::DeriveNodeSeed),
         public_key,
         created: info.created.as_secs(),
     })
+}
+
+/// The policy of a new BIP32 root, with the opt-in usages asked for: DLC contract keys
+/// (`ExportDlcChild`) and Lightning node seeds (`DeriveNodeSeed`).
+fn root_policy(dlc: bool, ln: bool) -> KeyPolicy {
+    let mut policy = KeyPolicy::default_for(KeySpec::Bip32Root);
+    if dlc {
+        policy = policy.allowing(anya_hsm::Usage::ExportDlcChild);
+    }
+    if ln {
+        policy = policy.allowing(anya_hsm::Usage::DeriveNodeSeed);
+    }
+    policy
 }
 
 fn check_key_access(token: &TokenInfo, id: &str) -> Result<(), ApiError> {
@@ -559,6 +588,11 @@ pub struct CreateKey {
     /// docs/adr/0006-dlc-contract-keys.md). Default no; fixed at creation.
     #[serde(default)]
     pub dlc: bool,
+    /// For a `bip32` root: allow Lightning node seeds below it (the usage `DeriveNodeSeed`: a
+    /// 64-byte seed derived by BIP85 for `[ln] root`, audited; no key leaves the HSM). Default
+    /// no; fixed at creation.
+    #[serde(default)]
+    pub ln: bool,
 }
 
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKey, responses((status = 201, description = "success", body = KeyView), (status = "4XX", description = "problem details (application/problem+json)", body = crate::error::Problem)), security(("bearer" = ["admin"])))]
@@ -583,21 +617,25 @@ async fn create_key(
             ))
         }
     };
-    if req.dlc && spec != KeySpec::Bip32Root {
+    if (req.dlc || req.ln) && spec != KeySpec::Bip32Root {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_spec",
-            "\"dlc\": true is for a bip32 root",
+            "\"dlc\": true and \"ln\": true are for a bip32 root",
         ));
     }
     blocking(move || {
-        let mut policy = KeyPolicy {
-            exportable: req.exportable,
-            ..KeyPolicy::default_for(spec)
+        let policy = if spec == KeySpec::Bip32Root {
+            KeyPolicy {
+                exportable: req.exportable,
+                ..root_policy(req.dlc, req.ln)
+            }
+        } else {
+            KeyPolicy {
+                exportable: req.exportable,
+                ..KeyPolicy::default_for(spec)
+            }
         };
-        if req.dlc {
-            policy = policy.allowing(anya_hsm::Usage::ExportDlcChild);
-        }
         let info = node
             .metrics()
             .hsm("generate_key", || node.hsm().generate_key(&id, spec, policy))?;

@@ -196,6 +196,11 @@ pub struct CreateWallet {
     /// `root_not_dlc`: a key's usages are fixed when it is made). Default no.
     #[serde(default)]
     pub dlc: bool,
+    /// The wallet's root also seeds the Lightning node (`[ln] root`): a root made now allows
+    /// Lightning node seeds (the usage `DeriveNodeSeed`, a BIP85 derivation apart from the
+    /// wallet's keys); an existing root without it is refused (409 `root_not_ln`). Default no.
+    #[serde(default)]
+    pub ln: bool,
 }
 
 /// `POST /v1/wallets`.
@@ -250,13 +255,19 @@ pub async fn create(
                     ),
                 ));
             }
+            Ok(info) if req.ln && !info.policy.allowed.contains(anya_hsm::Usage::DeriveNodeSeed) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "root_not_ln",
+                    format!(
+                        "the root key {root} was made without Lightning node seeds (a key's usages are fixed when it is made): name a new root"
+                    ),
+                ));
+            }
             _ => {}
         }
         if let Err(anya_hsm::HsmError::KeyNotFound { .. }) = node.hsm().key_info(&root) {
-            let mut policy = anya_hsm::KeyPolicy::default_for(KeySpec::Bip32Root);
-            if req.dlc {
-                policy = policy.allowing(anya_hsm::Usage::ExportDlcChild);
-            }
+            let policy = super::root_policy(req.dlc, req.ln);
             node.metrics().hsm("generate_key", || {
                 node.hsm().generate_key(&root, KeySpec::Bip32Root, policy)
             })?;
@@ -420,23 +431,36 @@ pub struct Sent {
     pub tx_hex: String,
 }
 
-/// Publishes the policy's verdict on a signing attempt and passes its result on.
-fn decided<T>(node: &Node, wallet: &str, result: Result<T, WalletError>) -> Result<T, ApiError> {
-    match &result {
-        Ok(_) => node.events().publish(Event::PolicyDecision {
+/// Publishes a spending policy's verdict: approved, or refused with the rules' code and the
+/// reason (counted in the metrics under `label`); a `policy_decision` event when the policy is
+/// `wallet`'s.
+pub(super) fn publish_decision(node: &Node, wallet: Option<&str>, label: &str, refusal: Option<(u16, String)>) {
+    if let Some((code, _)) = &refusal {
+        node.metrics().refusal(label, *code);
+    }
+    let Some(wallet) = wallet else { return };
+    node.events().publish(match refusal {
+        None => Event::PolicyDecision {
             wallet: wallet.to_owned(),
             approved: true,
             violations: Vec::new(),
             detail: "approved".to_owned(),
-        }),
+        },
+        Some((code, detail)) => Event::PolicyDecision {
+            wallet: wallet.to_owned(),
+            approved: false,
+            violations: vec![code],
+            detail,
+        },
+    });
+}
+
+/// Publishes the policy's verdict on a signing attempt and passes its result on.
+fn decided<T>(node: &Node, wallet: &str, result: Result<T, WalletError>) -> Result<T, ApiError> {
+    match &result {
+        Ok(_) => publish_decision(node, Some(wallet), wallet, None),
         Err(WalletError::Policy(PolicyError::Refused(v))) => {
-            node.metrics().refusal(wallet, v.code());
-            node.events().publish(Event::PolicyDecision {
-                wallet: wallet.to_owned(),
-                approved: false,
-                violations: vec![v.code()],
-                detail: v.to_string(),
-            });
+            publish_decision(node, Some(wallet), wallet, Some((v.code(), v.to_string())));
         }
         Err(_) => {}
     }
