@@ -14,7 +14,7 @@ use anya_bitcoin::policy::{PolicyError, SpendPolicy, Violation};
 use anya_layer2::lightning::ldk_node::lightning::ln::channelmanager::PaymentId;
 use anya_layer2::lightning::ldk_node::lightning::routing::gossip::NodeId;
 use anya_layer2::lightning::ldk_node::lightning_invoice::{Bolt11InvoiceDescription, Description};
-use anya_layer2::lightning::ldk_node::{Event, LightningBalance, PendingSweepBalance};
+use anya_layer2::lightning::ldk_node::{ChannelDetails, Event, LightningBalance, PendingSweepBalance};
 use anya_layer2::lightning::LightningError;
 use anya_storage::{KvStore, SqliteOptions, SqliteStore};
 use anya_testkit::Bitcoind;
@@ -64,6 +64,15 @@ fn party(name: &'static str, chain: &Bitcoind) -> LnParty {
     let store: Arc<dyn KvStore> =
         Arc::new(SqliteStore::open(dir.path().join("node.db"), SqliteOptions::default()).expect("sqlite"));
     LnParty::new(name, chain, dir, store)
+}
+
+/// `p`'s channel with `peer`.
+fn channel_with(p: &LnParty, peer: &LnParty) -> ChannelDetails {
+    p.node
+        .channels()
+        .into_iter()
+        .find(|ch| ch.counterparty_node_id == peer.node.node_id())
+        .unwrap_or_else(|| panic!("{} has no channel with {}", p.name, peer.name))
 }
 
 fn onchain(p: &LnParty) -> u64 {
@@ -268,12 +277,7 @@ fn three_nodes_route_close_and_force_close_to_the_satoshi() {
 
     // Cooperative close of A–B: each side's channel balance reaches its wallet; A, the
     // opener, pays the closing fee.
-    let ab = a
-        .node
-        .channels()
-        .into_iter()
-        .find(|ch| ch.counterparty_node_id == b.node.node_id())
-        .expect("A–B");
+    let ab = channel_with(&a, &b);
     let (a_chain0, b_chain0) = (onchain(&a), onchain(&b));
     a.node
         .node()
@@ -314,12 +318,7 @@ fn three_nodes_route_close_and_force_close_to_the_satoshi() {
 
     // Force close of B–C by B: C's output is C's after one confirmation; B's own output waits
     // out the CSV delay, then B's sweeper takes it, less the sweep's fee.
-    let bc = b
-        .node
-        .channels()
-        .into_iter()
-        .find(|ch| ch.counterparty_node_id == c.node.node_id())
-        .expect("B–C");
+    let bc = channel_with(&b, &c);
     let (b_chain1, c_chain1) = (onchain(&b), onchain(&c));
     let height = chain.height();
     b.node
