@@ -9,8 +9,10 @@
 //!   the input anya's `dlc::contracts::cets` takes for the signatures the manager makes.
 //!
 //! The benches are in `benches/`: `dlc_cets` (criterion: CET adaptor signatures, anya beside
-//! ddk-dlc's serial functions and ddk-manager's own path) and `dlc_e2e` (offer to signed
-//! through two ddk-manager instances on anya, on a regtest bitcoind).
+//! ddk-dlc's serial functions and ddk-manager's own path), `dlc_e2e` (offer to signed
+//! through two ddk-manager instances on anya, on a regtest bitcoind) and `ln_payments`
+//! (Lightning payments per second between two nodes on a regtest bitcoind, anya's
+//! `LightningNode` on SQLite and PostgreSQL beside plain ldk-node on its own SQLite store).
 
 #![warn(missing_docs)]
 
