@@ -107,6 +107,16 @@ fn sats(v: &Value) -> u64 {
     Amount::from_btc(v.as_f64().expect("btc")).expect("amount").to_sat()
 }
 
+/// The value of each output of a decoded transaction, in satoshis.
+fn output_sats(tx: &Value) -> Vec<u64> {
+    tx["vout"]
+        .as_array()
+        .expect("vout")
+        .iter()
+        .map(|o| sats(&o["value"]))
+        .collect()
+}
+
 /// Every transaction of the blocks above `from` that spends an output of `txid`, with its
 /// fee (getblock verbosity 2 gives each transaction's fee).
 fn spenders_of(chain: &Bitcoind, txid: &Txid, from: u32) -> Vec<Value> {
@@ -284,12 +294,7 @@ fn three_nodes_route_close_and_force_close_to_the_satoshi() {
         .close_channel(&ab.user_channel_id, b.node.node_id())
         .expect("close");
     let closing = mempool_spender(&chain, ab.funding_txo.expect("funded"));
-    let outputs: Vec<u64> = closing["vout"]
-        .as_array()
-        .expect("vout")
-        .iter()
-        .map(|o| sats(&o["value"]))
-        .collect();
+    let outputs = output_sats(&closing);
     let closing_fee = CHANNEL_SATS - outputs.iter().sum::<u64>();
     LnParty::mine_and_sync(&chain, 1, &all);
     a.wait_event("ChannelClosed", |e| matches!(e, Event::ChannelClosed { .. }));
@@ -360,12 +365,7 @@ fn three_nodes_route_close_and_force_close_to_the_satoshi() {
     let b_gain = settled(&b, b_chain1);
     let c_gain = settled(&c, c_chain1);
     let sweeps = spenders_of(&chain, &commitment_txid, height);
-    let commitment_outputs: Vec<u64> = commitment["vout"]
-        .as_array()
-        .expect("vout")
-        .iter()
-        .map(|o| sats(&o["value"]))
-        .collect();
+    let commitment_outputs = output_sats(&commitment);
     let commitment_fee = CHANNEL_SATS - commitment_outputs.iter().sum::<u64>();
     let sweep_of = |vout: usize| {
         sweeps

@@ -34,12 +34,10 @@ use anya_bitcoin::policy::PolicyEngine;
 use anya_core_types::{Clock, Label};
 use anya_hsm::passphrase::{read_secret_file, PassphraseError};
 use anya_hsm::{HsmError, HsmProvider, KeyId, Usage};
-use anya_layer2::lightning::ldk_node::lightning::ln::msgs::SocketAddress;
-use anya_layer2::lightning::ldk_node::{Event as LdkEvent, UserChannelId};
+use anya_layer2::lightning::ldk_node::Event as LdkEvent;
 use anya_layer2::lightning::{BitcoindRpc, LightningError, LightningNode, NodeOptions};
 use anya_storage::{KvStore, Namespace};
 use bitcoin::hex::DisplayHex;
-use bitcoin::secp256k1::PublicKey;
 use bitcoin::Network;
 
 use crate::chain::Chain;
@@ -173,22 +171,6 @@ impl Ln {
     /// ldk-node requires of a forwarding node).
     pub fn may_announce(&self) -> bool {
         !self.listen.is_empty() && self.alias.is_some()
-    }
-
-    /// Opens a channel of `amount_sat` to `peer` at `address`, funded from the node's on-chain
-    /// wallet, announced to the network when `announce`. A `push_msat` (given to the peer
-    /// when the channel opens) is a payment to `peer`: the spending policy approves it first
-    /// (and it counts until the 24-hour window ends, even if the channel never opens; it is
-    /// given back only when the open fails at once).
-    pub fn open_channel(
-        &self,
-        peer: PublicKey,
-        address: SocketAddress,
-        amount_sat: u64,
-        push_msat: Option<u64>,
-        announce: bool,
-    ) -> Result<UserChannelId, LightningError> {
-        self.node.open_channel(peer, address, amount_sat, push_msat, announce)
     }
 
     /// Stops the event thread, then the node (its state is in the store). Later calls do

@@ -172,6 +172,29 @@ pub struct LightningNode {
     policy: PolicyEngine,
 }
 
+/// What to pay for an invoice or offer (`what`) asking `asked`, when the user gives `given`:
+/// the amount given (at least the one asked), else the one asked; never nothing or 0.
+fn amount_to_pay(asked: Option<u64>, given: Option<u64>, what: &str) -> Result<u64, LightningError> {
+    let amount = match (asked, given) {
+        (None, None) => {
+            return Err(LightningError::Unpayable(format!(
+                "the {what} has no amount and none was given"
+            )))
+        }
+        (Some(asked), Some(given)) if given < asked => {
+            return Err(LightningError::Unpayable(format!(
+                "{given} msat is less than the {asked} msat the {what} asks"
+            )))
+        }
+        (_, Some(given)) => given,
+        (Some(asked), None) => asked,
+    };
+    if amount == 0 {
+        return Err(LightningError::Unpayable("an amount of 0".into()));
+    }
+    Ok(amount)
+}
+
 /// The routing fee limit a payment gets unless one is given: 1% of the amount plus 50
 /// satoshis (LDK's own default, made explicit so that the policy counts what can be spent).
 pub fn default_max_fee_msat(amount_msat: u64) -> u64 {
@@ -351,23 +374,7 @@ impl LightningNode {
         if invoice.is_expired() {
             return Err(LightningError::Unpayable("the invoice has expired".into()));
         }
-        let amount_msat = match (invoice.amount_milli_satoshis(), amount_msat) {
-            (None, None) => {
-                return Err(LightningError::Unpayable(
-                    "the invoice has no amount and none was given".into(),
-                ))
-            }
-            (Some(asked), Some(given)) if given < asked => {
-                return Err(LightningError::Unpayable(format!(
-                    "{given} msat is less than the {asked} msat the invoice asks"
-                )))
-            }
-            (_, Some(given)) => given,
-            (Some(asked), None) => asked,
-        };
-        if amount_msat == 0 {
-            return Err(LightningError::Unpayable("an amount of 0".into()));
-        }
+        let amount_msat = amount_to_pay(invoice.amount_milli_satoshis(), amount_msat, "invoice")?;
         let payment_hash = invoice.payment_hash().to_byte_array();
         let max_fee_msat = max_fee_msat.unwrap_or_else(|| default_max_fee_msat(amount_msat));
         let summary = PaymentSummary {
@@ -463,23 +470,7 @@ impl LightningNode {
                 ))
             }
         };
-        let amount_msat = match (asked, amount_msat) {
-            (None, None) => {
-                return Err(LightningError::Unpayable(
-                    "the offer has no amount and none was given".into(),
-                ))
-            }
-            (Some(asked), Some(given)) if given < asked => {
-                return Err(LightningError::Unpayable(format!(
-                    "{given} msat is less than the {asked} msat the offer asks"
-                )))
-            }
-            (_, Some(given)) => given,
-            (Some(asked), None) => asked,
-        };
-        if amount_msat == 0 {
-            return Err(LightningError::Unpayable("an amount of 0".into()));
-        }
+        let amount_msat = amount_to_pay(asked, amount_msat, "offer")?;
         let destination = offer
             .issuer_signing_pubkey()
             .or_else(|| {

@@ -823,7 +823,9 @@ pub async fn open_channel(
         ));
     }
     blocking(move || {
-        let opened = ln.open_channel(id, address.clone(), req.amount_sat, req.push_msat, req.announce);
+        let opened = ln
+            .node()
+            .open_channel(id, address.clone(), req.amount_sat, req.push_msat, req.announce);
         if req.push_msat.is_some_and(|p| p > 0) {
             decided(&node, &ln, &opened);
         }
