@@ -22,6 +22,10 @@ pub const BIP85_HEX_APPLICATION: u32 = 128_169;
 pub const NODE_SEED_LEN: usize = 64;
 
 /// The key BIP85 uses for the HMAC over the child's secret key.
+#[cfg_attr(
+    not(any(feature = "software", feature = "pkcs11")),
+    allow(dead_code, reason = "used by the providers, none of which is built")
+)]
 const BIP85_HMAC_KEY: &[u8] = b"bip-entropy-from-k";
 
 /// The BIP85 path of node `index`'s seed: `83696968' / 128169' / 64' / index'`. An index at or
@@ -36,6 +40,10 @@ pub fn node_seed_path(index: u32) -> Result<DerivationPath, HsmError> {
 /// What a [`DeriveNodeSeed`](crate::Operation::DeriveNodeSeed) audit record holds as its input
 /// hash: SHA-256 of the four BIP32 indices of the path (hardened bit set), 4 big-endian bytes
 /// each. For an invalid index the last step is the index as given.
+#[cfg_attr(
+    not(any(feature = "software", feature = "pkcs11")),
+    allow(dead_code, reason = "used by the providers, none of which is built")
+)]
 pub(crate) fn audit_input_hash(index: u32) -> [u8; 32] {
     let len = u32::try_from(NODE_SEED_LEN).expect("64 fits u32");
     let bytes: Vec<u8> = [BIP85_PURPOSE, BIP85_HEX_APPLICATION, len]
@@ -49,6 +57,10 @@ pub(crate) fn audit_input_hash(index: u32) -> [u8; 32] {
 
 /// BIP85's entropy from the child's secret key `k`: HMAC-SHA512("bip-entropy-from-k", k), all
 /// 64 bytes of which make the node seed.
+#[cfg_attr(
+    not(any(feature = "software", feature = "pkcs11")),
+    allow(dead_code, reason = "used by the providers, none of which is built")
+)]
 pub(crate) fn entropy_from_k(k: &[u8; 32]) -> SecretBytes {
     let key = hmac::Key::new(hmac::HMAC_SHA512, BIP85_HMAC_KEY);
     let tag = hmac::sign(&key, k);
