@@ -21,13 +21,13 @@
 //! replacement, so that [`PolicyEngine::release`] of a replacement that never reached the
 //! network puts them back: the original may still be in mempools.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anya_core_types::Clock;
 use anya_hsm::{HsmError, HsmProvider, KeyId};
-use anya_storage::{KvStore, Namespace, Scan, StoreError, WriteBatch};
+use anya_storage::{KvStore, Namespace, Scan, StoreError, Version, WriteBatch};
 use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Txid};
@@ -423,18 +423,221 @@ impl Spend {
     }
 }
 
-/// The recorded spends.
+/// The recorded spends: the namespace's `s/` and `t/` records, decoded and joined.
 #[derive(Debug, Clone, Default)]
 struct History {
-    spends: Vec<Spend>,
+    /// By `s/` key, which orders them by time.
+    spends: BTreeMap<Vec<u8>, Spend>,
+    /// The `t/` records, by txid.
+    details: HashMap<Txid, TxidDetail>,
+    /// The `s/` keys of each txid (one, unless the store was damaged).
+    keys: HashMap<Txid, BTreeSet<Vec<u8>>>,
+}
+
+impl History {
+    fn load(store: &dyn KvStore, ns: &Namespace) -> Result<Self, PolicyError> {
+        let mut details = HashMap::new();
+        for entry in store.scan(ns, Scan::prefix(TXID_PREFIX))? {
+            let (txid, detail) = decode_txid_record(&entry.key, &entry.value)?;
+            details.insert(txid, detail);
+        }
+        let mut history = Self {
+            details,
+            ..Self::default()
+        };
+        for entry in store.scan(ns, Scan::prefix(SPEND_PREFIX))? {
+            let corrupt = || corrupt_record("spend", &entry.key, "not a spend record");
+            let rest = &entry.key[SPEND_PREFIX.len()..];
+            if rest.len() != 8 + 32 || entry.value.len() != 8 {
+                return Err(corrupt());
+            }
+            let time = u64::from_be_bytes(rest[..8].try_into().map_err(|_| corrupt())?);
+            let txid = Txid::from_slice(&rest[8..]).map_err(|_| corrupt())?;
+            let sats = u64::from_be_bytes(entry.value[..].try_into().map_err(|_| corrupt())?);
+            history.insert(entry.key, time, txid, Amount::from_sat(sats));
+        }
+        Ok(history)
+    }
+
+    /// Adds the `s/` record `key`, joined with its txid's `t/` record.
+    fn insert(&mut self, key: Vec<u8>, time: u64, txid: Txid, amount: Amount) {
+        // A spend without a `t/` record (it was never written apart from the spend, but a
+        // damaged store may lack it) counts, with no inputs to be replaced through.
+        let (inputs, replaced_by) = self.details.get(&txid).cloned().unwrap_or_default();
+        let spend = Spend {
+            key: key.clone(),
+            time,
+            amount,
+            txid,
+            inputs,
+            replaced_by,
+        };
+        self.keys.entry(txid).or_default().insert(key.clone());
+        self.spends.insert(key, spend);
+    }
+
+    /// The recorded spends of `txid`, oldest first.
+    fn of(&self, txid: Txid) -> impl Iterator<Item = &Spend> {
+        self.keys
+            .get(&txid)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.spends.get(key))
+    }
+
+    /// Gives the spends of `txid` its `t/` record `detail`.
+    fn set_detail(&mut self, txid: Txid, detail: TxidDetail) {
+        for key in self.keys.get(&txid).into_iter().flatten() {
+            if let Some(spend) = self.spends.get_mut(key) {
+                (spend.inputs, spend.replaced_by) = detail.clone();
+            }
+        }
+        self.details.insert(txid, detail);
+    }
+
+    /// Every recorded spend, oldest first.
+    fn iter(&self) -> impl Iterator<Item = &Spend> {
+        self.spends.values()
+    }
+
+    /// The (oldest) recorded spend of `txid`.
+    fn find(&self, txid: Txid) -> Option<&Spend> {
+        self.of(txid).next()
+    }
+
+    /// Makes the change `edit` wrote to the store here as well.
+    fn apply(&mut self, edit: &Edit) {
+        match edit {
+            Edit::PutSpend {
+                key,
+                time,
+                txid,
+                amount,
+            } => self.insert(key.clone(), *time, *txid, *amount),
+            Edit::DeleteSpend { key } => {
+                if let Some(spend) = self.spends.remove(key) {
+                    if let Some(keys) = self.keys.get_mut(&spend.txid) {
+                        keys.remove(key);
+                        if keys.is_empty() {
+                            self.keys.remove(&spend.txid);
+                        }
+                    }
+                }
+            }
+            Edit::PutDetail { txid, detail } => self.set_detail(*txid, detail.clone()),
+            Edit::DeleteDetail { txid } => {
+                self.set_detail(*txid, TxidDetail::default());
+                self.details.remove(txid);
+            }
+        }
+    }
+}
+
+/// One change to the history, made in the store and in the engine's copy alike.
+#[derive(Debug)]
+enum Edit {
+    PutSpend {
+        key: Vec<u8>,
+        time: u64,
+        txid: Txid,
+        amount: Amount,
+    },
+    DeleteSpend {
+        key: Vec<u8>,
+    },
+    PutDetail {
+        txid: Txid,
+        detail: TxidDetail,
+    },
+    DeleteDetail {
+        txid: Txid,
+    },
+}
+
+/// A write to the history: a batch that only commits if the head record is still at the
+/// version the history was read at, and the same changes for the engine's copy.
+struct HistoryWrite<'a> {
+    ns: &'a Namespace,
+    batch: WriteBatch,
+    edits: Vec<Edit>,
+}
+
+impl<'a> HistoryWrite<'a> {
+    fn new(ns: &'a Namespace, head: Option<Version>, now: u64) -> Result<Self, PolicyError> {
+        let mut batch = WriteBatch::new();
+        batch.check(ns, HEAD_KEY, head)?;
+        batch.put(ns, HEAD_KEY, now.to_be_bytes())?;
+        Ok(Self {
+            ns,
+            batch,
+            edits: Vec::new(),
+        })
+    }
+
+    fn put_spend(&mut self, time: u64, txid: Txid, amount: Amount) -> Result<(), PolicyError> {
+        let mut key = SPEND_PREFIX.to_vec();
+        key.extend_from_slice(&time.to_be_bytes());
+        key.extend_from_slice(&txid.to_byte_array());
+        self.batch.put(self.ns, key.clone(), amount.to_sat().to_be_bytes())?;
+        self.edits.push(Edit::PutSpend {
+            key,
+            time,
+            txid,
+            amount,
+        });
+        Ok(())
+    }
+
+    fn delete_spend(&mut self, key: &[u8]) -> Result<(), PolicyError> {
+        self.batch.delete(self.ns, key.to_vec())?;
+        self.edits.push(Edit::DeleteSpend { key: key.to_vec() });
+        Ok(())
+    }
+
+    fn put_detail(
+        &mut self,
+        txid: Txid,
+        time: u64,
+        replaced_by: Option<Txid>,
+        inputs: &[OutPoint],
+    ) -> Result<(), PolicyError> {
+        self.batch
+            .put(self.ns, txid_key(&txid), encode_txid_record(time, replaced_by, inputs))?;
+        self.edits.push(Edit::PutDetail {
+            txid,
+            detail: (inputs.to_vec(), replaced_by),
+        });
+        Ok(())
+    }
+
+    fn delete_detail(&mut self, txid: Txid) -> Result<(), PolicyError> {
+        self.batch.delete(self.ns, txid_key(&txid))?;
+        self.edits.push(Edit::DeleteDetail { txid });
+        Ok(())
+    }
+}
+
+/// The history as of one version of the head record, which every write to it moves.
+#[derive(Debug)]
+struct Cached {
+    head: Option<Version>,
+    history: History,
 }
 
 /// A wallet's rules and spend history in a [`KvStore`] namespace.
+///
+/// The engine keeps a copy of the history, shared by its clones, and reads the store's again
+/// only when the head record shows that another engine (another process, or another instance
+/// on the same namespace) wrote to it since: an approval costs one read of the head and one
+/// write, however long the history. Approvals through one engine and its clones take turns,
+/// so they do not conflict with each other; engines that share the namespace otherwise still
+/// meet at the head record's compare-and-swap.
 #[derive(Clone)]
 pub struct PolicyEngine {
     store: Arc<dyn KvStore>,
     ns: Namespace,
     clock: Arc<dyn Clock>,
+    cache: Arc<Mutex<Option<Cached>>>,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -448,7 +651,12 @@ impl fmt::Debug for PolicyEngine {
 impl PolicyEngine {
     /// The engine whose rules and history live in `ns`.
     pub fn new(store: Arc<dyn KvStore>, ns: Namespace, clock: Arc<dyn Clock>) -> Self {
-        Self { store, ns, clock }
+        Self {
+            store,
+            ns,
+            clock,
+            cache: Arc::default(),
+        }
     }
 
     /// The stored rules ([`SpendPolicy::default`] if none were set).
@@ -475,16 +683,19 @@ impl PolicyEngine {
     /// Value spent by approved transactions in the last 24 hours.
     pub fn spent_last_24h(&self) -> Result<Amount, PolicyError> {
         let now = self.clock.now().as_secs();
-        Ok(window_sum(&self.history()?, now, &[]))
+        let mut cache = self.lock();
+        Ok(window_sum(&self.current(&mut cache)?.history, now, &[]))
     }
 
     /// Every rule `summary` breaks under the current rules and history; empty if none.
     pub fn evaluate(&self, summary: &SpendSummary) -> Result<Vec<Violation>, PolicyError> {
+        let rules = self.rules()?;
         let now = self.clock.now().as_secs();
-        let history = self.history()?;
-        let mut except: Vec<Txid> = conflicts(&history, now, summary).map(|s| s.txid).collect();
+        let mut cache = self.lock();
+        let history = &self.current(&mut cache)?.history;
+        let mut except: Vec<Txid> = conflicts(history, now, summary).map(|s| s.txid).collect();
         except.push(summary.txid);
-        Ok(check(&self.rules()?, &history, now, summary, summary.spent(), &except))
+        Ok(check(&rules, history, now, summary, summary.spent(), &except))
     }
 
     /// Checks `summary` against every rule, records the decision in `hsm`'s audit chain under
@@ -548,33 +759,22 @@ impl PolicyEngine {
     /// nothing is reserved under `from` or something already is under `to`.
     pub fn rekey_payment(&self, from: [u8; 32], to: [u8; 32]) -> Result<bool, PolicyError> {
         let (from, to) = (Txid::from_byte_array(from), Txid::from_byte_array(to));
+        let mut cache = self.lock();
         for _ in 0..MAX_RETRIES {
-            let head = self.store.get(&self.ns, HEAD_KEY)?.map(|v| v.version);
-            let history = self.history()?;
-            let Some(target) = history.spends.iter().find(|s| s.txid == from) else {
+            let Cached { head, history } = self.current(&mut cache)?;
+            let Some(target) = history.find(from) else {
                 return Ok(false);
             };
-            if from == to || history.spends.iter().any(|s| s.txid == to) {
+            if from == to || history.find(to).is_some() {
                 return Ok(false);
             }
-            let mut batch = WriteBatch::new();
-            batch.check(&self.ns, HEAD_KEY, head)?;
-            batch.put(&self.ns, HEAD_KEY, self.clock.now().as_secs().to_be_bytes())?;
-            batch.delete(&self.ns, target.key.clone())?;
-            batch.delete(&self.ns, txid_key(&from))?;
-            let mut k = SPEND_PREFIX.to_vec();
-            k.extend_from_slice(&target.time.to_be_bytes());
-            k.extend_from_slice(&to.to_byte_array());
-            batch.put(&self.ns, k, target.amount.to_sat().to_be_bytes())?;
-            batch.put(
-                &self.ns,
-                txid_key(&to),
-                encode_txid_record(target.time, target.replaced_by, &target.inputs),
-            )?;
-            match self.store.write(batch) {
-                Ok(_) => return Ok(true),
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e.into()),
+            let mut write = HistoryWrite::new(&self.ns, *head, self.clock.now().as_secs())?;
+            write.delete_spend(&target.key)?;
+            write.delete_detail(from)?;
+            write.put_spend(target.time, to, target.amount)?;
+            write.put_detail(to, target.time, target.replaced_by, &target.inputs)?;
+            if self.commit(&mut cache, write)? {
+                return Ok(true);
             }
         }
         Err(PolicyError::Contended)
@@ -592,40 +792,52 @@ impl PolicyEngine {
     ) -> Result<(), PolicyError> {
         let rules = self.rules()?;
         let subject = summary.txid.to_byte_array();
+        let approved = self.record_approval(summary, amount, &rules, extra);
+        let outcome = match &approved {
+            Ok(()) => 0,
+            Err(PolicyError::Refused(refusal)) => refusal.code(),
+            Err(_) => return approved,
+        };
+        hsm.record_decision(Some(key), &subject, outcome)?;
+        approved
+    }
+
+    /// The decision on `summary` (taking `amount` out of the wallet) under `rules` and the
+    /// violations `extra` finds, and on approval the spend recorded in the history.
+    fn record_approval(
+        &self,
+        summary: &SpendSummary,
+        amount: Amount,
+        rules: &SpendPolicy,
+        extra: impl Fn(&SpendPolicy) -> Vec<Violation>,
+    ) -> Result<(), PolicyError> {
+        let mut cache = self.lock();
         for _ in 0..MAX_RETRIES {
-            let head = self.store.get(&self.ns, HEAD_KEY)?.map(|v| v.version);
-            let history = self.history()?;
+            let Cached { head, history } = self.current(&mut cache)?;
             let now = self.clock.now().as_secs();
             // A record that left the window is pruned below; approving the same transaction
             // again then counts it afresh.
-            let existing = history
-                .spends
-                .iter()
-                .find(|s| s.txid == summary.txid && s.in_window(now));
-            let replaced: Vec<&Spend> = conflicts(&history, now, summary).collect();
+            let existing = history.of(summary.txid).find(|s| s.in_window(now));
+            let replaced: Vec<&Spend> = conflicts(history, now, summary).collect();
             let mut excluded: Vec<Txid> = replaced.iter().map(|s| s.txid).collect();
             excluded.push(summary.txid);
-            let mut violations = check(&rules, &history, now, summary, amount, &excluded);
-            violations.extend(extra(&rules));
+            let mut violations = check(rules, history, now, summary, amount, &excluded);
+            violations.extend(extra(rules));
             if !violations.is_empty() {
-                let refusal = PolicyViolation {
+                return Err(PolicyViolation {
                     txid: summary.txid,
                     violations,
-                };
-                hsm.record_decision(Some(key), &subject, refusal.code())?;
-                return Err(refusal.into());
+                }
+                .into());
             }
-            let mut batch = WriteBatch::new();
-            batch.check(&self.ns, HEAD_KEY, head)?;
-            batch.put(&self.ns, HEAD_KEY, now.to_be_bytes())?;
-            // Spends that left the window are pruned as the history is written.
-            for spend in &history.spends {
-                if !spend.in_window(now) {
-                    batch.delete(&self.ns, spend.key.clone())?;
-                    // This spend's own `t/` record is rewritten below.
-                    if spend.txid != summary.txid {
-                        batch.delete(&self.ns, txid_key(&spend.txid))?;
-                    }
+            let mut write = HistoryWrite::new(&self.ns, *head, now)?;
+            // Spends that left the window are pruned as the history is written; the history
+            // is in time order, so they are the ones before the first spend still in it.
+            for spend in history.iter().take_while(|s| !s.in_window(now)) {
+                write.delete_spend(&spend.key)?;
+                // This spend's own `t/` record is rewritten below.
+                if spend.txid != summary.txid {
+                    write.delete_detail(spend.txid)?;
                 }
             }
             match existing {
@@ -633,42 +845,20 @@ impl PolicyEngine {
                 Some(spend) if spend.replaced_by.is_none() && replaced.is_empty() => {}
                 // Approved before, then replaced (or now displacing a later conflict): it
                 // counts again, at its own time.
-                Some(spend) => {
-                    batch.put(
-                        &self.ns,
-                        txid_key(&spend.txid),
-                        encode_txid_record(spend.time, None, &summary.inputs),
-                    )?;
-                }
+                Some(spend) => write.put_detail(spend.txid, spend.time, None, &summary.inputs)?,
                 None => {
                     // The replacement keeps the earliest time of what it replaces, so bumping
                     // a fee never pushes a payment's end of window later.
                     let time = replaced.iter().map(|s| s.time).fold(now, u64::min);
-                    let mut k = SPEND_PREFIX.to_vec();
-                    k.extend_from_slice(&time.to_be_bytes());
-                    k.extend_from_slice(&subject);
-                    batch.put(&self.ns, k, amount.to_sat().to_be_bytes())?;
-                    batch.put(
-                        &self.ns,
-                        txid_key(&summary.txid),
-                        encode_txid_record(time, None, &summary.inputs),
-                    )?;
+                    write.put_spend(time, summary.txid, amount)?;
+                    write.put_detail(summary.txid, time, None, &summary.inputs)?;
                 }
             }
             for spend in &replaced {
-                batch.put(
-                    &self.ns,
-                    txid_key(&spend.txid),
-                    encode_txid_record(spend.time, Some(summary.txid), &spend.inputs),
-                )?;
+                write.put_detail(spend.txid, spend.time, Some(summary.txid), &spend.inputs)?;
             }
-            match self.store.write(batch) {
-                Ok(_) => {
-                    hsm.record_decision(Some(key), &subject, 0)?;
-                    return Ok(());
-                }
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e.into()),
+            if self.commit(&mut cache, write)? {
+                return Ok(());
             }
         }
         Err(PolicyError::Contended)
@@ -684,65 +874,74 @@ impl PolicyEngine {
     /// chain (the engine holds no HSM): [`AnyaWallet::release`](crate::wallet::AnyaWallet::release)
     /// records [`RELEASE_OUTCOME`] there.
     pub fn release(&self, txid: Txid) -> Result<Option<Amount>, PolicyError> {
+        let mut cache = self.lock();
         for _ in 0..MAX_RETRIES {
-            let head = self.store.get(&self.ns, HEAD_KEY)?.map(|v| v.version);
-            let history = self.history()?;
+            let Cached { head, history } = self.current(&mut cache)?;
             let now = self.clock.now().as_secs();
-            let Some(target) = history.spends.iter().find(|s| s.txid == txid) else {
+            let Some(target) = history.find(txid) else {
                 return Ok(None);
             };
-            let mut batch = WriteBatch::new();
-            batch.check(&self.ns, HEAD_KEY, head)?;
-            batch.put(&self.ns, HEAD_KEY, now.to_be_bytes())?;
-            batch.delete(&self.ns, target.key.clone())?;
-            batch.delete(&self.ns, txid_key(&txid))?;
+            let counted = target.counts(now).then_some(target.amount);
+            let mut write = HistoryWrite::new(&self.ns, *head, now)?;
+            write.delete_spend(&target.key)?;
+            write.delete_detail(txid)?;
             // What it replaced goes back to where it was before: counting if the released
             // spend counted, replaced by its replacement if it had one.
-            for spend in history.spends.iter().filter(|s| s.replaced_by == Some(txid)) {
-                batch.put(
-                    &self.ns,
-                    txid_key(&spend.txid),
-                    encode_txid_record(spend.time, target.replaced_by, &spend.inputs),
-                )?;
+            for spend in history.iter().filter(|s| s.replaced_by == Some(txid)) {
+                write.put_detail(spend.txid, spend.time, target.replaced_by, &spend.inputs)?;
             }
-            match self.store.write(batch) {
-                Ok(_) => return Ok(target.counts(now).then_some(target.amount)),
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e.into()),
+            if self.commit(&mut cache, write)? {
+                return Ok(counted);
             }
         }
         Err(PolicyError::Contended)
     }
 
-    fn history(&self) -> Result<History, PolicyError> {
-        let mut details = HashMap::new();
-        for entry in self.store.scan(&self.ns, Scan::prefix(TXID_PREFIX))? {
-            let (txid, detail) = decode_txid_record(&entry.key, &entry.value)?;
-            details.insert(txid, detail);
-        }
-        let mut history = History::default();
-        for entry in self.store.scan(&self.ns, Scan::prefix(SPEND_PREFIX))? {
-            let corrupt = || corrupt_record("spend", &entry.key, "not a spend record");
-            let rest = &entry.key[SPEND_PREFIX.len()..];
-            if rest.len() != 8 + 32 || entry.value.len() != 8 {
-                return Err(corrupt());
+    /// The engine's copy of the history, for one caller at a time.
+    fn lock(&self) -> MutexGuard<'_, Option<Cached>> {
+        self.cache.lock().unwrap_or_else(|poisoned| {
+            // A caller panicked holding it: the copy may be half changed, so it is read again.
+            let mut cache = poisoned.into_inner();
+            *cache = None;
+            self.cache.clear_poison();
+            cache
+        })
+    }
+
+    /// The history as the store holds it now: the copy in `cache` while the head record has
+    /// not moved since it was taken, else read again.
+    fn current<'c>(&self, cache: &'c mut Option<Cached>) -> Result<&'c mut Cached, PolicyError> {
+        let head = self.store.get(&self.ns, HEAD_KEY)?.map(|v| v.version);
+        let fresh = match cache.take() {
+            Some(copy) if copy.head == head => copy,
+            _ => Cached {
+                head,
+                history: History::load(&*self.store, &self.ns)?,
+            },
+        };
+        Ok(cache.insert(fresh))
+    }
+
+    /// Writes `write` and makes the same changes to the copy in `cache`, which is at the head
+    /// version the write checks: `false` if the head moved meanwhile and nothing was written.
+    fn commit(&self, cache: &mut Option<Cached>, write: HistoryWrite<'_>) -> Result<bool, PolicyError> {
+        match self.store.write(write.batch) {
+            Ok(version) => {
+                if let Some(copy) = cache {
+                    for edit in &write.edits {
+                        copy.history.apply(edit);
+                    }
+                    copy.head = Some(version);
+                }
+                Ok(true)
             }
-            let time = u64::from_be_bytes(rest[..8].try_into().map_err(|_| corrupt())?);
-            let txid = Txid::from_slice(&rest[8..]).map_err(|_| corrupt())?;
-            let sats = u64::from_be_bytes(entry.value[..].try_into().map_err(|_| corrupt())?);
-            // A spend without a `t/` record (it was never written apart from the spend, but a
-            // damaged store may lack it) counts, with no inputs to be replaced through.
-            let (inputs, replaced_by) = details.remove(&txid).unwrap_or_default();
-            history.spends.push(Spend {
-                key: entry.key,
-                time,
-                amount: Amount::from_sat(sats),
-                txid,
-                inputs,
-                replaced_by,
-            });
+            Err(e) if e.is_conflict() => Ok(false),
+            Err(e) => {
+                // Whether it was written is not known.
+                *cache = None;
+                Err(e.into())
+            }
         }
-        Ok(history)
     }
 }
 
@@ -824,16 +1023,21 @@ fn txid_key(txid: &Txid) -> Vec<u8> {
 /// The counting spends, other than `summary` itself, that consume an input of `summary`: it
 /// replaces them.
 fn conflicts<'a>(history: &'a History, now: u64, summary: &'a SpendSummary) -> impl Iterator<Item = &'a Spend> {
-    history
-        .spends
-        .iter()
+    // A payment consumes no outpoints.
+    let candidates = if summary.inputs.is_empty() {
+        None
+    } else {
+        Some(history.iter())
+    };
+    candidates
+        .into_iter()
+        .flatten()
         .filter(move |s| s.txid != summary.txid && s.counts(now) && s.inputs.iter().any(|o| summary.inputs.contains(o)))
 }
 
 /// What the spends counting at `now` add up to, leaving out `except`.
 fn window_sum(history: &History, now: u64, except: &[Txid]) -> Amount {
     history
-        .spends
         .iter()
         .filter(|s| s.counts(now) && !except.contains(&s.txid))
         .map(|s| s.amount)
