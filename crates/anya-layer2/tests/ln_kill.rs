@@ -1,8 +1,8 @@
 //! SIGKILL during a stream of payments (`BITCOIND_EXE`, required in CI).
 //!
 //! Bob opens a channel to Alice on a real regtest bitcoind; then a separate process runs Bob's
-//! node on the same SQLite store and keystore and streams keysend payments to Alice until this
-//! test kills it with SIGKILL, mid-stream. Bob is then rebuilt on the same store and:
+//! node on the same store and keystore and streams keysend payments to Alice until this test
+//! kills it with SIGKILL, mid-stream. Bob is then rebuilt on the same store and:
 //!
 //! - the channel is either open and usable on both sides, or force-closed by LDK for the one
 //!   reason ldk-node 0.7 leaves open (a channel manager older than a monitor:
@@ -15,8 +15,9 @@
 //! - with the channel open: exactly what Alice received, both sides' balances moved by it to
 //!   the satoshi, and the channel carries a new payment.
 //!
-//! The test binary is its own child: run with `LN_KILL_CHILD` set, it is Bob's payer process.
-//! (`harness = false`: `main` is the test.)
+//! Bob's store is SQLite, then PostgreSQL (`ANYA_TEST_POSTGRES_URL`, required in CI; the
+//! killed process's connection dies with it). The test binary is its own child: run with
+//! `LN_KILL_CHILD` set, it is Bob's payer process. (`harness = false`: `main` is the test.)
 
 mod common;
 #[path = "common/ln.rs"]
@@ -33,7 +34,7 @@ use anya_layer2::lightning::ldk_node::lightning::events::ClosureReason;
 use anya_layer2::lightning::ldk_node::lightning::ln::channelmanager::PaymentId;
 use anya_layer2::lightning::ldk_node::payment::{PaymentDirection, PaymentKind, PaymentStatus};
 use anya_layer2::lightning::ldk_node::{Event, LightningBalance};
-use anya_storage::{KvStore, SqliteOptions, SqliteStore};
+use anya_storage::{KvStore, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 use anya_testkit::Bitcoind;
 use bitcoin::hex::DisplayHex;
 use bitcoin::secp256k1::PublicKey;
@@ -51,6 +52,55 @@ fn sqlite(dir: &Path) -> Arc<dyn KvStore> {
     Arc::new(SqliteStore::open(dir.join("node.db"), SqliteOptions::default()).expect("sqlite"))
 }
 
+/// Where Bob's store is: a SQLite file in his directory, or a PostgreSQL schema.
+#[derive(Debug, Clone)]
+enum BobStore {
+    Sqlite,
+    Postgres { url: String, schema: String },
+}
+
+impl BobStore {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres { .. } => "postgres",
+        }
+    }
+
+    /// A new handle on the store (a new connection for PostgreSQL).
+    fn open(&self, dir: &Path) -> Arc<dyn KvStore> {
+        match self {
+            Self::Sqlite => sqlite(dir),
+            Self::Postgres { url, schema } => {
+                let mut options = PostgresOptions::default();
+                options.schema = schema.clone();
+                Arc::new(PostgresStore::open(url, options).expect("postgres"))
+            }
+        }
+    }
+
+    /// One line for the child: `sqlite`, or `postgres <schema> <url>`.
+    fn line(&self) -> String {
+        match self {
+            Self::Sqlite => "sqlite".into(),
+            Self::Postgres { url, schema } => format!("postgres {schema} {url}"),
+        }
+    }
+
+    fn parse(line: &str) -> Self {
+        match line.split_once(' ') {
+            None => Self::Sqlite,
+            Some((_, rest)) => {
+                let (schema, url) = rest.split_once(' ').expect("postgres <schema> <url>");
+                Self::Postgres {
+                    url: url.into(),
+                    schema: schema.into(),
+                }
+            }
+        }
+    }
+}
+
 fn main() {
     if let Some(dir) = std::env::var_os("LN_KILL_CHILD") {
         child(PathBuf::from(dir));
@@ -59,10 +109,17 @@ fn main() {
     let Some(chain) = Bitcoind::start() else {
         return;
     };
-    killed_mid_stream_loses_nothing(&chain);
-    #[allow(clippy::print_stdout, reason = "the result line of a harness-less test")]
-    {
-        println!("test killed_mid_stream_loses_nothing ... ok");
+    let mut stores = vec![BobStore::Sqlite];
+    if let Some(url) = anya_testkit::require_env("ANYA_TEST_POSTGRES_URL", ".ci/run starts PostgreSQL") {
+        let schema = format!("ln_kill_{}", std::process::id());
+        stores.push(BobStore::Postgres { url, schema });
+    }
+    for store in &stores {
+        killed_mid_stream_loses_nothing(&chain, store);
+        #[allow(clippy::print_stdout, reason = "the result line of a harness-less test")]
+        {
+            println!("test killed_mid_stream_loses_nothing::{} ... ok", store.name());
+        }
     }
 }
 
@@ -71,7 +128,7 @@ fn main() {
 /// each send returns and `done <id>`/`failed <id>` as outcomes arrive, until killed.
 fn child(dir: PathBuf) {
     let chain = ChildChain::read(&dir);
-    let store = sqlite(&dir);
+    let store = chain.store.open(&dir);
     let bob = LnParty::reopen("bob", &chain.rpc, dir.join("party"), store, chain.listen);
     bob.node
         .node()
@@ -117,17 +174,19 @@ struct ChildChain {
     listen: std::net::SocketAddr,
     peer: PublicKey,
     peer_address: std::net::SocketAddr,
+    store: BobStore,
 }
 
 impl ChildChain {
-    fn write(dir: &Path, chain: &Bitcoind, listen: std::net::SocketAddr, peer: &LnParty) {
+    fn write(dir: &Path, chain: &Bitcoind, listen: std::net::SocketAddr, peer: &LnParty, store: &BobStore) {
         let text = format!(
-            "{}\n{}\n{}\n{}\n{}\n",
+            "{}\n{}\n{}\n{}\n{}\n{}\n",
             chain.rpc_port(),
             chain.cookie_file().display(),
             listen,
             peer.node.node_id(),
-            peer.address()
+            peer.address(),
+            store.line()
         );
         std::fs::write(dir.join("child.txt"), text).expect("write");
     }
@@ -143,11 +202,12 @@ impl ChildChain {
             listen: lines[2].parse().expect("listen"),
             peer: lines[3].parse().expect("peer"),
             peer_address: lines[4].parse().expect("peer address"),
+            store: BobStore::parse(lines[5]),
         }
     }
 }
 
-fn killed_mid_stream_loses_nothing(chain: &Bitcoind) {
+fn killed_mid_stream_loses_nothing(chain: &Bitcoind, store: &BobStore) {
     let alice_dir = tempfile::tempdir().expect("dir");
     let alice_store = sqlite(alice_dir.path());
     let alice = LnParty::new("alice", chain, alice_dir, alice_store);
@@ -155,7 +215,7 @@ fn killed_mid_stream_loses_nothing(chain: &Bitcoind) {
     let bob_dir = tempfile::tempdir().expect("dir");
     let party_dir = bob_dir.path().join("party");
     std::fs::create_dir(&party_dir).expect("dir");
-    let bob = LnParty::new_at("bob", chain, party_dir.clone(), sqlite(bob_dir.path()));
+    let bob = LnParty::new_at("bob", chain, party_dir.clone(), store.open(bob_dir.path()));
     let bob_listen = bob.address();
     // Bob funds a channel to Alice, which is usable on both sides.
     let address = bob.node.node().onchain_payment().new_address().expect("address");
@@ -178,7 +238,7 @@ fn killed_mid_stream_loses_nothing(chain: &Bitcoind) {
     let root = bob.root.clone();
     // Bob's node moves to the child process: this one lets go of the store.
     bob.close();
-    ChildChain::write(bob_dir.path(), chain, bob_listen, &alice);
+    ChildChain::write(bob_dir.path(), chain, bob_listen, &alice, store);
 
     let mut child = Command::new(std::env::current_exe().expect("this test binary"))
         .env("LN_KILL_CHILD", bob_dir.path())
@@ -212,7 +272,7 @@ fn killed_mid_stream_loses_nothing(chain: &Bitcoind) {
         "bob",
         &ln::ChainRpc::of(chain),
         party_dir,
-        sqlite(bob_dir.path()),
+        store.open(bob_dir.path()),
         bob_listen,
     );
     assert_eq!(bob.root, root);
@@ -382,7 +442,8 @@ fn killed_mid_stream_loses_nothing(chain: &Bitcoind) {
     #[allow(clippy::print_stderr, reason = "what the kill caught, for the CI log")]
     {
         eprintln!(
-            "ln_kill: {} sent before the kill, {} known to Bob: {} completed, {} failed, {} pending ({} never reached LDK's manager); channel {}",
+            "ln_kill ({}): {} sent before the kill, {} known to Bob: {} completed, {} failed, {} pending ({} never reached LDK's manager); channel {}",
+            store.name(),
             sent.len(),
             outbound.len(),
             completed.len(),
