@@ -1,10 +1,11 @@
 //! Offers and peer addresses from users: `parse_offer` reads back what LDK writes and gives
 //! `InvalidOffer` for anything else (truncated, damaged, arbitrary text), `parse_peer` reads
-//! `<node id>@<host>:<port>` and gives `InvalidPeer` for anything else; neither panics.
+//! `<node id>@<host>:<port>` and gives `InvalidPeer` for anything else; neither panics. A
+//! bitcoind cookie file that is missing or not `user:password` is a `Cookie` error.
 
 use anya_layer2::lightning::ldk_node::lightning::ln::msgs::SocketAddress;
 use anya_layer2::lightning::ldk_node::lightning::offers::offer::OfferBuilder;
-use anya_layer2::lightning::{parse_offer, parse_peer, LightningError};
+use anya_layer2::lightning::{parse_offer, parse_peer, BitcoindRpc, LightningError};
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use bitcoin::Network;
 use proptest::prelude::*;
@@ -51,6 +52,24 @@ fn offers_read_back_and_malformed_ones_are_typed_errors() {
             "{bad:?}"
         );
     }
+}
+
+#[test]
+fn unreadable_or_malformed_cookies_are_typed_errors() {
+    let dir = tempfile::tempdir().expect("dir");
+    let missing = dir.path().join("missing");
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "no colon here").expect("write");
+    for path in [&missing, &bad] {
+        match BitcoindRpc::from_cookie("127.0.0.1", 18443, path) {
+            Err(LightningError::Cookie { path: p, .. }) => assert_eq!(&p, path),
+            other => panic!("expected a cookie error for {}, got {other:?}", path.display()),
+        }
+    }
+    let good = dir.path().join("good");
+    std::fs::write(&good, "__cookie__:secret\n").expect("write");
+    let rpc = BitcoindRpc::from_cookie("127.0.0.1", 18443, &good).expect("a cookie bitcoind writes");
+    assert!(!format!("{rpc:?}").contains("secret"), "the password is not printed");
 }
 
 #[test]

@@ -62,14 +62,15 @@ impl BitcoindRpc {
     /// bitcoind at `host:port`, authenticated with the cookie in `cookie_file` (what
     /// `bitcoind` writes to `<datadir>/<network>/.cookie` when no RPC password is set).
     pub fn from_cookie(host: &str, port: u16, cookie_file: &std::path::Path) -> Result<Self, LightningError> {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(cookie_file)
-                .map_err(|e| LightningError::Option(format!("cookie {}: {e}", cookie_file.display())))?,
-        );
+        let cookie = |reason: String| LightningError::Cookie {
+            path: cookie_file.to_owned(),
+            reason,
+        };
+        let text = Zeroizing::new(std::fs::read_to_string(cookie_file).map_err(|e| cookie(e.to_string()))?);
         let (user, password) = text
             .trim()
             .split_once(':')
-            .ok_or_else(|| LightningError::Option(format!("cookie {}: not user:password", cookie_file.display())))?;
+            .ok_or_else(|| cookie("not user:password".to_owned()))?;
         Ok(Self {
             host: host.to_owned(),
             port,
@@ -138,6 +139,14 @@ pub enum LightningError {
     /// An option is unusable.
     #[error("invalid option: {0}")]
     Option(String),
+    /// bitcoind's cookie file could not be read, or does not hold `user:password`.
+    #[error("bitcoind cookie {}: {reason}", path.display())]
+    Cookie {
+        /// The cookie file.
+        path: PathBuf,
+        /// What was wrong with it.
+        reason: String,
+    },
     /// The spending policy refused the payment (nothing was sent), or could not decide.
     #[error(transparent)]
     Policy(#[from] PolicyError),
