@@ -13,7 +13,10 @@
 //! - Bob counts as completed only what Alice received, and Alice received nothing Bob counts
 //!   as failed (whose policy reservation was given back);
 //! - with the channel open: exactly what Alice received, both sides' balances moved by it to
-//!   the satoshi, and the channel carries a new payment.
+//!   the satoshi, and the channel carries a new payment;
+//! - force-closed: the commitment Bob's monitor broadcast pays Alice what she received (settled
+//!   in her output, or still in an HTLC output), and once it confirms Bob's node counts his
+//!   delayed output as his.
 //!
 //! Bob's store is SQLite, then PostgreSQL (`ANYA_TEST_POSTGRES_URL`, required in CI; the
 //! killed process's connection dies with it). The test binary is its own child: run with
@@ -235,6 +238,7 @@ fn killed_mid_stream_loses_nothing(chain: &Bitcoind, store: &BobStore) {
     bob.wait_event("ChannelReady", |e| matches!(e, Event::ChannelReady { .. }));
     alice.wait_event("ChannelReady", |e| matches!(e, Event::ChannelReady { .. }));
     let bob_before = bob.node.node().list_balances().total_lightning_balance_sats;
+    let funding = bob.node.channels()[0].funding_txo.expect("funded");
     let root = bob.root.clone();
     // Bob's node moves to the child process: this one lets go of the store.
     bob.close();
@@ -393,13 +397,16 @@ fn killed_mid_stream_loses_nothing(chain: &Bitcoind, store: &BobStore) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let received = received();
+    let received_now = received();
     assert!(
-        failed.is_disjoint(&received),
+        failed.is_disjoint(&received_now),
         "Alice received a payment Bob counts as failed (its policy reservation was given back)"
     );
     if !closed {
-        assert_eq!(completed, received, "what Bob counts as paid is what Alice received");
+        assert_eq!(
+            completed, received_now,
+            "what Bob counts as paid is what Alice received"
+        );
         // Still one open channel on each side, and the balances moved by exactly what was
         // paid.
         assert_eq!(bob.node.channels().len(), 1);
@@ -438,23 +445,67 @@ fn killed_mid_stream_loses_nothing(chain: &Bitcoind, store: &BobStore) {
             "PaymentSuccessful",
             |e| matches!(e, Event::PaymentSuccessful { payment_id: Some(p), .. } if *p == id),
         );
+    } else {
+        // Force-closed from Bob's monitor, with the funds where the channel had them. Bob's
+        // commitment pays Alice, in one output, what she received and was settled; a payment
+        // she received whose HTLC was still in the channel is an HTLC output, hers with the
+        // preimage. Bob's delayed output (the largest), the commitment's fee and, on an
+        // anchor channel, two 330-sat anchors make up the rest.
+        let commitment = ln::mempool_spender(chain, funding);
+        let outputs = ln::output_sats(&commitment);
+        let htlc_sats = PAYMENT_MSAT / 1000;
+        let to_local = *outputs.iter().max().expect("outputs");
+        let htlcs: u64 = outputs.iter().filter(|v| **v == htlc_sats).sum();
+        let to_remote: u64 = outputs
+            .iter()
+            .filter(|v| ![330, htlc_sats, to_local].contains(*v))
+            .sum();
+        let anchors = outputs.iter().filter(|v| **v == 330).count();
+        assert!(anchors == 0 || anchors == 2, "anchors: {outputs:?}");
+        let deadline = Instant::now() + ln::WAIT;
+        loop {
+            // Alice records a claim a little after it settles.
+            let received_sats = received().len() as u64 * htlc_sats;
+            assert!(
+                received_sats <= to_remote + htlcs,
+                "Alice received {received_sats} sat, more than the commitment {outputs:?} gives her"
+            );
+            if to_remote <= received_sats {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the commitment {outputs:?} pays Alice more than the {received_sats} sat she received"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Once it confirms, Bob's restarted node counts its delayed output as his.
+        LnParty::mine_and_sync(chain, 1, &[&alice, &bob]);
+        bob.wait_until("the delayed output claimable", |n| {
+            n.node().list_balances().lightning_balances.iter().any(|b| {
+                matches!(b, LightningBalance::ClaimableAwaitingConfirmations { amount_satoshis, .. }
+                    if *amount_satoshis == to_local)
+            })
+        });
     }
     #[allow(clippy::print_stderr, reason = "what the kill caught, for the CI log")]
     {
+        let pending = outbound.len() - completed.len() - failed.len();
+        let (pending_note, channel) = if closed {
+            (
+                "their HTLCs left to the chain".to_owned(),
+                "force-closed by LDK (stale channel manager)",
+            )
+        } else {
+            (format!("{} never reached LDK's manager", orphaned.len()), "open")
+        };
         eprintln!(
-            "ln_kill ({}): {} sent before the kill, {} known to Bob: {} completed, {} failed, {} pending ({} never reached LDK's manager); channel {}",
+            "ln_kill ({}): {} sent before the kill, {} known to Bob: {} completed, {} failed, {pending} pending ({pending_note}); channel {channel}",
             store.name(),
             sent.len(),
             outbound.len(),
             completed.len(),
             failed.len(),
-            outbound.len() - completed.len() - failed.len(),
-            orphaned.len(),
-            if closed {
-                "force-closed by LDK (stale channel manager)"
-            } else {
-                "open"
-            }
         );
     }
     bob.node.stop().expect("stop");

@@ -18,7 +18,7 @@ use anya_layer2::lightning::ldk_node::{ChannelDetails, Event, LightningBalance, 
 use anya_layer2::lightning::LightningError;
 use anya_storage::{KvStore, SqliteOptions, SqliteStore};
 use anya_testkit::Bitcoind;
-use bitcoin::{Amount, OutPoint, Txid};
+use bitcoin::Txid;
 use ln::LnParty;
 use serde_json::Value;
 use std::sync::Arc;
@@ -81,40 +81,6 @@ fn onchain(p: &LnParty) -> u64 {
 
 fn lightning(p: &LnParty) -> u64 {
     p.node.node().list_balances().total_lightning_balance_sats
-}
-
-/// The mempool transaction spending `outpoint`, waited for.
-fn mempool_spender(chain: &Bitcoind, outpoint: OutPoint) -> Value {
-    let deadline = std::time::Instant::now() + ln::WAIT;
-    loop {
-        let txids: Vec<String> = chain.rpc("getrawmempool", &[]);
-        for txid in txids {
-            let tx: Value = chain.rpc("getrawtransaction", &[txid.clone().into(), true.into()]);
-            let spends = tx["vin"].as_array().expect("vin").iter().any(|i| {
-                i["txid"].as_str() == Some(&outpoint.txid.to_string())
-                    && i["vout"].as_u64() == Some(u64::from(outpoint.vout))
-            });
-            if spends {
-                return tx;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "nothing spends {outpoint}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-fn sats(v: &Value) -> u64 {
-    Amount::from_btc(v.as_f64().expect("btc")).expect("amount").to_sat()
-}
-
-/// The value of each output of a decoded transaction, in satoshis.
-fn output_sats(tx: &Value) -> Vec<u64> {
-    tx["vout"]
-        .as_array()
-        .expect("vout")
-        .iter()
-        .map(|o| sats(&o["value"]))
-        .collect()
 }
 
 /// Every transaction of the blocks above `from` that spends an output of `txid`, with its
@@ -293,8 +259,8 @@ fn three_nodes_route_close_and_force_close_to_the_satoshi() {
         .node()
         .close_channel(&ab.user_channel_id, b.node.node_id())
         .expect("close");
-    let closing = mempool_spender(&chain, ab.funding_txo.expect("funded"));
-    let outputs = output_sats(&closing);
+    let closing = ln::mempool_spender(&chain, ab.funding_txo.expect("funded"));
+    let outputs = ln::output_sats(&closing);
     let closing_fee = CHANNEL_SATS - outputs.iter().sum::<u64>();
     LnParty::mine_and_sync(&chain, 1, &all);
     a.wait_event("ChannelClosed", |e| matches!(e, Event::ChannelClosed { .. }));
@@ -330,7 +296,7 @@ fn three_nodes_route_close_and_force_close_to_the_satoshi() {
         .node()
         .force_close_channel(&bc.user_channel_id, c.node.node_id(), None)
         .expect("force close");
-    let commitment = mempool_spender(&chain, bc.funding_txo.expect("funded"));
+    let commitment = ln::mempool_spender(&chain, bc.funding_txo.expect("funded"));
     let commitment_txid: Txid = commitment["txid"].as_str().expect("txid").parse().expect("txid");
     LnParty::mine_and_sync(&chain, 1, &all);
     b.wait_event("ChannelClosed", |e| matches!(e, Event::ChannelClosed { .. }));
@@ -365,7 +331,7 @@ fn three_nodes_route_close_and_force_close_to_the_satoshi() {
     let b_gain = settled(&b, b_chain1);
     let c_gain = settled(&c, c_chain1);
     let sweeps = spenders_of(&chain, &commitment_txid, height);
-    let commitment_outputs = output_sats(&commitment);
+    let commitment_outputs = ln::output_sats(&commitment);
     let commitment_fee = CHANNEL_SATS - commitment_outputs.iter().sum::<u64>();
     let sweep_of = |vout: usize| {
         sweeps
@@ -384,7 +350,7 @@ fn three_nodes_route_close_and_force_close_to_the_satoshi() {
         .expect("C's output");
     let c_sweep = sweep_of(to_remote);
     assert_eq!(
-        c_gain + sats(&c_sweep["fee"]),
+        c_gain + ln::sats(&c_sweep["fee"]),
         to_c / 1000,
         "C: its output less its sweep's fee"
     );
@@ -394,7 +360,7 @@ fn three_nodes_route_close_and_force_close_to_the_satoshi() {
         .expect("outputs");
     let b_sweep = sweep_of(to_local);
     assert_eq!(
-        b_gain + sats(&b_sweep["fee"]),
+        b_gain + ln::sats(&b_sweep["fee"]),
         commitment_outputs[to_local],
         "B: its delayed output less its sweep's fee"
     );
@@ -402,7 +368,7 @@ fn three_nodes_route_close_and_force_close_to_the_satoshi() {
     // 330-sat anchors nobody needed to spend.
     let anchors: u64 = commitment_outputs.iter().filter(|v| **v == 330).sum();
     assert_eq!(
-        b_gain + c_gain + sats(&b_sweep["fee"]) + sats(&c_sweep["fee"]) + commitment_fee + anchors,
+        b_gain + c_gain + ln::sats(&b_sweep["fee"]) + ln::sats(&c_sweep["fee"]) + commitment_fee + anchors,
         CHANNEL_SATS,
         "every satoshi of the channel accounted"
     );

@@ -15,7 +15,8 @@ use anya_layer2::lightning::ldk_node::Event;
 use anya_layer2::lightning::{BitcoindRpc, LightningNode, NodeOptions};
 use anya_storage::{KvStore, Namespace};
 use anya_testkit::Bitcoind;
-use bitcoin::Network;
+use bitcoin::{Amount, Network, OutPoint};
+use serde_json::Value;
 
 use crate::common::{hsm_options, PASS};
 
@@ -271,4 +272,38 @@ impl LnParty {
             });
         }
     }
+}
+
+/// The mempool transaction spending `outpoint`, waited for.
+pub fn mempool_spender(chain: &Bitcoind, outpoint: OutPoint) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let txids: Vec<String> = chain.rpc("getrawmempool", &[]);
+        for txid in txids {
+            let tx: Value = chain.rpc("getrawtransaction", &[txid.clone().into(), true.into()]);
+            let spends = tx["vin"].as_array().expect("vin").iter().any(|i| {
+                i["txid"].as_str() == Some(&outpoint.txid.to_string())
+                    && i["vout"].as_u64() == Some(u64::from(outpoint.vout))
+            });
+            if spends {
+                return tx;
+            }
+        }
+        assert!(Instant::now() < deadline, "nothing spends {outpoint}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn sats(v: &Value) -> u64 {
+    Amount::from_btc(v.as_f64().expect("btc")).expect("amount").to_sat()
+}
+
+/// The value of each output of a decoded transaction, in satoshis.
+pub fn output_sats(tx: &Value) -> Vec<u64> {
+    tx["vout"]
+        .as_array()
+        .expect("vout")
+        .iter()
+        .map(|o| sats(&o["value"]))
+        .collect()
 }
