@@ -1,7 +1,7 @@
 //! LDK's `KVStoreSync` and `KVStore` on anya's stores ([`LdkStore`]): the cases LDK's own store
 //! tests cover (read, write, remove, list; the key and namespace rules) plus anya's (write
 //! ordering of concurrent async writes, durability across a reopen, namespaces that never see
-//! each other), on SQLite, RocksDB and PostgreSQL (`ANYA_TEST_POSTGRES_URL`, required in CI).
+//! each other, reads served from a listing), on SQLite, RocksDB and PostgreSQL (`ANYA_TEST_POSTGRES_URL`, required in CI).
 
 mod common;
 
@@ -255,6 +255,94 @@ fn sync_calls_from_inside_runtimes(name: &str, store: &LdkStore) {
     assert_eq!(KVStoreSync::list(store, "rt", "").unwrap(), vec!["current"], "{name}");
 }
 
+/// A listing's values serve the reads that follow it, once each; a write or remove after the
+/// listing is what a read then sees; and a reader that lists and reads beside a writer never
+/// goes back behind what the writer had finished.
+fn reads_after_a_listing(name: &str, store: &LdkStore, raw: &Arc<dyn KvStore>, ns: &str) {
+    let keys: Vec<String> = (0..300).map(|i| format!("payment_{i:03}")).collect();
+    for key in &keys {
+        KVStoreSync::write(store, "payments", "", key, key.as_bytes().to_vec()).unwrap();
+    }
+    assert_eq!(
+        sorted(KVStoreSync::list(store, "payments", "").unwrap()),
+        keys,
+        "{name}"
+    );
+    // Changed behind the store's back (which one node per namespace never does): the first
+    // read is served from the listing, the second from the store.
+    let record = b"payments//payment_000";
+    raw.put(&Namespace::new(ns).unwrap(), record, b"behind").unwrap();
+    assert_eq!(
+        KVStoreSync::read(store, "payments", "", "payment_000").unwrap(),
+        b"payment_000",
+        "{name}"
+    );
+    assert_eq!(
+        KVStoreSync::read(store, "payments", "", "payment_000").unwrap(),
+        b"behind",
+        "{name}"
+    );
+    // A write or remove through the store after the listing is what a read sees.
+    KVStoreSync::write(store, "payments", "", "payment_001", b"new".to_vec()).unwrap();
+    KVStoreSync::remove(store, "payments", "", "payment_002", false).unwrap();
+    assert_eq!(
+        KVStoreSync::read(store, "payments", "", "payment_001").unwrap(),
+        b"new",
+        "{name}"
+    );
+    assert_eq!(
+        KVStoreSync::read(store, "payments", "", "payment_002")
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound,
+        "{name}"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    assert_eq!(
+        rt.block_on(KVStore::read(store, "payments", "", "payment_003"))
+            .unwrap(),
+        b"payment_003",
+        "{name}: the async read is served too"
+    );
+
+    // A writer rewrites every key, round after round; a reader lists them while it writes,
+    // waits for the writer to finish one more round, and reads them all, again and again.
+    // Every value read is at least the round the writer had finished when the read began: a
+    // value kept from the listing would be a round behind.
+    let rounds = 12u32;
+    let done = std::sync::atomic::AtomicU32::new(0);
+    let keys = &keys[..64];
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for round in 1..=rounds {
+                for key in keys {
+                    KVStoreSync::write(store, "rounds", "", key, round.to_be_bytes().to_vec()).unwrap();
+                }
+                done.store(round, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        while done.load(std::sync::atomic::Ordering::SeqCst) < rounds {
+            let listed_at = done.load(std::sync::atomic::Ordering::SeqCst);
+            KVStoreSync::list(store, "rounds", "").unwrap();
+            while done.load(std::sync::atomic::Ordering::SeqCst) == listed_at {
+                std::thread::yield_now();
+            }
+            for key in keys {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let value = match KVStoreSync::read(store, "rounds", "", key) {
+                    Ok(v) => u32::from_be_bytes(v.try_into().unwrap()),
+                    Err(e) if e.kind() == ErrorKind::NotFound => 0,
+                    Err(e) => panic!("{name}: {e}"),
+                };
+                assert!(
+                    value >= finished,
+                    "{name}: {key} read as round {value} after round {finished}"
+                );
+            }
+        }
+    });
+}
+
 #[test]
 fn ldk_store_cases_on_every_backend() {
     let backends = common::backends("ln_store");
@@ -265,6 +353,12 @@ fn ldk_store_cases_on_every_backend() {
         names_outside_the_rules(name, &ldk(&backend.store, "ln.rules"), &backend.store, "ln.rules");
         async_writes_keep_call_order(name, &ldk(&backend.store, "ln.order"));
         sync_calls_from_inside_runtimes(name, &ldk(&backend.store, "ln.runtimes"));
+        reads_after_a_listing(
+            name,
+            &ldk(&backend.store, "ln.readahead"),
+            &backend.store,
+            "ln.readahead",
+        );
         // Two nodes on one store never see each other's records.
         let a = ldk(&backend.store, "ln.node-a");
         let b = ldk(&backend.store, "ln.node-b");

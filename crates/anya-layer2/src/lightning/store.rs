@@ -21,6 +21,15 @@
 //!   goes back to an older value, whichever order the futures run in. Different keys run
 //!   concurrently, and concurrent writes share the backend's group commit.
 //! - **Missing** keys read as [`io::ErrorKind::NotFound`]; listing an unknown namespace is empty.
+//! - **Read-ahead**: a listing reads the values with the keys, and keeps them (up to
+//!   [`READ_AHEAD_BYTES`] in all) for the reads that follow it, which then cost no round trip
+//!   to the store: ldk-node loads its payments, and LDK its monitors, by listing a namespace
+//!   and reading every key. A kept value is one no write or remove of this store touched since
+//!   it was listed: a key with a write or remove in flight while the listing ran is not kept,
+//!   nothing of a listing is kept once any write began during it, a write or remove drops the
+//!   key's kept value when it is called, and a read takes the value it is served. Records
+//!   written to the namespace by anything but this store are not seen, as with one node per
+//!   namespace they never are.
 //!
 //! The async methods run the store on tokio's blocking pool when called inside a tokio runtime
 //! (ldk-node's case) and inline otherwise; the sync methods, called from a runtime's worker,
@@ -41,6 +50,9 @@ use ldk_node::lightning::util::persist::{
 /// How many entries one page of a [`list`](KVStoreSync::list) scan holds.
 const LIST_PAGE: usize = 256;
 
+/// The most bytes of listed values a store keeps for the reads that follow a listing.
+pub const READ_AHEAD_BYTES: usize = 64 * 1024 * 1024;
+
 /// A boxed future of an [`LdkStore`] call, as [`KVStore`] returns.
 type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, io::Error>> + Send + 'static>>;
 
@@ -55,9 +67,27 @@ pub struct LdkStore {
 struct Inner {
     store: Arc<dyn KvStore>,
     ns: Namespace,
+    /// The version the next write or remove takes; moved only under `state`'s lock.
     next_version: AtomicU64,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
     /// Per key with a write or remove in flight: the version of the last one applied.
-    applied: Mutex<HashMap<Vec<u8>, Arc<Mutex<u64>>>>,
+    applied: HashMap<Vec<u8>, Arc<Mutex<u64>>>,
+    /// Values listings read, by key, for the reads that follow them.
+    read_ahead: HashMap<Vec<u8>, Vec<u8>>,
+    /// The bytes of the values in `read_ahead`.
+    read_ahead_bytes: usize,
+}
+
+impl State {
+    fn drop_read_ahead(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        let value = self.read_ahead.remove(key)?;
+        self.read_ahead_bytes -= value.len();
+        Some(value)
+    }
 }
 
 impl std::fmt::Debug for LdkStore {
@@ -77,7 +107,7 @@ impl LdkStore {
                 store,
                 ns,
                 next_version: AtomicU64::new(1),
-                applied: Mutex::new(HashMap::new()),
+                state: Mutex::default(),
             }),
         }
     }
@@ -182,14 +212,43 @@ fn store_error(err: StoreError) -> io::Error {
 }
 
 impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn read(&self, key: &[u8]) -> Result<Vec<u8>, io::Error> {
+        if let Some(value) = self.state().drop_read_ahead(key) {
+            return Ok(value);
+        }
         match self.store.get(&self.ns, key).map_err(store_error)? {
             Some(v) => Ok(v.value),
             None => Err(io::Error::new(io::ErrorKind::NotFound, "no such LDK record")),
         }
     }
 
+    /// The keys under `prefix`, their values kept for the reads that follow (see the module
+    /// documentation).
     fn list(&self, prefix: &[u8]) -> Result<Vec<String>, io::Error> {
+        // What was in flight when the listing began: those keys may change under the scan.
+        let (start, in_flight) = {
+            let mut state = self.state();
+            let stale: Vec<Vec<u8>> = state
+                .read_ahead
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect();
+            for key in stale {
+                state.drop_read_ahead(&key);
+            }
+            let in_flight: Vec<Vec<u8>> = state
+                .applied
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect();
+            (self.next_version.load(Ordering::SeqCst), in_flight)
+        };
         let mut keys = Vec::new();
         let mut last: Option<Vec<u8>> = None;
         loop {
@@ -199,10 +258,22 @@ impl Inner {
             }
             let page = self.store.scan(&self.ns, scan).map_err(store_error)?;
             let full = page.len() == LIST_PAGE;
+            let mut state = self.state();
+            // A write that began since the listing did would go unseen.
+            let keep = self.next_version.load(Ordering::SeqCst) == start;
             for entry in page {
                 let name = std::str::from_utf8(&entry.key[prefix.len()..])
                     .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "an LDK key is not UTF-8"))?;
                 keys.push(name.to_owned());
+                if keep
+                    && !in_flight.contains(&entry.key)
+                    && state.read_ahead_bytes + entry.value.len() <= READ_AHEAD_BYTES
+                {
+                    state.read_ahead_bytes += entry.value.len();
+                    if let Some(old) = state.read_ahead.insert(entry.key.clone(), entry.value) {
+                        state.read_ahead_bytes -= old.len();
+                    }
+                }
                 last = Some(entry.key);
             }
             if !full {
@@ -213,10 +284,12 @@ impl Inner {
 
     /// Takes the next version for a write or remove of `key` (at call time, which fixes the
     /// order) and the slot that records the last version applied to it.
+    /// Also drops the value a listing kept for `key`.
     fn begin(&self, key: &[u8]) -> (Arc<Mutex<u64>>, u64) {
-        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot = Arc::clone(applied.entry(key.to_vec()).or_default());
+        let mut state = self.state();
+        let version = self.next_version.fetch_add(1, Ordering::SeqCst);
+        state.drop_read_ahead(key);
+        let slot = Arc::clone(state.applied.entry(key.to_vec()).or_default());
         (slot, version)
     }
 
@@ -238,11 +311,11 @@ impl Inner {
                 done.map_err(store_error)
             }
         };
-        let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state();
         // The map's reference and ours: no other call holds the slot, and a later one makes a
         // new slot whose version is above every version applied so far.
         if Arc::strong_count(&slot) == 2 {
-            applied.remove(key);
+            state.applied.remove(key);
         }
         result
     }
