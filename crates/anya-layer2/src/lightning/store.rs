@@ -202,6 +202,11 @@ fn namespace_prefix(primary: &str, secondary: &str) -> Result<Vec<u8>, io::Error
     Ok(format!("{primary}/{secondary}/").into_bytes())
 }
 
+/// The keys of `map` that start with `prefix`.
+fn keys_under<V>(map: &HashMap<Vec<u8>, V>, prefix: &[u8]) -> Vec<Vec<u8>> {
+    map.keys().filter(|k| k.starts_with(prefix)).cloned().collect()
+}
+
 /// A future that fails at once.
 fn failed<T: Send + 'static>(e: io::Error) -> StoreFuture<T> {
     Box::pin(std::future::ready(Err(e)))
@@ -232,21 +237,10 @@ impl Inner {
         // What was in flight when the listing began: those keys may change under the scan.
         let (start, in_flight) = {
             let mut state = self.state();
-            let stale: Vec<Vec<u8>> = state
-                .read_ahead
-                .keys()
-                .filter(|k| k.starts_with(prefix))
-                .cloned()
-                .collect();
-            for key in stale {
+            for key in keys_under(&state.read_ahead, prefix) {
                 state.drop_read_ahead(&key);
             }
-            let in_flight: Vec<Vec<u8>> = state
-                .applied
-                .keys()
-                .filter(|k| k.starts_with(prefix))
-                .cloned()
-                .collect();
+            let in_flight = keys_under(&state.applied, prefix);
             (self.next_version.load(Ordering::SeqCst), in_flight)
         };
         let mut keys = Vec::new();
