@@ -15,8 +15,8 @@
 //! - with the channel open: exactly what Alice received, both sides' balances moved by it to
 //!   the satoshi, and the channel carries a new payment;
 //! - force-closed: the commitment Bob's monitor broadcast pays Alice what she received (settled
-//!   in her output, or still in an HTLC output), and once it confirms Bob's node counts his
-//!   delayed output as his.
+//!   in her output, or still in an HTLC output), and once it confirms each node counts its own
+//!   output as its own.
 //!
 //! Bob's store is SQLite, then PostgreSQL (`ANYA_TEST_POSTGRES_URL`, required in CI; the
 //! killed process's connection dies with it). The test binary is its own child: run with
@@ -479,14 +479,30 @@ fn killed_mid_stream_loses_nothing(chain: &Bitcoind, store: &BobStore) {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        // Once it confirms, Bob's restarted node counts its delayed output as his.
+        // Once it confirms, Bob's restarted node counts its delayed output as his, and Alice's
+        // node her output as hers.
         LnParty::mine_and_sync(chain, 1, &[&alice, &bob]);
-        bob.wait_until("the delayed output claimable", |n| {
-            n.node().list_balances().lightning_balances.iter().any(|b| {
-                matches!(b, LightningBalance::ClaimableAwaitingConfirmations { amount_satoshis, .. }
-                    if *amount_satoshis == to_local)
-            })
-        });
+        for (party, sats) in [(&bob, to_local), (&alice, to_remote)] {
+            if sats == 0 {
+                continue;
+            }
+            let deadline = Instant::now() + ln::WAIT;
+            loop {
+                let balances = party.node.node().list_balances().lightning_balances;
+                if balances.iter().any(|b| {
+                    matches!(b, LightningBalance::ClaimableAwaitingConfirmations { amount_satoshis, .. }
+                        if *amount_satoshis == sats)
+                }) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: its {sats} sat of the commitment {outputs:?} not counted: {balances:?}",
+                    party.name
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
     #[allow(clippy::print_stderr, reason = "what the kill caught, for the CI log")]
     {
