@@ -44,7 +44,7 @@ pub(crate) struct RpcArgs {
     /// is given.
     #[arg(long, value_name = "URL", env = "ANYA_RPC_URL")]
     rpc_url: Option<String>,
-    /// bitcoind's data directory, where its cookie file is (<DIR>/<network>/.cookie)
+    /// bitcoind's data directory, where its cookie file is (`<DIR>/<network>/.cookie`)
     /// [default: ~/.bitcoin]. Not anya's --data-dir.
     #[arg(long = "datadir", value_name = "DIR", env = "ANYA_BITCOIN_DATADIR")]
     bitcoin_datadir: Option<PathBuf>,

@@ -43,7 +43,7 @@ pub enum SignError {
         /// Why.
         reason: String,
     },
-    /// The PSBT breaks a rule of [`validate`](crate::psbt::validate): nothing in it is signed.
+    /// The PSBT breaks a rule of [`validate`]: nothing in it is signed.
     #[error(transparent)]
     Psbt(#[from] PsbtError),
     /// The provider's key at a path is not the key the PSBT names there.

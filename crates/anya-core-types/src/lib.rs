@@ -6,4 +6,4 @@ mod label;
 
 pub use bitcoin::{Amount, FeeRate, Network, SignedAmount};
 pub use clock::{Clock, SystemClock, UnixTime};
-pub use label::{Label, LabelError};
+pub use label::{Label, LabelError, MAX_LABEL_LEN};

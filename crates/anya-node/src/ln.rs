@@ -10,7 +10,8 @@
 //! sent: the one of `ln.wallet` when given (its per-payment limit, its node allowlist, and
 //! the 24-hour limit it shares with that wallet's on-chain spends), else one of the node's own
 //! in namespace [`POLICY_NS`]. A push to the peer when a channel opens is a payment to it and
-//! passes the same policy ([`Ln::open_channel`]).
+//! passes the same policy
+//! ([`LightningNode::open_channel`](anya_layer2::lightning::LightningNode::open_channel)).
 //!
 //! **Events.** A thread of its own takes ldk-node's events as they come, publishes each on
 //! the node's event bus (`ln_channel_pending`, `ln_channel_ready`, `ln_channel_closed`,

@@ -98,7 +98,7 @@ pub enum WalletError {
     /// The finalized transaction failed Bitcoin Core's verification.
     #[error("consensus verification: {0}")]
     Verify(#[from] VerifyError),
-    /// The PSBT breaks a rule of [`validate`](crate::psbt::validate) (a forged or
+    /// The PSBT breaks a rule of [`validate`] (a forged or
     /// inconsistent previous output, an amount past the money limit): the policy never sees it.
     #[error(transparent)]
     InvalidPsbt(#[from] PsbtError),
@@ -132,7 +132,7 @@ pub enum WalletError {
         index: usize,
         /// What it pays.
         value: Amount,
-        /// The smallest value its script may carry ([`ScriptBuf::minimal_non_dust`]).
+        /// The smallest value its script may carry ([`Script::minimal_non_dust`](bitcoin::Script::minimal_non_dust)).
         min: Amount,
     },
     /// Another transaction of the wallet spends the same inputs and took this one's place.

@@ -63,7 +63,7 @@ pub struct Pkcs11Options {
     pub clock: Arc<dyn Clock>,
     /// Where a copy of the audit head is kept, out of reach of a restore of the store
     /// ([`crate::anchor`]); default none. With one, a store whose audit chain was rolled back
-    /// behind it is [`HsmError::RolledBack`](crate::HsmError::RolledBack) at open and on every
+    /// behind it is [`HsmError::RolledBack`] at open and on every
     /// append. (This provider's audit head is not keyed: the anchor is what catches a chain
     /// cut short.)
     pub anchor: Option<Arc<dyn crate::anchor::RollbackAnchor>>,

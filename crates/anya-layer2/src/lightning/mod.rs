@@ -14,7 +14,7 @@ mod store;
 
 pub use invoice::{parse_invoice, parse_offer, parse_peer, HintHop, InvoiceSummary};
 pub use node::{default_max_fee_msat, BitcoindRpc, LightningError, LightningNode, NodeOptions};
-pub use store::LdkStore;
+pub use store::{LdkStore, READ_AHEAD_BYTES};
 
 /// ldk-node, re-exported so that users name the same version anya builds on.
 pub use ldk_node;

@@ -1,39 +1,4 @@
-//! LDK's key-value store on anya's [`KvStore`]: channel monitors, the channel manager, the
-//! network graph, payments and every other record of an LDK (or ldk-node) node in SQLite,
-//! RocksDB or PostgreSQL, beside the rest of anya's state.
-//!
-//! [`LdkStore`] implements lightning 0.2's [`KVStoreSync`] and [`KVStore`] (what ldk-node's
-//! `Builder::build_with_store` takes). All of one node's records live in one anya namespace;
-//! LDK's `(primary_namespace, secondary_namespace, key)` becomes the anya key
-//! `primary/secondary/key`, which is unambiguous because LDK's alphabet has no `/`.
-//!
-//! # Contract
-//!
-//! - **Names**: every primary namespace, secondary namespace and key must be at most
-//!   [`KVSTORE_NAMESPACE_KEY_MAX_LEN`] characters of [`KVSTORE_NAMESPACE_KEY_ALPHABET`]; a key
-//!   must not be empty; a secondary namespace needs a primary one. Anything else is an
-//!   [`io::ErrorKind::InvalidInput`] error and touches nothing.
-//! - **Durability**: a write or remove returns (its future completes) only after anya's store
-//!   committed it durably, so a channel monitor update that LDK is told is persisted survives a
-//!   kill of the process. `lazy` removes are not deferred.
-//! - **Ordering**: writes and removes of one key take a version when they are called; one that
-//!   runs after a later-called one for the same key already ran is dropped, so the store never
-//!   goes back to an older value, whichever order the futures run in. Different keys run
-//!   concurrently, and concurrent writes share the backend's group commit.
-//! - **Missing** keys read as [`io::ErrorKind::NotFound`]; listing an unknown namespace is empty.
-//! - **Read-ahead**: a listing reads the values with the keys, and keeps them (up to
-//!   [`READ_AHEAD_BYTES`] in all) for the reads that follow it, which then cost no round trip
-//!   to the store: ldk-node loads its payments, and LDK its monitors, by listing a namespace
-//!   and reading every key. A kept value is one no write or remove of this store touched since
-//!   it was listed: a key with a write or remove in flight while the listing ran is not kept,
-//!   nothing of a listing is kept once any write began during it, a write or remove drops the
-//!   key's kept value when it is called, and a read takes the value it is served. Records
-//!   written to the namespace by anything but this store are not seen, as with one node per
-//!   namespace they never are.
-//!
-//! The async methods run the store on tokio's blocking pool when called inside a tokio runtime
-//! (ldk-node's case) and inline otherwise; the sync methods, called from a runtime's worker,
-//! move off it for the call.
+//! [`LdkStore`]: LDK's key-value store on anya's [`KvStore`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -56,9 +21,44 @@ pub const READ_AHEAD_BYTES: usize = 64 * 1024 * 1024;
 /// A boxed future of an [`LdkStore`] call, as [`KVStore`] returns.
 type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, io::Error>> + Send + 'static>>;
 
-/// LDK's store on an anya [`KvStore`] namespace (see the [module documentation](self)).
+/// LDK's key-value store on anya's [`KvStore`]: channel monitors, the channel manager, the
+/// network graph, payments and every other record of an LDK (or ldk-node) node in SQLite,
+/// RocksDB or PostgreSQL, beside the rest of anya's state.
 ///
-/// Cheap to clone: clones share the store and the write ordering.
+/// [`LdkStore`] implements lightning 0.2's [`KVStoreSync`] and [`KVStore`] (what ldk-node's
+/// `Builder::build_with_store` takes). All of one node's records live in one anya namespace;
+/// LDK's `(primary_namespace, secondary_namespace, key)` becomes the anya key
+/// `primary/secondary/key`, which is unambiguous because LDK's alphabet has no `/`.
+///
+/// # Contract
+///
+/// - **Names**: every primary namespace, secondary namespace and key must be at most
+///   [`KVSTORE_NAMESPACE_KEY_MAX_LEN`] characters of [`KVSTORE_NAMESPACE_KEY_ALPHABET`]; a key
+///   must not be empty; a secondary namespace needs a primary one. Anything else is an
+///   [`io::ErrorKind::InvalidInput`] error and touches nothing.
+/// - **Durability**: a write or remove returns (its future completes) only after anya's store
+///   committed it durably, so a channel monitor update that LDK is told is persisted survives a
+///   kill of the process. `lazy` removes are not deferred.
+/// - **Ordering**: writes and removes of one key take a version when they are called; one that
+///   runs after a later-called one for the same key already ran is dropped, so the store never
+///   goes back to an older value, whichever order the futures run in. Different keys run
+///   concurrently, and concurrent writes share the backend's group commit.
+/// - **Missing** keys read as [`io::ErrorKind::NotFound`]; listing an unknown namespace is empty.
+/// - **Read-ahead**: a listing reads the values with the keys, and keeps them (up to
+///   [`READ_AHEAD_BYTES`] in all) for the reads that follow it, which then cost no round trip
+///   to the store: ldk-node loads its payments, and LDK its monitors, by listing a namespace
+///   and reading every key. A kept value is one no write or remove of this store touched since
+///   it was listed: a key with a write or remove in flight while the listing ran is not kept,
+///   nothing of a listing is kept once any write began during it, a write or remove drops the
+///   key's kept value when it is called, and a read takes the value it is served. Records
+///   written to the namespace by anything but this store are not seen, as with one node per
+///   namespace they never are.
+///
+/// The async methods run the store on tokio's blocking pool when called inside a tokio runtime
+/// (ldk-node's case) and inline otherwise; the sync methods, called from a runtime's worker,
+/// move off it for the call.
+///
+/// Cheap to clone: clones share the store, the write ordering and the read-ahead.
 #[derive(Clone)]
 pub struct LdkStore {
     inner: Arc<Inner>,
@@ -231,8 +231,7 @@ impl Inner {
         }
     }
 
-    /// The keys under `prefix`, their values kept for the reads that follow (see the module
-    /// documentation).
+    /// The keys under `prefix`, their values kept for the reads that follow (see [`LdkStore`]).
     fn list(&self, prefix: &[u8]) -> Result<Vec<String>, io::Error> {
         // What was in flight when the listing began: those keys may change under the scan.
         let (start, in_flight) = {

@@ -1,6 +1,6 @@
 //! DLC contracts through dlcdevkit's `ddk-manager`, with anya behind its traits.
 //!
-//! [`KvDlcStorage`](storage::KvDlcStorage) keeps the manager's contracts, channels and chain
+//! [`KvDlcStorage`] keeps the manager's contracts, channels and chain
 //! monitor in any anya store. The oracle side:
 //! [`HttpOracle`] (any oracle serving kormir's or the p2pderivatives routes, through the
 //! verifying [`OracleClient`]) and [`LocalOracle`] (an anya [`Oracle`] in the same process)

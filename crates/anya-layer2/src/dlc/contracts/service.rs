@@ -1,8 +1,8 @@
 //! [`DlcService`]: one party's contracts, ready to serve.
 //!
 //! It holds a `ddk-manager` on anya's wallet, HSM, store and bitcoind (the [`DlcManager`]), runs
-//! [`resume`] when it opens (so a restart after a crash at any step picks the contract up
-//! again), works in message bytes ([`encode_message`](super::encode_message)'s format) so that
+//! [`resume()`] when it opens (so a restart after a crash at any step picks the contract up
+//! again), works in message bytes ([`encode_message`]'s format) so that
 //! any transport can carry them, and runs one manager operation at a time (a contract's steps
 //! read and write several records; serializing them keeps each step whole).
 
@@ -309,9 +309,9 @@ impl std::fmt::Debug for DlcService {
 }
 
 impl DlcService {
-    /// Opens the service and [resumes](resume) what a previous process left: returns what the
+    /// Opens the service and [resumes](resume()) what a previous process left: returns what the
     /// resume did (the messages in it are to be sent again, as bytes from
-    /// [`encode_message`](super::encode_message)).
+    /// [`encode_message`]).
     pub async fn open(parts: DlcParts) -> Result<(Self, Resumed), DlcError> {
         let blockchain = Arc::new(BitcoindBlockchain::new(Arc::clone(&parts.chain), parts.network)?);
         let storage = Arc::new(KvDlcStorage::new(Arc::clone(&parts.store), CONTRACTS_NS)?);
