@@ -810,13 +810,7 @@ fn store_report(setups: &[Setup], writes: usize, in_flight: usize) {
                 }
             }
         };
-        let (one, many) = (cost(1), cost(in_flight));
-        lines.push(format!(
-            "| {} | {:.2} ms | {:.2} ms |",
-            setup.name,
-            one.as_secs_f64() * 1000.0,
-            many.as_secs_f64() * 1000.0
-        ));
+        lines.push(alone_row(setup.name, cost(1), cost(in_flight)));
     }
     println!();
     println!("the stores alone: wall time per durable 1 KiB LDK record write, {writes} writes");
@@ -826,6 +820,16 @@ fn store_report(setups: &[Setup], writes: usize, in_flight: usize) {
     for line in lines {
         println!("{line}");
     }
+}
+
+/// A table row of the timings alone: the setup, then the time per operation with one caller and
+/// with several.
+fn alone_row(name: &str, one: Duration, many: Duration) -> String {
+    format!(
+        "| {name} | {:.2} ms | {:.2} ms |",
+        one.as_secs_f64() * 1000.0,
+        many.as_secs_f64() * 1000.0
+    )
 }
 
 /// Times anya's guard alone on each anya backend of the run, sequentially and with
@@ -845,13 +849,7 @@ fn guard_report(setups: &[Setup], payments: usize, in_flight: usize) {
             };
             guard_cost(&store, dir.path(), payments, threads)
         };
-        let (one, many) = (cost(1), cost(in_flight));
-        lines.push(format!(
-            "| {} | {:.2} ms | {:.2} ms |",
-            setup.name,
-            one.as_secs_f64() * 1000.0,
-            many.as_secs_f64() * 1000.0
-        ));
+        lines.push(alone_row(setup.name, cost(1), cost(in_flight)));
     }
     if lines.is_empty() {
         return;

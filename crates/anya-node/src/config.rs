@@ -940,18 +940,7 @@ impl NodeConfig {
         if !d.enabled {
             return Ok(());
         }
-        if self.oracle.only {
-            return invalid(
-                "dlc.enabled",
-                "an oracle-only node (oracle.only, anya-oracle) runs no contracts".to_owned(),
-            );
-        }
-        if self.chain != ChainKind::Bitcoind {
-            return invalid(
-                "dlc.enabled",
-                "DLC contracts need a real node: chain = \"bitcoind\" with a [bitcoind] section".to_owned(),
-            );
-        }
+        self.require_bitcoind_node("dlc.enabled", "DLC contracts")?;
         if d.wallet.is_none() {
             return invalid(
                 "dlc.wallet",
@@ -968,6 +957,19 @@ impl NodeConfig {
             return invalid("dlc.oracles", "local = true is listed twice".to_owned());
         }
         Ok(())
+    }
+
+    /// What an enabled `[dlc]` or `[ln]` (`key`, running `what`) needs of the rest: a full
+    /// node (not oracle-only) on a real bitcoind.
+    fn require_bitcoind_node(&self, key: &'static str, what: &str) -> Result<(), ConfigError> {
+        let message = if self.oracle.only {
+            format!("an oracle-only node (oracle.only, anya-oracle) does not run {what}")
+        } else if self.chain != ChainKind::Bitcoind {
+            format!("{what} needs a real node: chain = \"bitcoind\" with a [bitcoind] section")
+        } else {
+            return Ok(());
+        };
+        Err(ConfigError::Invalid { key, message })
     }
 
     fn validate_ln(&self) -> Result<(), ConfigError> {
@@ -992,18 +994,7 @@ impl NodeConfig {
         if !l.enabled {
             return Ok(());
         }
-        if self.oracle.only {
-            return invalid(
-                "ln.enabled",
-                "an oracle-only node (oracle.only, anya-oracle) runs no Lightning node".to_owned(),
-            );
-        }
-        if self.chain != ChainKind::Bitcoind {
-            return invalid(
-                "ln.enabled",
-                "a Lightning node needs a real node: chain = \"bitcoind\" with a [bitcoind] section".to_owned(),
-            );
-        }
+        self.require_bitcoind_node("ln.enabled", "a Lightning node")?;
         if l.root.is_none() {
             return invalid(
                 "ln.root",
