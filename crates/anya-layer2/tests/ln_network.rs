@@ -165,15 +165,20 @@ fn three_nodes_route_close_and_force_close_to_the_satoshi() {
     fees += routed(&a, &b, &c, id, PAYMENT_MSAT);
     to_c += PAYMENT_MSAT;
 
-    // The rest needs A's graph to hold B–C and C's node announcement (its onion message
-    // support), gossiped through B once the channel had 6 confirmations.
-    let c_id = NodeId::from_pubkey(&c.node.node_id());
-    a.wait_until("told of C", |n| {
-        n.node()
-            .network_graph()
-            .node(&c_id)
-            .is_some_and(|info| info.announcement_info.is_some())
-    });
+    // The rest needs the graphs to hold B–C and the node announcements (their onion message
+    // support), gossiped once the channels had 6 confirmations: A routes the invoice request
+    // and the payment to C through B, and C builds the offer's paths and the reply through B.
+    for (p, others) in [(&a, [&b, &c]), (&b, [&a, &c]), (&c, [&a, &b])] {
+        for other in others {
+            let id = NodeId::from_pubkey(&other.node.node_id());
+            p.wait_until(&format!("told of {}", other.name), |n| {
+                n.node()
+                    .network_graph()
+                    .node(&id)
+                    .is_some_and(|info| info.announcement_info.is_some())
+            });
+        }
+    }
 
     // BOLT12: A asks C's offer for an invoice over onion messages and pays it.
     let offer = c
