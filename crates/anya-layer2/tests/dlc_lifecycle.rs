@@ -235,6 +235,31 @@ async fn a_party_offline_after_signing_finds_its_payout_when_it_returns() {
     );
 }
 
+/// An oracle whose attestations come after the others' (as a remote oracle's may).
+struct Late(anya_layer2::dlc::contracts::LocalOracle);
+
+#[async_trait::async_trait]
+impl ddk_manager::Oracle for Late {
+    fn get_public_key(&self) -> secp256k1::XOnlyPublicKey {
+        self.0.get_public_key()
+    }
+
+    async fn get_announcement(
+        &self,
+        event_id: &str,
+    ) -> Result<anya_layer2::dlc::messages::OracleAnnouncement, ddk_manager::error::Error> {
+        self.0.get_announcement(event_id).await
+    }
+
+    async fn get_attestation(
+        &self,
+        event_id: &str,
+    ) -> Result<anya_layer2::dlc::messages::OracleAttestation, ddk_manager::error::Error> {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        self.0.get_attestation(event_id).await
+    }
+}
+
 /// A numeric contract on three anya oracles, two of which must attest, with difference
 /// parameters, through `DlcService` (the API an application uses): offer, accept, sign, fund,
 /// confirm; two oracles attest the same value, the third never does; the contract closes by
@@ -337,9 +362,19 @@ async fn a_numeric_contract_on_two_of_three_oracles_pays_the_curve() {
             wallet: Arc::clone(&party.wallet),
             chain: Arc::clone(&net.chain),
             network: Network::Regtest,
+            // The first oracle answers last, as a remote one may: the manager must still
+            // take the attestations in the contract's oracle order.
             oracles: oracles
                 .iter()
-                .map(|o| Arc::new(LocalOracle::new(Arc::clone(o))) as Arc<AnyOracle>)
+                .enumerate()
+                .map(|(i, o)| {
+                    let local = LocalOracle::new(Arc::clone(o));
+                    if i == 0 {
+                        Arc::new(Late(local)) as Arc<AnyOracle>
+                    } else {
+                        Arc::new(local) as Arc<AnyOracle>
+                    }
+                })
                 .collect(),
             clock: Arc::clone(&net.clock) as Arc<dyn Clock>,
         })
@@ -369,10 +404,12 @@ async fn a_numeric_contract_on_two_of_three_oracles_pays_the_curve() {
     for oracle in [&oracles[0], &oracles[2]] {
         oracle.attest_numeric("price", VALUE).expect("attested");
     }
-    a.tick().await.expect("tick");
+    // Alice broadcasts the CET in the tick that reads the attestations.
+    let changed = a.tick().await.expect("tick");
+    assert_eq!(changed.iter().map(|c| c.state).collect::<Vec<_>>(), ["preclosed"]);
     net.mine(3);
     // A few ticks, as the node's loop would run them (the CET is seen by the chain monitor
-    // and by the contract check; which of the two oracle pairs it closes on is not fixed).
+    // and by the contract check).
     for _ in 0..10 {
         a.tick().await.expect("tick");
         b.tick().await.expect("tick");

@@ -27,6 +27,8 @@ pub mod resume;
 #[cfg(feature = "dlc-contracts")]
 pub mod service;
 pub mod signer;
+#[cfg(feature = "dlc-contracts")]
+mod snapshot;
 pub mod storage;
 #[cfg(feature = "dlc-contracts")]
 pub mod wallet;
@@ -50,6 +52,12 @@ pub use wire::{decode_message, encode_message, WireError};
 /// estimates (a bitcoind node by default, or the in-process [`RegtestBlockchain`]), an anya
 /// store for every contract, and oracles of type `O` (an [`HttpOracle`], a [`LocalOracle`], or
 /// `dyn ddk_manager::Oracle + Send + Sync` to mix them).
+///
+/// Built by hand, mind one trap of ddk-manager 1.1: it asks a contract's oracles for their
+/// attestations at once and closes a multi-oracle numeric contract only if the answers arrive
+/// in the contract's oracle order (otherwise it skips the close for that check, silently).
+/// [`DlcService`] reads each tick's attestations first and hands them to the manager from
+/// memory, in order.
 #[cfg(feature = "dlc-contracts")]
 pub type DlcManager<O, B = BitcoindBlockchain> = ddk_manager::manager::Manager<
     Arc<DlcWallet>,

@@ -25,6 +25,7 @@ use secp256k1::{PublicKey, XOnlyPublicKey};
 use serde::Serialize;
 
 use super::resume::Resumed;
+use super::snapshot::{Snapshot, SnapshotOracle};
 use super::wire::{decode_message, encode_message, WireError};
 use super::{
     resume, BitcoindBlockchain, ClockTime, DlcManager, DlcWallet, HsmContractSignerProvider, KvDlcStorage,
@@ -298,6 +299,9 @@ pub struct DlcService {
     wallet: Arc<DlcWallet>,
     blockchain: Arc<BitcoindBlockchain>,
     oracle_keys: Vec<XOnlyPublicKey>,
+    oracles: HashMap<XOnlyPublicKey, Arc<AnyOracle>>,
+    snapshot: Arc<Snapshot>,
+    time: Arc<ClockTime>,
 }
 
 impl std::fmt::Debug for DlcService {
@@ -316,11 +320,21 @@ impl DlcService {
         let blockchain = Arc::new(BitcoindBlockchain::new(Arc::clone(&parts.chain), parts.network)?);
         let storage = Arc::new(KvDlcStorage::new(Arc::clone(&parts.store), CONTRACTS_NS)?);
         let wallet = Arc::new(DlcWallet::new(parts.wallet));
+        let snapshot = Arc::new(Snapshot::default());
+        let time = Arc::new(ClockTime(parts.clock));
         let mut oracles = HashMap::new();
+        let mut held: HashMap<XOnlyPublicKey, Arc<AnyOracle>> = HashMap::new();
         let mut oracle_keys = Vec::new();
         for oracle in parts.oracles {
             let key = oracle.get_public_key();
             oracle_keys.push(key);
+            held.insert(
+                key,
+                Arc::new(SnapshotOracle {
+                    inner: Arc::clone(&oracle),
+                    snapshot: Arc::clone(&snapshot),
+                }),
+            );
             oracles.insert(key, oracle);
         }
         let manager = DlcManager::new(
@@ -328,8 +342,8 @@ impl DlcService {
             Arc::new(HsmContractSignerProvider::new(parts.hsm, parts.root)),
             Arc::clone(&blockchain),
             Arc::clone(&storage),
-            oracles,
-            Arc::new(ClockTime(parts.clock)),
+            held,
+            Arc::clone(&time),
             Arc::clone(&blockchain),
             Arc::new(TracingLogger),
         )
@@ -342,6 +356,9 @@ impl DlcService {
                 wallet,
                 blockchain,
                 oracle_keys,
+                oracles,
+                snapshot,
+                time,
             },
             resumed,
         ))
@@ -573,13 +590,12 @@ impl DlcService {
     /// in their new state.
     pub async fn tick(&self) -> Result<Vec<ContractSummary>, DlcError> {
         let manager = self.manager.lock().await;
-        let before: HashMap<ContractId, &'static str> = self
-            .storage
-            .get_contracts()
-            .await?
-            .iter()
-            .map(|c| (c.get_id(), state_name(c)))
-            .collect();
+        let contracts = self.storage.get_contracts().await?;
+        let before: HashMap<ContractId, &'static str> = contracts.iter().map(|c| (c.get_id(), state_name(c))).collect();
+        let _attested = self
+            .snapshot
+            .take(&self.oracles, &contracts, ddk_manager::Time::unix_time_now(&*self.time))
+            .await;
         manager.periodic_chain_monitor().await?;
         manager.periodic_check(false).await?;
         Ok(self
