@@ -168,6 +168,9 @@ fn three_nodes_route_close_and_force_close_to_the_satoshi() {
     // The rest needs the graphs to hold B–C and the node announcements (their onion message
     // support), gossiped once the channels had 6 confirmations: A routes the invoice request
     // and the payment to C through B, and C builds the offer's paths and the reply through B.
+    // C's blinded payment path starts at C (LDK introduces it at a peer only if that peer has
+    // three channels or more), and keysend has no path at all: A routes over B–C from its
+    // graph, with B's update of it.
     for (p, others) in [(&a, [&b, &c]), (&b, [&a, &c]), (&c, [&a, &b])] {
         for other in others {
             let id = NodeId::from_pubkey(&other.node.node_id());
@@ -179,6 +182,7 @@ fn three_nodes_route_close_and_force_close_to_the_satoshi() {
             });
         }
     }
+    a.wait_channel_update(&b, &c);
 
     // BOLT12: A asks C's offer for an invoice over onion messages and pays it.
     let offer = c

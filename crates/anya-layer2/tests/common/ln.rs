@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anya_bitcoin::policy::PolicyEngine;
 use anya_core_types::SystemClock;
 use anya_hsm::{HsmProvider, KeyId, KeyPolicy, KeySpec, SecretString, SoftwareHsm, Usage};
+use anya_layer2::lightning::ldk_node::lightning::routing::gossip::NodeId;
 use anya_layer2::lightning::ldk_node::Event;
 use anya_layer2::lightning::{BitcoindRpc, LightningNode, NodeOptions};
 use anya_storage::{KvStore, Namespace};
@@ -22,6 +23,9 @@ use crate::common::{hsm_options, PASS};
 
 /// How long a test waits for an event or a state.
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// How long [`LnParty::wait_channel_update`] waits for gossip before it asks for it again.
+pub const GOSSIP_WAIT: Duration = Duration::from_secs(10);
 
 /// The anya namespace of every test node's records.
 pub const LN_NS: &str = "anya/ln/node";
@@ -228,6 +232,53 @@ impl LnParty {
         let deadline = Instant::now() + WAIT;
         while !cond(&self.node) {
             assert!(Instant::now() < deadline, "{}: not {what} within {WAIT:?}", self.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until this node's graph holds `from`'s update of its channel to `to`, which this
+    /// node needs to route a payment over that channel.
+    ///
+    /// Gossip between three nodes has no second source: LDK sometimes loses a channel update
+    /// on the way (a few percent of runs here, some direction in nearly half), and nothing sends
+    /// it again. If the update has not come after [`GOSSIP_WAIT`], this node reconnects to its
+    /// peers: each answers the `gossip_timestamp_filter` LDK sends on connecting with its whole
+    /// graph. It then waits for its channels to be usable again.
+    #[allow(clippy::print_stderr, reason = "says in the test's output that it had to ask again")]
+    pub fn wait_channel_update(&self, from: &LnParty, to: &LnParty) {
+        let (from_id, to_id) = (
+            NodeId::from_pubkey(&from.node.node_id()),
+            NodeId::from_pubkey(&to.node.node_id()),
+        );
+        let known = |n: &LightningNode| {
+            let graph = n.node().network_graph();
+            graph.list_channels().into_iter().any(|scid| {
+                graph.channel(scid).is_some_and(|c| {
+                    if (c.node_one, c.node_two) == (from_id, to_id) {
+                        c.one_to_two.is_some()
+                    } else if (c.node_one, c.node_two) == (to_id, from_id) {
+                        c.two_to_one.is_some()
+                    } else {
+                        false
+                    }
+                })
+            })
+        };
+        let what = format!("told of {}'s update towards {}", from.name, to.name);
+        let deadline = Instant::now() + GOSSIP_WAIT;
+        while !known(&self.node) {
+            if Instant::now() >= deadline {
+                eprintln!("{}: {what} after {GOSSIP_WAIT:?}: reconnecting to its peers", self.name);
+                let node = self.node.node();
+                for peer in node.list_peers() {
+                    node.disconnect(peer.node_id).expect("disconnect");
+                    node.connect(peer.node_id, peer.address, peer.is_persisted)
+                        .expect("reconnect");
+                }
+                self.wait_until(&what, known);
+                self.wait_until("usable again", |n| n.channels().iter().all(|c| c.is_usable));
+                return;
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
