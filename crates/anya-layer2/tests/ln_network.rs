@@ -33,11 +33,16 @@ const KEYSEND_MSAT: u64 = 20_000_000;
 /// Waits until payment `id` of `msat` from `a` to `c` through `b` succeeded for `a`, was
 /// forwarded by `b` for the fee `a` paid, and reached `c`; returns the fee, in msat.
 fn routed(a: &LnParty, b: &LnParty, c: &LnParty, id: PaymentId, msat: u64) -> u64 {
-    let Event::PaymentSuccessful { fee_paid_msat, .. } = a.wait_event(
-        "PaymentSuccessful",
-        |e| matches!(e, Event::PaymentSuccessful { payment_id: Some(p), .. } if *p == id),
-    ) else {
-        unreachable!("matched above")
+    // Its failure ends the wait at once, with LDK's reason.
+    let fee_paid_msat = match a.wait_event("PaymentSuccessful", |e| {
+        matches!(
+            e,
+            Event::PaymentSuccessful { payment_id: Some(p), .. }
+                | Event::PaymentFailed { payment_id: Some(p), .. } if *p == id
+        )
+    }) {
+        Event::PaymentSuccessful { fee_paid_msat, .. } => fee_paid_msat,
+        failed => panic!("{}: payment {id} failed: {failed:?}", a.name),
     };
     let fee = fee_paid_msat.expect("the fee is known");
     let Event::PaymentForwarded {
